@@ -1,0 +1,87 @@
+"""The `qlora-bot` command line: parse arguments, load config, hand off to one command module."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from bot.config import ConfigError, load_config
+from trainer.protocol import DATASET_FORMATS, SCHEDULERS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="config file (default: ./config.toml when present)")
+    common.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+
+    parser = argparse.ArgumentParser(prog="qlora-bot", description="Fine-tune open LLMs with QLoRA.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train",
+        parents=[common],
+        help="fine-tune a base model on a dataset in a worker process",
+        description="Run one QLoRA fine-tune with a live progress bar; Ctrl-C cancels at a checkpoint.",
+    )
+    train.add_argument(
+        "--base-model", help="Hub model id or local folder (default: config defaults.base_model)"
+    )
+    train.add_argument(
+        "--dataset",
+        required=True,
+        help="Hub dataset id, local file (.jsonl .json .csv .parquet .txt) or https URL",
+    )
+    train.add_argument(
+        "--format", choices=DATASET_FORMATS, default="auto", help="dataset format (default: detect)"
+    )
+    train.add_argument("--dataset-config", help="Hub dataset configuration name")
+    train.add_argument("--split", default="train", help="Hub dataset split (default: train)")
+    train.add_argument("--name", help="adapter name (default: from the dataset)")
+    train.add_argument("--r", type=int, help="LoRA rank")
+    train.add_argument("--alpha", type=int, help="LoRA alpha (default: 2 * r)")
+    train.add_argument("--dropout", type=float, help="LoRA dropout")
+    train.add_argument("--target-modules", help="comma-separated module names (default: all linear layers)")
+    train.add_argument("--epochs", type=float, help="passes over the data")
+    train.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
+    train.add_argument("--lr", type=float, help="peak learning rate")
+    train.add_argument("--warmup", type=float, help="warm-up: a fraction below 1, else steps")
+    train.add_argument("--scheduler", choices=SCHEDULERS, help="learning-rate schedule")
+    train.add_argument("--batch-size", type=int, help="packed rows per micro-step")
+    train.add_argument("--grad-accum", type=int, help="micro-steps per optimizer step")
+    train.add_argument("--max-length", type=int, help="tokens per packed row")
+    train.add_argument("--eval-fraction", type=float, help="share of examples held out for eval loss")
+    train.add_argument("--checkpoint-steps", type=int, help="save a checkpoint every N steps")
+    train.add_argument("--seed", type=int, help="random seed")
+    train.add_argument("--no-packing", action="store_true", help="one example per row")
+    train.add_argument(
+        "--no-gradient-checkpointing", action="store_true", help="keep activations (faster, more memory)"
+    )
+    train.add_argument(
+        "--output", type=Path, help="job folder (default: a new folder under the data directory)"
+    )
+    train.add_argument("--resume", type=Path, metavar="CHECKPOINT_DIR", help="continue from a checkpoint")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(f"qlora-bot: {error}", file=sys.stderr)
+        return 2
+    if args.command == "train":
+        from bot.train_command import run_train
+
+        return run_train(args, config, sys.argv[1:] if argv is None else argv)
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

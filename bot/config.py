@@ -1,0 +1,119 @@
+"""Load config.toml into one frozen dataclass tree, and the secrets from the environment.
+
+Unknown keys and wrong types stop start-up naming the dotted key; a secret written into the file is
+refused (it would end up in backups and screenshots). Defaults live in the dataclasses; config.toml at
+the repository root documents every one of them, and a test keeps the two in sync.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer.dataclass_codec import CodecError, from_dict
+from trainer.protocol import Limits, LoraSpec, TrainingSpec
+
+HOME_ENV = "QLORA_BOT_HOME"
+DEFAULT_CONFIG_FILE = "config.toml"
+
+
+class ConfigError(ValueError):
+    """The config file cannot be used; the message names the file and the dotted key."""
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    data_dir: str = ""
+
+
+@dataclass(frozen=True)
+class JobDefaults:
+    base_model: str = ""
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    training: TrainingSpec = field(default_factory=TrainingSpec)
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    python: str = ""
+    cancel_grace_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class Config:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    defaults: JobDefaults = field(default_factory=JobDefaults)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+
+    def data_dir(self) -> Path:
+        """QLORA_BOT_HOME, else paths.data_dir, else ~/.local/share/qlora-bot."""
+        chosen = os.environ.get(HOME_ENV) or self.paths.data_dir
+        if chosen:
+            return Path(chosen).expanduser()
+        base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+        return Path(base) / "qlora-bot"
+
+    def jobs_dir(self) -> Path:
+        return self.data_dir() / "jobs"
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Tokens from the environment only; repr never shows them."""
+
+    discord_token: str | None = field(default=None, repr=False)
+    hf_token: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Secrets:
+        env = os.environ if environ is None else environ
+        return cls(discord_token=env.get("DISCORD_TOKEN") or None, hf_token=env.get("HF_TOKEN") or None)
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Read `path` (default: ./config.toml when present, else built-in defaults) and validate it."""
+    if path is None:
+        path = Path(DEFAULT_CONFIG_FILE)
+        if not path.exists():
+            return Config()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    _refuse_secrets(data, path)
+    try:
+        return from_dict(Config, data)
+    except CodecError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+# Key names that hold credentials (`max_new_tokens` is not one: it ends in "tokens").
+_SECRET_KEY = re.compile(r"(^|_)(token|secret|password|passwd|api_key|apikey)$", re.IGNORECASE)
+# Values shaped like Hugging Face or Discord bot tokens, whatever key they hide under.
+_SECRET_VALUE = re.compile(
+    r"^(hf_[A-Za-z0-9]{20,}|[A-Za-z0-9_-]{23,28}\.[A-Za-z0-9_-]{6}\.[A-Za-z0-9_-]{27,})$"
+)
+
+
+def _refuse_secrets(data: Any, path: Path, prefix: str = "") -> None:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            dotted = f"{prefix}.{key}" if prefix else key
+            if _SECRET_KEY.search(key) or (isinstance(value, str) and _SECRET_VALUE.match(value)):
+                raise ConfigError(
+                    f"{path}: {dotted}: secrets are not read from the config file; "
+                    "set DISCORD_TOKEN and HF_TOKEN in the environment instead, and remove this key"
+                )
+            _refuse_secrets(value, path, dotted)
+    elif isinstance(data, list):
+        for index, item in enumerate(data):
+            _refuse_secrets(item, path, f"{prefix}[{index}]")

@@ -1,0 +1,100 @@
+"""Render a job's events in the terminal: a live progress bar on a TTY, plain lines elsewhere."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from trainer.protocol import Checkpoint, Done, Error, Eval, Event, Phase, Started
+from trainer.protocol import Progress as ProgressEvent
+
+PHASE_LABELS = {
+    "validating": "Validating dataset",
+    "loading_model": "Loading model",
+    "tokenizing": "Packing tokens",
+    "training": "Training",
+    "saving": "Saving adapter",
+}
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60:02d}:{rest % 60:02d}"
+
+
+def describe_progress(event: ProgressEvent) -> str:
+    parts = [f"step {event.step}/{event.total_steps}", f"epoch {event.epoch:.2f}"]
+    if event.loss is not None:
+        parts.append(f"loss {event.loss:.4f}")
+    parts.append(f"{event.tokens_per_s:,.0f} tok/s")
+    parts.append(f"ETA {format_duration(event.eta_s)}")
+    if event.gpu_mem_gib is not None:
+        parts.append(f"{event.gpu_mem_gib:.1f} GiB")
+    return ", ".join(parts)
+
+
+class TerminalProgress:
+    """Consumes events in order; call close() when the stream ends."""
+
+    def __init__(self, console: Console | None = None, plain_interval_s: float = 10.0) -> None:
+        self.console = console or Console(stderr=True, soft_wrap=True)
+        self.live = self.console.is_terminal
+        self.plain_interval_s = plain_interval_s
+        self._last_plain = 0.0
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
+        if self.live:
+            self._bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[detail]}"),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=False,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("Starting", total=None, detail="")
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, Started):
+            self._line(f"worker started (pid {event.pid})")
+        elif isinstance(event, Phase):
+            label = PHASE_LABELS[event.name]
+            self._describe(label)
+            self._line(f"{label}: {event.message}" if event.message else f"{label}...")
+        elif isinstance(event, ProgressEvent):
+            self._advance(event)
+        elif isinstance(event, Eval):
+            self._line(f"eval loss {event.eval_loss:.4f} at step {event.step}")
+        elif isinstance(event, Checkpoint):
+            self._line(f"checkpoint saved at step {event.step}: {event.path}")
+        elif isinstance(event, (Done, Error)):
+            self.close()
+
+    def _advance(self, event: ProgressEvent) -> None:
+        detail = describe_progress(event)
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, total=event.total_steps, completed=event.step, detail=detail)
+            return
+        now = time.monotonic()
+        if now - self._last_plain >= self.plain_interval_s or event.step == event.total_steps:
+            self._last_plain = now
+            self.console.print(detail, highlight=False)
+
+    def _describe(self, label: str) -> None:
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, description=label)
+
+    def _line(self, text: str) -> None:
+        self.console.print(text, highlight=False, markup=False)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None

@@ -1,0 +1,150 @@
+"""Spawn one trainer worker and read its events: exec (never a shell), own process group, minimal env.
+
+The worker's stdout carries protocol lines; its stderr goes straight to the job's log file. Anything
+that breaks the protocol (garbage, an oversized line, an exit without a final event) becomes an
+`internal` error event here, so every consumer sees a job end the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+
+import trainer
+from trainer.protocol import Done, Error, Event, JobSpec, ProtocolError, decode_event
+
+# A progress line is ~300 bytes and `done` carries a small metrics dict; 1 MiB leaves room for
+# growth while a runaway line still cannot eat the bot's memory.
+MAX_EVENT_LINE_BYTES = 1 << 20
+
+# Variables a worker may need; everything else (DISCORD_TOKEN above all) stays in the bot.
+_PASSED_EXACT = {"PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR", "XDG_CACHE_HOME", "SSL_CERT_FILE"}
+_PASSED_PREFIXES = (
+    "HF_",
+    "HUGGINGFACE_",
+    "TRANSFORMERS_",
+    "CUDA_",
+    "NVIDIA_",
+    "PYTORCH_",
+    "TORCH",
+    "BNB_",
+    "OMP_",
+)
+_SECRET_NAMES = {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "DISCORD_TOKEN"}
+
+
+def worker_environment(
+    spec: JobSpec, environ: Mapping[str, str], cuda_visible_devices: str | None = None
+) -> dict[str, str]:
+    """The environment a worker runs with: what training needs, HF_TOKEN only when the job uses the Hub."""
+    env = {
+        name: value
+        for name, value in environ.items()
+        if name not in _SECRET_NAMES and (name in _PASSED_EXACT or name.startswith(_PASSED_PREFIXES))
+    }
+    if environ.get("HF_TOKEN") and uses_hub(spec):
+        env["HF_TOKEN"] = environ["HF_TOKEN"]
+    if cuda_visible_devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices
+    # The worker must run the same code as the bot, installed or straight from a checkout.
+    source_root = str(Path(trainer.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [source_root, environ.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def uses_hub(spec: JobSpec) -> bool:
+    """Whether the base model or the dataset may come from the Hub (so may need HF_TOKEN)."""
+
+    def local(name: str) -> bool:
+        return name.startswith(("/", ".", "~", "http://", "https://")) or Path(name).expanduser().exists()
+
+    return not local(spec.base_model) or not local(spec.dataset.source)
+
+
+class WorkerProcess:
+    """One running `python -m trainer.train SPEC.json`."""
+
+    def __init__(self, process: asyncio.subprocess.Process, log_path: Path) -> None:
+        self.process = process
+        self.log_path = log_path
+
+    @classmethod
+    async def start(
+        cls,
+        spec_path: Path,
+        log_path: Path,
+        env: Mapping[str, str],
+        python: str = "",
+        module: str = "trainer.train",
+    ) -> WorkerProcess:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log_file:
+            process = await asyncio.create_subprocess_exec(
+                python or sys.executable,
+                "-m",
+                module,
+                str(spec_path),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log_file,
+                env=dict(env),
+                start_new_session=True,  # its own process group: cancel signals reach its children too
+                limit=MAX_EVENT_LINE_BYTES,
+            )
+        return cls(process, log_path)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every event the worker reports, ending with exactly one Done or Error."""
+        assert self.process.stdout is not None
+        while True:
+            try:
+                line = await self.process.stdout.readline()
+            except (ValueError, asyncio.LimitOverrunError):
+                self.kill()
+                await self.process.wait()
+                yield self._broken(f"the worker sent an event line over {MAX_EVENT_LINE_BYTES} bytes")
+                return
+            if not line:
+                break
+            if not line.strip():
+                continue
+            try:
+                event = decode_event(line)
+            except ProtocolError as error:
+                self.kill()
+                await self.process.wait()
+                yield self._broken(f"the worker broke the event protocol ({error})")
+                return
+            yield event
+            if isinstance(event, (Done, Error)):
+                await self.process.wait()
+                return
+        code = await self.process.wait()
+        reason = f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        yield self._broken(f"the worker {reason} without reporting a result")
+
+    def _broken(self, message: str) -> Error:
+        return Error(kind="internal", message=message, hint=f"see the worker log {self.log_path}")
+
+    def terminate(self) -> None:
+        """Ask the worker to checkpoint and stop (SIGTERM to its whole group)."""
+        self._signal_group(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal_group(signal.SIGKILL)
+
+    def _signal_group(self, signum: int) -> None:
+        if self.process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):  # it exited between the check and the signal
+            os.killpg(self.process.pid, signum)

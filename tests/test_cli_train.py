@@ -1,0 +1,136 @@
+"""`qlora-bot train` as a person runs it: flags in, progress out, exit codes, Ctrl-C and --resume."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.worker_helpers import worker_env, write_chat_dataset
+
+
+def cli(*args: str, home: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**worker_env(), "QLORA_BOT_HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+def test_train_prints_where_the_adapter_is(tiny_model_dir, tmp_path, data_home):
+    dataset = write_chat_dataset(tmp_path / "chat.jsonl", rows=16)
+    result = cli(
+        "train",
+        "--base-model",
+        str(tiny_model_dir),
+        "--dataset",
+        str(dataset),
+        "--max-steps",
+        "2",
+        "--max-length",
+        "128",
+        "--r",
+        "4",
+        "--lr",
+        "1e-3",
+        home=data_home,
+    )
+    assert result.returncode == 0, result.stderr
+    jobs = list((data_home / "jobs").iterdir())
+    assert len(jobs) == 1 and jobs[0].name.startswith("chat-")
+    assert result.stdout.strip() == f"adapter: {jobs[0] / 'adapter'}"
+    assert "done: 2 steps" in result.stderr and "final loss" in result.stderr
+    spec = json.loads((jobs[0] / "spec.json").read_text())
+    assert spec["lora"]["r"] == 4 and spec["training"]["max_steps"] == 2 and spec["name"] == "chat"
+    assert (jobs[0] / "train.log").stat().st_size > 0
+
+
+def test_a_bad_dataset_exits_2_with_message_and_hint(tiny_model_dir, tmp_path, data_home):
+    dataset = tmp_path / "pairs.jsonl"
+    dataset.write_text('{"question": "q", "answer": "a"}\n')
+    result = cli("train", "--base-model", str(tiny_model_dir), "--dataset", str(dataset), home=data_home)
+    assert result.returncode == 2
+    assert (
+        "user_error: pairs.jsonl: cannot tell the dataset format from its columns (question, answer)"
+        in result.stderr
+    )
+    assert "hint:" in result.stderr
+
+
+def test_invalid_flags_are_refused_before_any_worker_starts(tmp_path, data_home):
+    result = cli(
+        "train", "--base-model", "x", "--dataset", "y.jsonl", "--lr", "-1", "--r", "0", home=data_home
+    )
+    assert result.returncode == 2
+    assert (
+        "training.learning_rate: must be > 0" in result.stderr
+        and "lora.r: must be at least 1" in result.stderr
+    )
+    assert not (data_home / "jobs").exists()
+
+
+def test_a_bad_config_file_is_refused_naming_the_key(tmp_path, data_home):
+    config = tmp_path / "config.toml"
+    config.write_text("[defaults.lora]\nrank = 8\n")
+    result = cli("train", "--config", str(config), "--dataset", "y.jsonl", home=data_home)
+    assert result.returncode == 2
+    assert f"{config}: defaults.lora.rank: unknown key" in result.stderr
+
+
+def test_ctrl_c_cancels_at_a_checkpoint_and_the_printed_command_resumes(tiny_model_dir, tmp_path, data_home):
+    dataset = write_chat_dataset(tmp_path / "chat.jsonl", rows=16)
+    args = [
+        "train",
+        "--base-model",
+        str(tiny_model_dir),
+        "--dataset",
+        str(dataset),
+        "--max-steps",
+        "60",
+        "--max-length",
+        "64",
+        "--batch-size",
+        "1",
+        "--grad-accum",
+        "1",
+        "--checkpoint-steps",
+        "1000",
+        "--output",
+        str(tmp_path / "job"),
+    ]
+    env = {**worker_env(), "QLORA_BOT_HOME": str(data_home)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        for line in process.stderr:
+            if line.startswith("Training..."):
+                time.sleep(1.0)
+                process.send_signal(signal.SIGINT)
+                break
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert "cancelling: the worker saves a checkpoint first" in stderr
+    resume_line = stdout.strip().splitlines()[-1]
+    command = shlex.split(resume_line)
+    assert command[0] == "qlora-bot" and command[-2] == "--resume"
+    checkpoint = Path(command[-1])
+    assert (checkpoint / "trainer_state.json").is_file()
+    saved_step = int(checkpoint.name.split("-")[-1])
+    assert 0 < saved_step < 60
+
+    resumed = cli(*command[1:], home=data_home)
+    assert resumed.returncode == 0, resumed.stderr
+    metrics = json.loads((tmp_path / "job" / "metrics.json").read_text())
+    assert metrics["steps"] == 60
+    history = json.loads((tmp_path / "job" / "loss_history.json").read_text())
+    assert [point["step"] for point in history["train"]] == list(range(1, 61))

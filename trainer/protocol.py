@@ -1,0 +1,265 @@
+"""The one contract between the bot and its worker processes: the job spec and the JSON-lines events.
+
+Stdlib only, so the bot process can import it without pulling in torch. Every event line carries the
+protocol version `v` and its `type`; the decoder refuses anything it does not know.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from trainer.dataclass_codec import CodecError, from_dict, to_dict
+
+PROTOCOL_VERSION = 1
+
+DatasetFormat = Literal["auto", "text", "messages", "sharegpt", "alpaca", "prompt-completion"]
+DATASET_FORMATS: tuple[str, ...] = ("auto", "text", "messages", "sharegpt", "alpaca", "prompt-completion")
+PHASES: tuple[str, ...] = ("validating", "loading_model", "tokenizing", "training", "saving")
+# The worker's stderr, kept in the job folder by whoever spawned it.
+LOG_FILE_NAME = "train.log"
+ERROR_KINDS: tuple[str, ...] = ("user_error", "oom", "internal", "cancelled")
+
+
+class ProtocolError(ValueError):
+    """A line or spec that does not follow this protocol."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The job spec: everything a worker needs, nothing it must look up elsewhere.
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    source: str  # Hub dataset id, local file path, or https URL
+    format: DatasetFormat = "auto"
+    config: str | None = None  # Hub dataset configuration name
+    split: str = "train"  # Hub split
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    r: int = 16
+    alpha: int | None = None  # None means 2 * r
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] | None = None  # None means every linear layer but the head
+
+    @property
+    def resolved_alpha(self) -> int:
+        return self.alpha if self.alpha is not None else 2 * self.r
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    epochs: float = 1.0
+    max_steps: int | None = None  # overrides epochs when set
+    learning_rate: float = 2e-4
+    warmup: float = 0.03  # below 1: fraction of the steps; 1 or more: a number of steps
+    scheduler: str = "cosine"
+    seed: int = 42
+    batch_size: int = 2  # packed rows per device per micro-step
+    grad_accum: int = 4
+    max_length: int = 2048  # tokens per packed row; longer examples are dropped and reported
+    packing: bool = True
+    gradient_checkpointing: bool = True
+    max_grad_norm: float = 0.3
+    weight_decay: float = 0.0
+    eval_fraction: float = 0.0  # held-out share of the rows for eval loss; 0 disables eval
+    logging_steps: int = 1
+    checkpoint_steps: int = 50
+    keep_checkpoints: int = 2
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_dataset_bytes: int = 1 << 30
+    max_rows: int = 1_000_000
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    base_model: str  # Hub model id or local directory
+    dataset: DatasetSpec
+    output_dir: str  # the job folder: adapter/, checkpoints/ and metadata are written under it
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    training: TrainingSpec = field(default_factory=TrainingSpec)
+    limits: Limits = field(default_factory=Limits)
+    base_revision: str | None = None  # Hub revision to pin; None takes the default branch
+    resume_from: str | None = None  # a checkpoint folder written by an earlier attempt
+    name: str | None = None  # adapter name shown to people
+
+    def to_json(self) -> str:
+        return json.dumps(to_dict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> JobSpec:
+        try:
+            return spec_from_dict(json.loads(text))
+        except json.JSONDecodeError as error:
+            raise ProtocolError(f"job spec is not valid JSON: {error}") from None
+
+    def replace(self, **changes: Any) -> JobSpec:
+        return dataclasses.replace(self, **changes)
+
+
+SCHEDULERS: tuple[str, ...] = (
+    "linear",
+    "cosine",
+    "constant",
+    "constant_with_warmup",
+    "polynomial",
+    "inverse_sqrt",
+)
+
+
+def spec_problems(spec: JobSpec) -> list[str]:
+    """Every out-of-range value, as "dotted.key: what is wrong"; empty when the spec can run."""
+    lora, training = spec.lora, spec.training
+    checks = [
+        (not spec.base_model.strip(), "base_model: must name a Hub model id or a local folder"),
+        (not spec.dataset.source.strip(), "dataset.source: must name a Hub dataset, a file or a URL"),
+        (not spec.output_dir.strip(), "output_dir: must be a folder path"),
+        (lora.r < 1, f"lora.r: must be at least 1 (got {lora.r})"),
+        (lora.alpha is not None and lora.alpha < 1, f"lora.alpha: must be at least 1 (got {lora.alpha})"),
+        (not 0 <= lora.dropout < 1, f"lora.dropout: must be in [0, 1) (got {lora.dropout})"),
+        (
+            training.max_steps is None and training.epochs <= 0,
+            f"training.epochs: must be > 0 (got {training.epochs})",
+        ),
+        (training.max_steps is not None and training.max_steps < 1, "training.max_steps: must be at least 1"),
+        (training.learning_rate <= 0, f"training.learning_rate: must be > 0 (got {training.learning_rate})"),
+        (training.warmup < 0, f"training.warmup: must be >= 0 (got {training.warmup})"),
+        (training.scheduler not in SCHEDULERS, f"training.scheduler: must be one of {', '.join(SCHEDULERS)}"),
+        (training.batch_size < 1, "training.batch_size: must be at least 1"),
+        (training.grad_accum < 1, "training.grad_accum: must be at least 1"),
+        (training.max_length < 16, f"training.max_length: must be at least 16 (got {training.max_length})"),
+        (training.max_grad_norm <= 0, "training.max_grad_norm: must be > 0"),
+        (not 0 <= training.eval_fraction <= 0.5, "training.eval_fraction: must be in [0, 0.5]"),
+        (training.logging_steps < 1, "training.logging_steps: must be at least 1"),
+        (training.checkpoint_steps < 1, "training.checkpoint_steps: must be at least 1"),
+        (training.keep_checkpoints < 1, "training.keep_checkpoints: must be at least 1"),
+    ]
+    return [message for failed, message in checks if failed]
+
+
+def spec_from_dict(data: Any) -> JobSpec:
+    try:
+        return from_dict(JobSpec, data)
+    except CodecError as error:
+        raise ProtocolError(f"invalid job spec: {error}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Events: one JSON object per line on the worker's stdout.
+
+
+@dataclass(frozen=True)
+class Started:
+    pid: int
+    attempt_resumes_from: str | None = None
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: Literal["validating", "loading_model", "tokenizing", "training", "saving"]
+    message: str = ""  # what the phase found worth telling, e.g. "412 rows, format messages"
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    total_steps: int
+    epoch: float
+    tokens_seen: int
+    tokens_per_s: float
+    eta_s: float | None = None
+    loss: float | None = None
+    lr: float | None = None
+    grad_norm: float | None = None
+    gpu_mem_gib: float | None = None
+
+
+@dataclass(frozen=True)
+class Eval:
+    step: int
+    eval_loss: float
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    path: str
+
+
+@dataclass(frozen=True)
+class Done:
+    adapter_dir: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Error:
+    kind: Literal["user_error", "oom", "internal", "cancelled"]
+    message: str  # safe to show to the person who started the job
+    hint: str = ""  # what to do about it
+    checkpoint: str | None = None  # the newest checkpoint, for a resume
+
+
+Event = Started | Phase | Progress | Eval | Checkpoint | Done | Error
+
+EVENT_TYPES: dict[str, type] = {
+    "started": Started,
+    "phase": Phase,
+    "progress": Progress,
+    "eval": Eval,
+    "checkpoint": Checkpoint,
+    "done": Done,
+    "error": Error,
+}
+_TYPE_NAMES = {cls: name for name, cls in EVENT_TYPES.items()}
+
+
+def event_type(event: Event) -> str:
+    return _TYPE_NAMES[type(event)]
+
+
+def encode_event(event: Event) -> str:
+    """One line of JSON (no trailing newline) with the version and type first."""
+    body = {"v": PROTOCOL_VERSION, "type": event_type(event)}
+    body.update(_finite(to_dict(event)))
+    return json.dumps(body, separators=(",", ":"), allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinity are not JSON: a diverged loss travels as null rather than breaking the stream."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
+
+def decode_event(line: str | bytes) -> Event:
+    """Parse one line; raise ProtocolError for bad JSON, another version, or an unknown type or field."""
+    try:
+        data = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ProtocolError(f"not a JSON event line: {error}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("an event line must be a JSON object")
+    version = data.pop("v", None)
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {version!r} (expected {PROTOCOL_VERSION})")
+    name = data.pop("type", None)
+    cls = EVENT_TYPES.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown event type {name!r}")
+    try:
+        return from_dict(cls, data)
+    except CodecError as error:
+        raise ProtocolError(f"invalid {name} event: {error}") from None

@@ -1,0 +1,95 @@
+"""Configure trl's SFTTrainer for the job: packing, precision, optimizer, checkpoints and our callbacks."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import PrinterCallback, ProgressCallback
+from trl import SFTConfig, SFTTrainer
+
+from trainer.cancellation import CancelFlag
+from trainer.protocol import Event, JobSpec
+from trainer.tokenization import TokenizedRows
+from trainer.training_events import EventCallback, TokenCounter
+
+
+def build_trainer(
+    spec: JobSpec,
+    model: Any,
+    tokenizer: Any,
+    train_rows: TokenizedRows,
+    eval_rows: TokenizedRows | None,
+    emit: Callable[[Event], None],
+    cancel: CancelFlag,
+) -> tuple[SFTTrainer, TokenCounter, EventCallback]:
+    training = spec.training
+    cuda = torch.cuda.is_available()
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    eval_steps = training.checkpoint_steps
+    args = SFTConfig(
+        output_dir=str(Path(spec.output_dir) / "checkpoints"),
+        num_train_epochs=training.epochs,
+        max_steps=training.max_steps if training.max_steps is not None else -1,
+        learning_rate=training.learning_rate,
+        warmup_steps=training.warmup,  # a float below 1 is a fraction of the steps (transformers 5)
+        lr_scheduler_type=training.scheduler,
+        weight_decay=training.weight_decay,
+        max_grad_norm=training.max_grad_norm,
+        seed=training.seed,
+        data_seed=training.seed,
+        per_device_train_batch_size=training.batch_size,
+        per_device_eval_batch_size=training.batch_size,
+        gradient_accumulation_steps=training.grad_accum,
+        **_checkpointing_args(training.gradient_checkpointing),
+        bf16=bf16,
+        fp16=cuda and not bf16,
+        use_cpu=not cuda,
+        # 8-bit AdamW is a CUDA kernel; on the CPU (tests, CI) plain AdamW keeps the same semantics.
+        optim="adamw_bnb_8bit" if cuda else "adamw_torch",
+        max_length=training.max_length,
+        packing=training.packing,
+        completion_only_loss=train_rows.completion_mask is not None,
+        logging_steps=training.logging_steps,
+        save_strategy="steps",
+        save_steps=training.checkpoint_steps,
+        save_total_limit=training.keep_checkpoints,
+        eval_strategy="steps" if eval_rows is not None else "no",
+        eval_steps=eval_steps,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=_to_dataset(train_rows),
+        eval_dataset=_to_dataset(eval_rows) if eval_rows is not None else None,
+        processing_class=tokenizer,
+    )
+    # The console printers would only duplicate our events into the log.
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    tokens = TokenCounter(trainer.data_collator)
+    trainer.data_collator = tokens
+    callback = EventCallback(emit, cancel, tokens, resume_from=spec.resume_from)
+    trainer.add_callback(callback)
+    return trainer, tokens, callback
+
+
+def _checkpointing_args(enabled: bool) -> dict[str, Any]:
+    """transformers 5.2x renamed gradient_checkpointing to activation_checkpointing; accept both releases."""
+    names = {field.name for field in dataclasses.fields(SFTConfig)}
+    prefix = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {prefix: enabled, f"{prefix}_kwargs": {"use_reentrant": False}}
+
+
+def _to_dataset(rows: TokenizedRows) -> Dataset:
+    columns: dict[str, list] = {"input_ids": rows.input_ids}
+    if rows.completion_mask is not None:
+        columns["completion_mask"] = rows.completion_mask
+    return Dataset.from_dict(columns)

@@ -1,0 +1,238 @@
+"""The training worker: `python -m trainer.train SPEC.json` runs one QLoRA fine-tune and reports events.
+
+Reads top to bottom like the recipe it runs: validate the data before any weight is loaded, load the
+4-bit base and attach LoRA, pack the tokens, train with checkpoints, save the adapter locally. Every
+outcome, failures included, leaves as a protocol event on stdout; tracebacks go to stderr (the log).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from trainer.cancellation import CancelFlag
+from trainer.chat_template import choose_chat_template
+from trainer.data_sources import read_records
+from trainer.errors import Cancelled, UserError
+from trainer.event_stream import take_stdout_for_events
+from trainer.formats import ChatExample, to_examples
+from trainer.protocol import LOG_FILE_NAME, Done, Error, JobSpec, Phase, ProtocolError, Started, spec_problems
+from trainer.tokenization import TokenizedRows, tokenize_examples
+
+log = logging.getLogger("trainer.train")
+
+EXIT_USER_ERROR, EXIT_OOM, EXIT_INTERNAL, EXIT_CANCELLED = 2, 3, 1, 143
+OOM_HINT = (
+    "lower max_length or batch_size (raise grad_accum to keep the batch), and keep gradient checkpointing on"
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    emit = take_stdout_for_events()
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    cancel = CancelFlag()
+    cancel.install()
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        emit(Error(kind="internal", message="usage: python -m trainer.train SPEC.json"))
+        return EXIT_INTERNAL
+    spec: JobSpec | None = None
+    try:
+        spec = JobSpec.from_json(Path(args[0]).read_text(encoding="utf-8"))
+        emit(Started(pid=os.getpid(), attempt_resumes_from=spec.resume_from))
+        return run(spec, emit, cancel)
+    except UserError as error:
+        emit(Error(kind="user_error", message=error.message, hint=error.hint))
+        return EXIT_USER_ERROR
+    except ProtocolError as error:
+        emit(Error(kind="user_error", message=str(error), hint="fix the job spec"))
+        return EXIT_USER_ERROR
+    except Cancelled:
+        emit(
+            Error(
+                kind="cancelled", message="cancelled before training started", checkpoint=_resume_point(spec)
+            )
+        )
+        return EXIT_CANCELLED
+    except Exception as error:
+        if _is_oom(error):
+            log.error("out of memory:\n%s", traceback.format_exc())
+            emit(
+                Error(
+                    kind="oom",
+                    message="the GPU ran out of memory",
+                    hint=OOM_HINT,
+                    checkpoint=_resume_point(spec),
+                )
+            )
+            return EXIT_OOM
+        log.error("internal error:\n%s", traceback.format_exc())
+        where = Path(spec.output_dir) / LOG_FILE_NAME if spec else "the worker's log"
+        emit(
+            Error(
+                kind="internal",
+                message=f"internal error: {type(error).__name__}: {str(error)[:300]}",
+                hint=f"the full traceback is in {where}",
+                checkpoint=_resume_point(spec),
+            )
+        )
+        return EXIT_INTERNAL
+
+
+def run(spec: JobSpec, emit: Any, cancel: CancelFlag) -> int:
+    problems = spec_problems(spec)
+    if problems:
+        raise UserError("invalid job settings: " + "; ".join(problems), "change the settings named above")
+    job_dir = Path(spec.output_dir)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    started_at = time.monotonic()
+
+    # --- validating: the dataset is read, checked and tokenized before any weight is loaded. The data
+    # modules are stdlib-only, so a bad file is reported before torch has even been imported.
+    emit(Phase(name="validating"))
+    records = read_records(spec.dataset, job_dir / "data", spec.limits)
+    data_format, examples = to_examples(records, spec.dataset.format)
+    from trainer.model_loading import add_lora, load_quantized_model, load_tokenizer, resolved_revision
+
+    tokenizer = load_tokenizer(spec.base_model, spec.base_revision)
+    chat_template, template_source = choose_chat_template(tokenizer)
+    rows = tokenize_examples(examples, tokenizer, chat_template, spec.training.max_length, records.where)
+    train_rows, eval_rows = _split(rows, spec.training.eval_fraction, spec.training.seed)
+    emit(Phase(name="validating", message=f"{records.origin}: format {data_format}; {rows.summary()}"))
+
+    # --- loading_model
+    emit(Phase(name="loading_model", message=spec.base_model))
+    model = load_quantized_model(spec.base_model, spec.base_revision)
+    model = add_lora(model, spec.lora, spec.training.gradient_checkpointing)
+
+    # --- tokenizing: trl builds labels from our masks and packs rows into max_length sequences.
+    emit(Phase(name="tokenizing"))
+    from trainer.sft import build_trainer
+
+    trainer, tokens, callback = build_trainer(spec, model, tokenizer, train_rows, eval_rows, emit, cancel)
+    emit(
+        Phase(
+            name="tokenizing",
+            message=f"{len(trainer.train_dataset)} packed rows of up to {spec.training.max_length} tokens",
+        )
+    )
+
+    # --- training
+    emit(Phase(name="training"))
+    cancel.training = True  # from here on SIGTERM means "checkpoint and stop", never an abort
+    result = trainer.train(resume_from_checkpoint=spec.resume_from)
+    if cancel.requested and trainer.state.global_step < trainer.state.max_steps:
+        emit(
+            Error(
+                kind="cancelled", message="cancelled; a checkpoint was saved", checkpoint=_resume_point(spec)
+            )
+        )
+        return EXIT_CANCELLED
+    eval_loss = None
+    if eval_rows is not None:
+        eval_loss = trainer.evaluate().get("eval_loss")
+
+    # --- saving: the adapter, its tokenizer and chat template, and what produced it.
+    emit(Phase(name="saving"))
+    adapter_dir = job_dir / "adapter"
+    model.save_pretrained(adapter_dir, safe_serialization=True)
+    tokenizer.chat_template = chat_template
+    tokenizer.save_pretrained(adapter_dir)
+    metrics = {
+        "train_loss": result.training_loss,
+        "final_loss": callback.loss_history[-1]["loss"] if callback.loss_history else None,
+        "eval_loss": eval_loss,
+        "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "tokens": tokens.tokens,
+        "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 3),
+        "total_runtime_s": round(time.monotonic() - started_at, 3),
+        "examples": len(train_rows.input_ids),
+        "eval_examples": len(eval_rows.input_ids) if eval_rows else 0,
+    }
+    record = {
+        "spec": json.loads(
+            spec.replace(base_revision=spec.base_revision or resolved_revision(model)).to_json()
+        ),
+        "data_format": data_format,
+        "prompt_style": "raw"
+        if data_format in ("text", "prompt-completion") and _is_plain(examples)
+        else "chat",
+        "chat_template_source": template_source,
+    }
+    _write_json(adapter_dir / "qlora_bot.json", record)
+    _write_json(job_dir / "metrics.json", metrics)
+    _write_json(
+        job_dir / "loss_history.json", {"train": callback.loss_history, "eval": callback.eval_history}
+    )
+    emit(Done(adapter_dir=str(adapter_dir), metrics=metrics))
+    return 0
+
+
+def _split(rows: TokenizedRows, fraction: float, seed: int) -> tuple[TokenizedRows, TokenizedRows | None]:
+    """Hold out a seeded random share of the examples for eval loss."""
+    if fraction <= 0:
+        return rows, None
+    count = len(rows.input_ids)
+    held_out = round(count * fraction)
+    if held_out < 1 or held_out >= count:
+        raise UserError(
+            f"eval_fraction={fraction} of {count} examples leaves no eval or no train examples",
+            "use a larger dataset or a different eval_fraction (0 disables eval)",
+        )
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+
+    def pick(indices: list[int]) -> TokenizedRows:
+        masks = rows.completion_mask
+        return TokenizedRows(
+            [rows.input_ids[i] for i in indices],
+            [masks[i] for i in indices] if masks is not None else None,
+            rows.dropped_too_long,
+            rows.dropped_untrainable,
+        )
+
+    return pick(sorted(order[held_out:])), pick(sorted(order[:held_out]))
+
+
+def _is_plain(examples: list) -> bool:
+    return not examples or not isinstance(examples[0], ChatExample)
+
+
+def _resume_point(spec: JobSpec | None) -> str | None:
+    """The newest checkpoint of this job, where a later attempt can resume."""
+    if spec is None:
+        return None
+    checkpoints = Path(spec.output_dir) / "checkpoints"
+    found = sorted(
+        checkpoints.glob("checkpoint-*"),
+        key=lambda path: int(path.name.split("-")[-1]) if path.name.split("-")[-1].isdigit() else -1,
+    )
+    complete = [path for path in found if (path / "trainer_state.json").exists()]
+    return str(complete[-1]) if complete else spec.resume_from
+
+
+def _is_oom(error: BaseException) -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return isinstance(error, torch.OutOfMemoryError) or "CUDA out of memory" in str(error)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

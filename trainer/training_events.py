@@ -1,0 +1,152 @@
+"""Translate the Trainer's callbacks into protocol events, and stop at a checkpoint when cancelled.
+
+Progress goes out at every logging step and otherwise at most once per interval, so a fast tiny run
+does not flood the bot and a slow 7B run still shows life between logging steps.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from trainer.cancellation import CancelFlag
+from trainer.protocol import Checkpoint, Eval, Event, Progress
+
+# Written into each checkpoint so a resumed job keeps counting tokens from where it stopped.
+TOKENS_FILE = "qlora_bot_tokens.json"
+
+
+class TokenCounter:
+    """Wraps the data collator to count real tokens on the host, without a GPU sync per step."""
+
+    def __init__(self, collator: Callable[[list[dict]], Any]) -> None:
+        self.collator = collator
+        self.tokens = 0
+
+    def __call__(self, examples: list[dict]) -> Any:
+        self.tokens += sum(len(example["input_ids"]) for example in examples)
+        return self.collator(examples)
+
+
+class EventCallback(TrainerCallback):
+    def __init__(
+        self,
+        emit: Callable[[Event], None],
+        cancel: CancelFlag,
+        tokens: TokenCounter,
+        resume_from: str | None = None,
+        interval_s: float = 1.0,
+    ) -> None:
+        self.resume_from = resume_from
+        self.emit = emit
+        self.cancel = cancel
+        self.tokens = tokens
+        self.interval_s = interval_s
+        self.loss_history: list[dict[str, float]] = []
+        self.eval_history: list[dict[str, float]] = []
+        self._last = {"loss": None, "lr": None, "grad_norm": None}
+        self._started_at = 0.0
+        self._first_step = 0
+        self._window = (0.0, 0)  # time and token count at the previous progress event
+        self._emitted_step = -1
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._started_at = time.monotonic()
+        self._first_step = state.global_step  # non-zero when resuming
+        if self._first_step and self.resume_from:
+            # A resumed run continues the curve and the token count where the checkpoint left them.
+            self.loss_history = [_loss_point(entry) for entry in state.log_history if "loss" in entry]
+            self.eval_history = [
+                {"step": entry["step"], "eval_loss": entry["eval_loss"]}
+                for entry in state.log_history
+                if "eval_loss" in entry
+            ]
+            self.tokens.tokens += _saved_tokens(Path(self.resume_from))
+        self._window = (self._started_at, self.tokens.tokens)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self.cancel.requested:
+            control.should_save = True
+            control.should_training_stop = True
+        logging_step = args.logging_steps and state.global_step % args.logging_steps == 0
+        if not logging_step and time.monotonic() - self._window[0] >= self.interval_s:
+            self._emit_progress(state)  # on_log reports logging steps, with their loss
+        return control
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        logs = logs or {}
+        if "loss" in logs:
+            self._last = {
+                "loss": logs.get("loss"),
+                "lr": logs.get("learning_rate"),
+                "grad_norm": logs.get("grad_norm"),
+            }
+            self.loss_history.append(_loss_point({"step": state.global_step, **logs}))
+            self._emit_progress(state)
+        if "eval_loss" in logs:
+            self.eval_history.append({"step": state.global_step, "eval_loss": logs["eval_loss"]})
+            self.emit(Eval(step=state.global_step, eval_loss=float(logs["eval_loss"])))
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        (path / TOKENS_FILE).write_text(json.dumps({"tokens": self.tokens.tokens}), encoding="utf-8")
+        self.emit(Checkpoint(step=state.global_step, path=str(path)))
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step != self._emitted_step:
+            self._emit_progress(state)
+
+    def _emit_progress(self, state: Any) -> None:
+        now = time.monotonic()
+        then, tokens_then = self._window
+        tokens_now = self.tokens.tokens
+        steps_done = state.global_step - self._first_step
+        remaining = max(state.max_steps - state.global_step, 0)
+        eta = (now - self._started_at) / steps_done * remaining if steps_done else None
+        self.emit(
+            Progress(
+                step=state.global_step,
+                total_steps=state.max_steps,
+                epoch=float(state.epoch or 0.0),
+                tokens_seen=tokens_now,
+                tokens_per_s=(tokens_now - tokens_then) / (now - then) if now > then else 0.0,
+                eta_s=eta,
+                loss=_float(self._last["loss"]),
+                lr=_float(self._last["lr"]),
+                grad_norm=_float(self._last["grad_norm"]),
+                gpu_mem_gib=_gpu_peak_gib(),
+            )
+        )
+        self._window = (now, tokens_now)
+        self._emitted_step = state.global_step
+
+
+def _loss_point(entry: dict[str, Any]) -> dict[str, float]:
+    point = {"step": entry["step"], "loss": entry["loss"]}
+    for source, name in (("learning_rate", "lr"), ("grad_norm", "grad_norm")):
+        if entry.get(source) is not None:
+            point[name] = entry[source]
+    return point
+
+
+def _saved_tokens(checkpoint: Path) -> int:
+    try:
+        return int(json.loads((checkpoint / TOKENS_FILE).read_text(encoding="utf-8"))["tokens"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _gpu_peak_gib() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2)
