@@ -75,7 +75,7 @@ def test_adapter_loads_on_the_4bit_base_and_changes_the_output(trained, tiny_mod
     base = AutoModelForCausalLM.from_pretrained(
         tiny_model_dir, quantization_config=quantization, dtype=torch.float32
     )
-    inputs = torch.tensor([[1, 40, 41, 42, 43]])
+    inputs = torch.tensor([[1, 40, 41, 42, 43]], device=base.device)  # bnb puts 4-bit weights on a GPU
     with torch.no_grad():
         before = base(inputs).logits
         tuned = PeftModel.from_pretrained(base, events[-1].adapter_dir)

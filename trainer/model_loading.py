@@ -24,6 +24,17 @@ def compute_dtype() -> torch.dtype:
     return torch.float32
 
 
+def runtime_description(training_args: Any) -> dict[str, str]:
+    """Where and how the job ran, recorded beside the adapter (a 4-bit CPU run is not a GPU run)."""
+    device = f"cuda:{torch.cuda.get_device_name()}" if torch.cuda.is_available() else "cpu"
+    return {
+        "device": device,
+        "compute_dtype": str(compute_dtype()).removeprefix("torch."),
+        "optimizer": str(getattr(training_args.optim, "value", training_args.optim)),
+        "torch": torch.__version__,
+    }
+
+
 def load_tokenizer(base_model: str, revision: str | None) -> Any:
     from transformers import AutoTokenizer
 

@@ -101,7 +101,13 @@ def run(spec: JobSpec, emit: Any, cancel: CancelFlag) -> int:
     emit(Phase(name="validating"))
     records = read_records(spec.dataset, job_dir / "data", spec.limits)
     data_format, examples = to_examples(records, spec.dataset.format)
-    from trainer.model_loading import add_lora, load_quantized_model, load_tokenizer, resolved_revision
+    from trainer.model_loading import (
+        add_lora,
+        load_quantized_model,
+        load_tokenizer,
+        resolved_revision,
+        runtime_description,
+    )
 
     tokenizer = load_tokenizer(spec.base_model, spec.base_revision)
     chat_template, template_source = choose_chat_template(tokenizer)
@@ -168,6 +174,7 @@ def run(spec: JobSpec, emit: Any, cancel: CancelFlag) -> int:
         if data_format in ("text", "prompt-completion") and _is_plain(examples)
         else "chat",
         "chat_template_source": template_source,
+        "runtime": runtime_description(trainer.args),
     }
     _write_json(adapter_dir / "qlora_bot.json", record)
     _write_json(job_dir / "metrics.json", metrics)
