@@ -189,3 +189,67 @@ def test_invalid_settings_are_a_user_error_naming_the_field(tiny_model_dir, tmp_
     assert code == 2
     assert events[-1].kind == "user_error"
     assert "training.learning_rate: must be > 0" in events[-1].message
+
+
+FAILING_RUN = """
+import sys, torch, trainer.train as worker
+def run(spec, emit, cancel):
+    raise {exception}
+worker.run = run
+sys.exit(worker.main([sys.argv[1]]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("exception", "code", "kind", "message", "hint"),
+    [
+        (
+            "torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB')",
+            3,
+            "oom",
+            "the GPU ran out of memory",
+            "lower max_length or batch_size",
+        ),
+        (
+            "KeyError('lm_head')",
+            1,
+            "internal",
+            "internal error: KeyError: 'lm_head'",
+            "the full traceback is in",
+        ),
+    ],
+)
+def test_failures_become_error_events_with_a_hint(tmp_path, exception, code, kind, message, hint):
+    spec = tiny_spec(tmp_path / "model", tmp_path / "data.jsonl", tmp_path / "job")
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(spec.to_json())
+    result = subprocess.run(
+        [sys.executable, "-c", FAILING_RUN.format(exception=exception), str(spec_path)],
+        capture_output=True,
+        text=True,
+        env=worker_env(),
+        timeout=120,
+    )
+    events = [decode_event(line) for line in result.stdout.splitlines()]
+    assert result.returncode == code
+    assert [type(event) for event in events] == [Started, Error]
+    assert events[-1].kind == kind and events[-1].message == message and hint in events[-1].hint
+    assert "Traceback" in result.stderr  # the traceback goes to the log, never to the event stream
+
+
+def test_gated_and_missing_hub_models_get_actionable_errors():
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    from trainer.errors import UserError
+    from trainer.model_loading import _explained_load_errors
+
+    # huggingface_hub 2.x builds its errors from its own HTTP client's responses (httpx2, not httpx).
+    http = pytest.importorskip("httpx2")
+    response = http.Response(403, request=http.Request("GET", "http://hub.invalid"))
+    for error, expected in [
+        (GatedRepoError("gated", response=response), "accept its license"),
+        (RepositoryNotFoundError("missing", response=response), "check the model id"),
+    ]:
+        with pytest.raises(UserError) as caught, _explained_load_errors("org/model"):
+            raise error
+        assert expected in caught.value.hint and "org/model" in caught.value.message
