@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from bot.config import ConfigError, load_config
+from bot.job_commands import add_commands as add_job_commands
 from trainer.protocol import DATASET_FORMATS, SCHEDULERS
 
 
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", type=Path, help="job folder (default: a new folder under the data directory)"
     )
     train.add_argument("--resume", type=Path, metavar="CHECKPOINT_DIR", help="continue from a checkpoint")
+    add_job_commands(commands, common)
     return parser
 
 
@@ -80,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         from bot.train_command import run_train
 
         return run_train(args, config, sys.argv[1:] if argv is None else argv)
-    raise AssertionError(f"unhandled command {args.command}")
+    from bot import job_commands
+
+    commands = {"jobs": job_commands.run_jobs, "job": job_commands.run_job, "cancel": job_commands.run_cancel}
+    return commands[args.command](args, config)
 
 
 if __name__ == "__main__":

@@ -45,10 +45,29 @@ class WorkerConfig:
 
 
 @dataclass(frozen=True)
+class QueueConfig:
+    max_queued_per_user: int = 5
+    max_running_per_user: int = 1
+    max_jobs_per_day: int = 20
+    max_attempts: int = 3
+    max_wall_time_h: float = 24.0
+    default_job_minutes: float = 30.0
+
+
+@dataclass(frozen=True)
+class GpuConfig:
+    devices: tuple[str, ...] = ()
+    detect: bool = True
+    jobs_per_device: int = 1
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     defaults: JobDefaults = field(default_factory=JobDefaults)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    gpus: GpuConfig = field(default_factory=GpuConfig)
 
     def data_dir(self) -> Path:
         """QLORA_BOT_HOME, else paths.data_dir, else ~/.local/share/qlora-bot."""
@@ -60,6 +79,9 @@ class Config:
 
     def jobs_dir(self) -> Path:
         return self.data_dir() / "jobs"
+
+    def database_path(self) -> Path:
+        return self.data_dir() / "qlora-bot.db"
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -38,6 +39,26 @@ def describe_progress(event: ProgressEvent) -> str:
     return ", ".join(parts)
 
 
+def describe_event(event: Event) -> str:
+    """One line for any event, as `qlora-bot job` lists them."""
+    if isinstance(event, Started):
+        resumed = f", resuming from {event.attempt_resumes_from}" if event.attempt_resumes_from else ""
+        return f"worker started (pid {event.pid}{resumed})"
+    if isinstance(event, Phase):
+        label = PHASE_LABELS[event.name]
+        return f"{label}: {event.message}" if event.message else label
+    if isinstance(event, ProgressEvent):
+        return describe_progress(event)
+    if isinstance(event, Eval):
+        return f"eval loss {event.eval_loss:.4f} at step {event.step}"
+    if isinstance(event, Checkpoint):
+        return f"checkpoint saved at step {event.step}: {event.path}"
+    if isinstance(event, Done):
+        return f"done: adapter in {event.adapter_dir}"
+    hint = f" ({event.hint})" if event.hint else ""
+    return f"{event.kind}: {event.message}{hint}"
+
+
 class TerminalProgress:
     """Consumes events in order; call close() when the stream ends."""
 
@@ -46,6 +67,7 @@ class TerminalProgress:
         self.live = self.console.is_terminal
         self.plain_interval_s = plain_interval_s
         self._last_plain = 0.0
+        self._last_state: tuple[str, int] | None = None
         self._bar: Progress | None = None
         self._task: TaskID | None = None
         if self.live:
@@ -62,20 +84,29 @@ class TerminalProgress:
             self._task = self._bar.add_task("Starting", total=None, detail="")
 
     def handle(self, event: Event) -> None:
-        if isinstance(event, Started):
-            self._line(f"worker started (pid {event.pid})")
-        elif isinstance(event, Phase):
-            label = PHASE_LABELS[event.name]
-            self._describe(label)
-            self._line(f"{label}: {event.message}" if event.message else f"{label}...")
-        elif isinstance(event, ProgressEvent):
+        if isinstance(event, ProgressEvent):
             self._advance(event)
-        elif isinstance(event, Eval):
-            self._line(f"eval loss {event.eval_loss:.4f} at step {event.step}")
-        elif isinstance(event, Checkpoint):
-            self._line(f"checkpoint saved at step {event.step}: {event.path}")
         elif isinstance(event, (Done, Error)):
             self.close()
+        else:
+            if isinstance(event, Phase):
+                self._describe(PHASE_LABELS[event.name])
+            self._line(describe_event(event))
+
+    def state(self, job: Any) -> None:
+        """A change of the job itself (queued, re-queued after a crash), shown once per change."""
+        key = (job.state, job.attempt)
+        if key == self._last_state:
+            return
+        self._last_state = key
+        if job.state == "queued" and job.attempt > 1:
+            resume = job.checkpoint_path or "the start"
+            self._line(
+                f"attempt {job.attempt - 1} ended early; resuming from {resume} (attempt {job.attempt})"
+            )
+        elif job.state == "queued":
+            self._describe("Queued")
+            self._line("queued: waiting for a free GPU slot")
 
     def _advance(self, event: ProgressEvent) -> None:
         detail = describe_progress(event)

@@ -5,21 +5,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import os
 import re
 import shlex
 import signal
-import time
 from pathlib import Path
 
 from rich.console import Console
 
 from bot.config import Config
+from bot.errors import UserFacingError
+from bot.jobs.executor import LocalExecutor
+from bot.jobs.local import configured_slots, open_service, terminal_requester
+from bot.jobs.service import JobService, Requester
+from bot.jobs.service_lock import RunnerLock
 from bot.terminal_progress import TerminalProgress, format_duration
-from bot.worker_process import WorkerProcess, worker_environment
-from trainer.protocol import LOG_FILE_NAME, DatasetSpec, Done, Error, JobSpec, spec_problems
+from storage.models import Job
+from trainer.protocol import (
+    LOG_FILE_NAME,
+    DatasetSpec,
+    Done,
+    Event,
+    JobSpec,
+    newest_checkpoint,
+    spec_problems,
+)
 
-SPEC_FILE_NAME = "spec.json"
 EXIT_CODES = {"user_error": 2, "cancelled": 130}
 
 
@@ -51,7 +61,6 @@ def build_spec(args: argparse.Namespace, config: Config) -> JobSpec:
         gradient_checkpointing=False if args.no_gradient_checkpointing else None,
     )
     name = args.name or _name_from(args.dataset)
-    output = args.output or _default_output(args, config, name)
     return JobSpec(
         base_model=args.base_model or defaults.base_model,
         dataset=DatasetSpec(
@@ -60,7 +69,7 @@ def build_spec(args: argparse.Namespace, config: Config) -> JobSpec:
             config=args.dataset_config,
             split=args.split,
         ),
-        output_dir=str(output.expanduser().resolve()),
+        output_dir="",  # the job folder: chosen when the job is submitted
         lora=lora,
         training=training,
         limits=defaults.limits,
@@ -86,66 +95,102 @@ def _name_from(dataset: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "adapter"
 
 
-def _default_output(args: argparse.Namespace, config: Config, name: str) -> Path:
+def _job_dir(args: argparse.Namespace) -> Path | None:
+    """--output, or the job folder of the checkpoint being resumed; None lets the service choose."""
+    if args.output:
+        return args.output.expanduser().resolve()
     if args.resume:
         # A checkpoint lives in JOB/checkpoints/checkpoint-N: resume in the same job folder.
         return args.resume.expanduser().resolve().parent.parent
-    return config.jobs_dir() / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return None
 
 
 def run_train(args: argparse.Namespace, config: Config, argv: list[str]) -> int:
     console = Console(stderr=True, soft_wrap=True)  # long paths and hints stay on one line
     spec = build_spec(args, config)
-    problems = spec_problems(spec)
+    problems = spec_problems(spec.replace(output_dir="(job folder)"))
     if args.resume and not (args.resume / "trainer_state.json").exists():
         problems.append(f"--resume: {args.resume} is not a checkpoint folder (no trainer_state.json)")
     if problems:
         for problem in problems:
             console.print(f"[red]error:[/] {problem}", highlight=False)
         return 2
-    job_dir = Path(spec.output_dir)
-    job_dir.mkdir(parents=True, exist_ok=True)
-    spec_path = job_dir / SPEC_FILE_NAME
-    spec_path.write_text(spec.to_json(), encoding="utf-8")
-    console.print(f"job folder {job_dir}", highlight=False)
-    final = asyncio.run(_run_worker(spec, spec_path, config, console))
-    return _report(final, spec, argv, console)
+    return asyncio.run(_train(spec, _job_dir(args), config, console, argv))
 
 
-async def _run_worker(spec: JobSpec, spec_path: Path, config: Config, console: Console) -> Done | Error:
-    env = worker_environment(spec, os.environ)
-    worker = await WorkerProcess.start(
-        spec_path, Path(spec.output_dir) / LOG_FILE_NAME, env, python=config.worker.python
-    )
-    display = TerminalProgress(console)
+async def _train(
+    spec: JobSpec, job_dir: Path | None, config: Config, console: Console, argv: list[str]
+) -> int:
+    requester = terminal_requester()
+    lock = RunnerLock(config.data_dir())
+    try:
+        async with open_service(config) as service:
+            try:
+                job = await service.submit(spec, requester, job_dir=job_dir)
+            except UserFacingError as error:
+                console.print(f"[red]error:[/] {error.message}", highlight=False)
+                if error.hint:
+                    console.print(f"hint: {error.hint}", highlight=False)
+                return 2
+            console.print(f"job {job.id}: folder {job.spec.output_dir}", highlight=False)
+            takeover = asyncio.create_task(_run_queue_when_free(service, lock, job.id, config, console))
+            try:
+                await _follow(service, job, requester, console)
+            finally:
+                takeover.cancel()
+            ended = await service.get(job.id)
+            done = await service.store.last_event(job.id, "done")
+    finally:
+        lock.release()
+    return _report(ended, done.event if done else None, argv, console)
+
+
+async def _follow(service: JobService, job: Job, requester: Requester, console: Console) -> None:
+    """Render the job until it ends; Ctrl-C cancels it (at a checkpoint), a second Ctrl-C kills it."""
+    loop = asyncio.get_running_loop()
     interrupts = 0
+    pending: set[asyncio.Task] = set()
 
     def on_interrupt() -> None:
         nonlocal interrupts
         interrupts += 1
         if interrupts == 1:
             console.print("\ncancelling: the worker saves a checkpoint first (Ctrl-C again to kill it)")
-            worker.terminate()
-            asyncio.get_running_loop().call_later(config.worker.cancel_grace_s, worker.kill)
-        else:
-            worker.kill()
+            task = loop.create_task(service.cancel(job.id, requester))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        elif service.runner is not None:
+            service.runner.kill(job.id)
 
-    loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, on_interrupt)
+    display = TerminalProgress(console)
     try:
-        async for event in worker.events():
-            display.handle(event)
-            if isinstance(event, (Done, Error)):
-                return event
+        async for update in service.subscribe(job.id):
+            if update.event is not None:
+                display.handle(update.event)
+            else:
+                display.state(update.job)
     finally:
-        display.close()
         loop.remove_signal_handler(signal.SIGINT)
-    raise AssertionError("the worker's event stream ended without a result")
+        display.close()
 
 
-def _report(final: Done | Error, spec: JobSpec, argv: list[str], console: Console) -> int:
-    if isinstance(final, Done):
-        metrics = final.metrics
+async def _run_queue_when_free(
+    service: JobService, lock: RunnerLock, job_id: int, config: Config, console: Console
+) -> None:
+    """Run our job here, unless another qlora-bot process runs the queue: then it runs there."""
+    if not lock.try_acquire():
+        holder = lock.holder_pid()
+        console.print(f"qlora-bot (pid {holder}) runs the queue; job {job_id} runs there", highlight=False)
+        while not lock.try_acquire():  # that process may stop before our job's turn
+            await asyncio.sleep(2.0)
+    executor = LocalExecutor(python=config.worker.python)
+    await service.start_runner(executor, configured_slots(config), only_job_ids={job_id})
+
+
+def _report(job: Job, done: Event | None, argv: list[str], console: Console) -> int:
+    if job.state == "succeeded":
+        metrics = done.metrics if isinstance(done, Done) else {}
         loss = metrics.get("final_loss")
         summary = [f"{metrics.get('steps')} steps", f"{metrics.get('tokens', 0):,} tokens"]
         if loss is not None:
@@ -154,17 +199,18 @@ def _report(final: Done | Error, spec: JobSpec, argv: list[str], console: Consol
             summary.append(f"eval loss {metrics['eval_loss']:.4f}")
         summary.append(f"in {format_duration(metrics.get('total_runtime_s'))}")
         console.print(f"[green]done:[/] {', '.join(summary)}", highlight=False)
-        print(f"adapter: {final.adapter_dir}")  # stdout: the one line a script wants
+        print(f"adapter: {job.adapter_path}")  # stdout: the one line a script wants
         return 0
-    console.print(f"[red]{final.kind}:[/] {final.message}", highlight=False)
-    if final.hint:
-        console.print(f"hint: {final.hint}", highlight=False)
-    if final.kind != "user_error":
-        console.print(f"log: {Path(spec.output_dir) / LOG_FILE_NAME}", highlight=False)
-    if final.checkpoint and final.kind != "user_error":
+    console.print(f"[red]{job.error_kind or job.state}:[/] {job.error_message}", highlight=False)
+    if job.error_hint:
+        console.print(f"hint: {job.error_hint}", highlight=False)
+    if job.error_kind != "user_error":
+        console.print(f"log: {Path(job.spec.output_dir) / LOG_FILE_NAME}", highlight=False)
+    checkpoint = newest_checkpoint(job.spec.output_dir) or job.checkpoint_path
+    if job.state == "cancelled" and checkpoint:
         console.print("resume with:", highlight=False)
-        print(shlex.join(["qlora-bot", *_without_resume(argv), "--resume", final.checkpoint]))
-    return EXIT_CODES.get(final.kind, 1)
+        print(shlex.join(["qlora-bot", *_without_resume(argv), "--resume", checkpoint]))
+    return EXIT_CODES.get(job.error_kind or "", 1)
 
 
 def _without_resume(argv: list[str]) -> list[str]:

@@ -40,12 +40,31 @@ def test_train_prints_where_the_adapter_is(tiny_model_dir, tmp_path, data_home):
     )
     assert result.returncode == 0, result.stderr
     jobs = list((data_home / "jobs").iterdir())
-    assert len(jobs) == 1 and jobs[0].name.startswith("chat-")
+    assert [job.name for job in jobs] == ["1"]  # the job folder is named after the job id
     assert result.stdout.strip() == f"adapter: {jobs[0] / 'adapter'}"
+    assert "job 1: folder" in result.stderr
     assert "done: 2 steps" in result.stderr and "final loss" in result.stderr
     spec = json.loads((jobs[0] / "spec.json").read_text())
     assert spec["lora"]["r"] == 4 and spec["training"]["max_steps"] == 2 and spec["name"] == "chat"
     assert (jobs[0] / "train.log").stat().st_size > 0
+
+    # The terminal job is in the store like any other.
+    listing = cli("jobs", home=data_home)
+    assert listing.returncode == 0
+    row = next(line for line in listing.stdout.splitlines() if line.strip().startswith("1 "))
+    assert row.split()[:4] == ["1", "chat", "succeeded", "2/2"]
+    details = cli("job", "1", home=data_home)
+    assert details.returncode == 0
+    assert f"  adapter     {jobs[0] / 'adapter'}\n" in details.stdout
+    assert "attempt 1 on cpu: succeeded" in details.stdout
+    assert "done: adapter in" in details.stdout
+
+
+def test_job_commands_explain_unknown_ids(data_home):
+    for command in (("job", "42"), ("cancel", "42")):
+        result = cli(*command, home=data_home)
+        assert result.returncode == 2
+        assert "error: there is no job 42 (list jobs to find the id)" in result.stderr
 
 
 def test_a_bad_dataset_exits_2_with_message_and_hint(tiny_model_dir, tmp_path, data_home):
@@ -111,7 +130,7 @@ def test_ctrl_c_cancels_at_a_checkpoint_and_the_printed_command_resumes(tiny_mod
     )
     try:
         for line in process.stderr:
-            if line.startswith("Training..."):
+            if line.strip() == "Training":
                 time.sleep(1.0)
                 process.send_signal(signal.SIGINT)
                 break

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from bot.worker_process import MAX_EVENT_LINE_BYTES, WorkerProcess, uses_hub, worker_environment
+from bot.jobs.worker_process import (
+    MAX_EVENT_LINE_BYTES,
+    WorkerLost,
+    WorkerProcess,
+    uses_hub,
+    worker_environment,
+)
 from trainer.protocol import DatasetSpec, Done, Error, JobSpec, Progress, Started
 
 PRELUDE = """
@@ -81,8 +87,6 @@ async def test_events_are_read_in_order(tmp_path, fake_env):
     [
         ("fake_garbage", "the worker broke the event protocol (not a JSON event line"),
         ("fake_oversized", f"the worker sent an event line over {MAX_EVENT_LINE_BYTES} bytes"),
-        ("fake_killed", "the worker killed by signal SIGKILL without reporting a result"),
-        ("fake_exit", "the worker exited with code 7 without reporting a result"),
     ],
 )
 async def test_a_broken_worker_ends_with_an_internal_error(tmp_path, fake_env, module, message):
@@ -93,6 +97,15 @@ async def test_a_broken_worker_ends_with_an_internal_error(tmp_path, fake_env, m
     assert final.message.startswith(message)
     assert str(tmp_path / "train.log") in final.hint
     assert worker.process.returncode is not None  # never left running
+
+
+@pytest.mark.parametrize(
+    ("module", "reason"), [("fake_killed", "killed by signal SIGKILL"), ("fake_exit", "exited with code 7")]
+)
+async def test_a_worker_that_dies_silently_is_lost_not_failed(tmp_path, fake_env, module, reason):
+    events = await asyncio.wait_for(collect(await start(tmp_path, fake_env, module)), 30)
+    assert events[-1] == WorkerLost(reason=reason, log_path=tmp_path / "train.log")
+    assert events[-1].describe() == f"the worker {reason} without reporting a result"
 
 
 async def test_terminate_lets_the_worker_checkpoint(tmp_path, fake_env):
@@ -126,3 +139,21 @@ def test_worker_environment_keeps_secrets_out():
     assert uses_hub(hub) and not uses_hub(local)
     assert worker_environment(hub, environ)["HF_TOKEN"] == "hf_secret"
     assert "DISCORD_TOKEN" not in worker_environment(hub, environ)
+
+
+async def test_stop_orphan_stops_only_our_own_worker(tmp_path, fake_env):
+    from bot.jobs.executor import LocalExecutor
+    from bot.jobs.scheduler import Slot
+
+    executor = LocalExecutor(fake_env, module="fake_cancellable")
+    spec = JobSpec(base_model="m", dataset=DatasetSpec(source="d"), output_dir=str(tmp_path / "job"))
+    worker = await executor.launch(spec, Slot("cpu", ""))
+    events = worker.events()
+    while getattr(await anext(events), "name", None) != "training":  # its SIGTERM handler is installed
+        pass
+    other = spec.replace(output_dir=str(tmp_path / "other"))
+    assert not await executor.stop_orphan(other, worker.pid, grace_s=5)  # a pid that is not this job's
+    assert not await executor.stop_orphan(spec, None, grace_s=5)
+    assert await executor.stop_orphan(spec, worker.pid, grace_s=5)
+    await asyncio.wait_for(worker.process.wait(), 10)
+    assert worker.process.returncode == 143  # it got SIGTERM first and exited cleanly

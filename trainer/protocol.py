@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from trainer.dataclass_codec import CodecError, from_dict, to_dict
@@ -19,8 +20,9 @@ PROTOCOL_VERSION = 1
 DatasetFormat = Literal["auto", "text", "messages", "sharegpt", "alpaca", "prompt-completion"]
 DATASET_FORMATS: tuple[str, ...] = ("auto", "text", "messages", "sharegpt", "alpaca", "prompt-completion")
 PHASES: tuple[str, ...] = ("validating", "loading_model", "tokenizing", "training", "saving")
-# The worker's stderr, kept in the job folder by whoever spawned it.
-LOG_FILE_NAME = "train.log"
+# The job folder's layout, shared by the worker that writes it and the bot that resumes from it.
+LOG_FILE_NAME = "train.log"  # the worker's stderr, kept by whoever spawned it
+CHECKPOINTS_DIR = "checkpoints"
 ERROR_KINDS: tuple[str, ...] = ("user_error", "oom", "internal", "cancelled")
 
 
@@ -143,6 +145,16 @@ def spec_problems(spec: JobSpec) -> list[str]:
         (training.keep_checkpoints < 1, "training.keep_checkpoints: must be at least 1"),
     ]
     return [message for failed, message in checks if failed]
+
+
+def newest_checkpoint(job_dir: str | Path) -> str | None:
+    """The newest complete checkpoint in a job folder (trainer_state.json is written last)."""
+    found = []
+    for path in (Path(job_dir) / CHECKPOINTS_DIR).glob("checkpoint-*"):
+        step = path.name.removeprefix("checkpoint-")
+        if step.isdigit() and (path / "trainer_state.json").is_file():
+            found.append((int(step), path))
+    return str(max(found)[1]) if found else None
 
 
 def spec_from_dict(data: Any) -> JobSpec:

@@ -13,7 +13,7 @@ from transformers import PrinterCallback, ProgressCallback
 from trl import SFTConfig, SFTTrainer
 
 from trainer.cancellation import CancelFlag
-from trainer.protocol import Event, JobSpec
+from trainer.protocol import CHECKPOINTS_DIR, Event, JobSpec
 from trainer.tokenization import TokenizedRows
 from trainer.training_events import EventCallback, TokenCounter
 
@@ -32,7 +32,7 @@ def build_trainer(
     bf16 = cuda and torch.cuda.is_bf16_supported()
     eval_steps = training.checkpoint_steps
     args = SFTConfig(
-        output_dir=str(Path(spec.output_dir) / "checkpoints"),
+        output_dir=str(Path(spec.output_dir) / CHECKPOINTS_DIR),
         num_train_epochs=training.epochs,
         max_steps=training.max_steps if training.max_steps is not None else -1,
         learning_rate=training.learning_rate,

@@ -23,7 +23,17 @@ from trainer.data_sources import read_records
 from trainer.errors import Cancelled, UserError
 from trainer.event_stream import take_stdout_for_events
 from trainer.formats import ChatExample, to_examples
-from trainer.protocol import LOG_FILE_NAME, Done, Error, JobSpec, Phase, ProtocolError, Started, spec_problems
+from trainer.protocol import (
+    LOG_FILE_NAME,
+    Done,
+    Error,
+    JobSpec,
+    Phase,
+    ProtocolError,
+    Started,
+    newest_checkpoint,
+    spec_problems,
+)
 from trainer.tokenization import TokenizedRows, tokenize_examples
 
 log = logging.getLogger("trainer.train")
@@ -219,13 +229,7 @@ def _resume_point(spec: JobSpec | None) -> str | None:
     """The newest checkpoint of this job, where a later attempt can resume."""
     if spec is None:
         return None
-    checkpoints = Path(spec.output_dir) / "checkpoints"
-    found = sorted(
-        checkpoints.glob("checkpoint-*"),
-        key=lambda path: int(path.name.split("-")[-1]) if path.name.split("-")[-1].isdigit() else -1,
-    )
-    complete = [path for path in found if (path / "trainer_state.json").exists()]
-    return str(complete[-1]) if complete else spec.resume_from
+    return newest_checkpoint(spec.output_dir) or spec.resume_from
 
 
 def _is_oom(error: BaseException) -> bool:

@@ -1,8 +1,8 @@
 """Spawn one trainer worker and read its events: exec (never a shell), own process group, minimal env.
 
-The worker's stdout carries protocol lines; its stderr goes straight to the job's log file. Anything
-that breaks the protocol (garbage, an oversized line, an exit without a final event) becomes an
-`internal` error event here, so every consumer sees a job end the same way.
+The worker's stdout carries protocol lines; its stderr goes straight to the job's log file. A worker
+that breaks the protocol (garbage, an oversized line) ends with an `internal` error event; one that
+dies without a final event (signal, segfault, OOM kill) ends with WorkerLost, which callers may retry.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import trainer
@@ -36,6 +37,17 @@ _PASSED_PREFIXES = (
     "OMP_",
 )
 _SECRET_NAMES = {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "DISCORD_TOKEN"}
+
+
+@dataclass(frozen=True)
+class WorkerLost:
+    """The worker ended without reporting a result: a crash, not a verdict on the job."""
+
+    reason: str  # "killed by signal SIGKILL", "exited with code 1"
+    log_path: Path
+
+    def describe(self) -> str:
+        return f"the worker {self.reason} without reporting a result"
 
 
 def worker_environment(
@@ -103,8 +115,8 @@ class WorkerProcess:
     def pid(self) -> int:
         return self.process.pid
 
-    async def events(self) -> AsyncIterator[Event]:
-        """Every event the worker reports, ending with exactly one Done or Error."""
+    async def events(self) -> AsyncIterator[Event | WorkerLost]:
+        """Every event the worker reports, ending with exactly one Done, Error or WorkerLost."""
         assert self.process.stdout is not None
         while True:
             try:
@@ -131,7 +143,7 @@ class WorkerProcess:
                 return
         code = await self.process.wait()
         reason = f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-        yield self._broken(f"the worker {reason} without reporting a result")
+        yield WorkerLost(reason=reason, log_path=self.log_path)
 
     def _broken(self, message: str) -> Error:
         return Error(kind="internal", message=message, hint=f"see the worker log {self.log_path}")

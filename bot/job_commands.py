@@ -1,0 +1,146 @@
+"""`qlora-bot jobs`, `job ID` and `cancel ID`: the job store seen from the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from bot.config import Config
+from bot.errors import UserFacingError
+from bot.jobs.local import open_service, terminal_requester
+from bot.jobs.service import JobService
+from bot.terminal_progress import describe_event, format_duration
+from storage.models import JOB_STATES, Job
+from trainer.protocol import LOG_FILE_NAME, Progress
+
+
+def run_jobs(args: argparse.Namespace, config: Config) -> int:
+    return asyncio.run(_with_service(config, lambda service, console: _jobs(service, console, args)))
+
+
+def run_job(args: argparse.Namespace, config: Config) -> int:
+    return asyncio.run(_with_service(config, lambda service, console: _job(service, console, args.id)))
+
+
+def run_cancel(args: argparse.Namespace, config: Config) -> int:
+    return asyncio.run(_with_service(config, lambda service, console: _cancel(service, console, args.id)))
+
+
+async def _with_service(config: Config, command) -> int:
+    # Piped output (scripts, tests) must not wrap paths at 80 columns.
+    console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
+    async with open_service(config) as service:
+        try:
+            await command(service, console)
+        except UserFacingError as error:
+            Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {error}", highlight=False)
+            return 2
+    return 0
+
+
+async def _jobs(service: JobService, console: Console, args: argparse.Namespace) -> None:
+    owner = None if args.all else terminal_requester().owner
+    states = [args.state] if args.state else None
+    jobs = await service.list(owner=owner, states=states, limit=args.limit)
+    if not jobs:
+        console.print("no jobs" + ("" if args.all else " of yours (--all shows everyone's)"))
+        return
+    positions = {entry.job.id: entry for entry in await service.queue()}
+    table = Table(box=None, header_style="bold")
+    for column in ("ID", "NAME", "STATE", "PROGRESS", "LOSS", "OWNER", "CREATED"):
+        table.add_column(column)
+    for job in jobs:
+        progress = await service.store.last_event(job.id, "progress")
+        event = progress.event if progress and isinstance(progress.event, Progress) else None
+        table.add_row(
+            str(job.id),
+            job.name,
+            _state(job, positions.get(job.id)),
+            f"{event.step}/{event.total_steps}" if event else "",
+            f"{event.loss:.4f}" if event and event.loss is not None else "",
+            job.owner,
+            _when(job.created_at),
+        )
+    console.print(table)
+
+
+async def _job(service: JobService, console: Console, job_id: int) -> None:
+    job = await service.get(job_id)
+    entry = next((entry for entry in await service.queue() if entry.job.id == job_id), None)
+    rows = [
+        ("state", _state(job, entry)),
+        ("owner", job.owner),
+        ("base model", job.spec.base_model),
+        ("dataset", job.spec.dataset.source),
+        (
+            "LoRA",
+            f"r={job.spec.lora.r}, alpha={job.spec.lora.resolved_alpha}, dropout={job.spec.lora.dropout}",
+        ),
+        ("attempt", str(job.attempt)),
+        ("created", _when(job.created_at)),
+        ("started", _when(job.started_at)),
+        ("finished", _when(job.finished_at)),
+        ("folder", job.spec.output_dir),
+        ("log", str(Path(job.spec.output_dir) / LOG_FILE_NAME)),
+        ("checkpoint", job.checkpoint_path or ""),
+        ("adapter", job.adapter_path or ""),
+        ("error", f"{job.error_kind}: {job.error_message}" if job.error_message else ""),
+        ("hint", job.error_hint or ""),
+    ]
+    console.print(f"job {job.id}: {job.name}", style="bold", highlight=False)
+    for label, value in rows:
+        if value:
+            console.print(f"  {label:<11} {value}", highlight=False, markup=False)
+    attempts = await service.store.attempts(job_id)
+    for attempt in attempts:
+        ended = f"{attempt.outcome} at {_when(attempt.finished_at)}" if attempt.outcome else "running"
+        detail = f" ({attempt.detail})" if attempt.detail else ""
+        console.print(f"attempt {attempt.number} on {attempt.slot}: {ended}{detail}", highlight=False)
+    events = await service.events(job_id)
+    if events:
+        console.print("last events:", style="bold")
+        for stored in events[-10:]:
+            console.print(f"  {_when(stored.created_at)}  {describe_event(stored.event)}", highlight=False)
+
+
+async def _cancel(service: JobService, console: Console, job_id: int) -> None:
+    job = await service.cancel(job_id, terminal_requester())
+    if job.is_terminal:
+        console.print(f"job {job_id} cancelled", highlight=False)
+    else:
+        console.print(
+            f"job {job_id}: cancel requested; its worker saves a checkpoint, then stops", highlight=False
+        )
+
+
+def _state(job: Job, entry) -> str:
+    if job.state == "queued" and entry is not None:
+        return f"queued #{entry.position}, starts in ~{format_duration(entry.eta_s)}"
+    if job.state == "running" and job.phase:
+        return f"running ({job.phase})"
+    return job.state
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return ""
+    return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    jobs = commands.add_parser("jobs", parents=[common], help="list jobs (yours, or --all)")
+    jobs.add_argument("--all", action="store_true", help="everyone's jobs, not only yours")
+    jobs.add_argument("--state", choices=JOB_STATES, help="only jobs in this state")
+    jobs.add_argument("--limit", type=int, default=50, help="at most this many (newest first)")
+    job = commands.add_parser("job", parents=[common], help="show one job: details, attempts, last events")
+    job.add_argument("id", type=int)
+    cancel = commands.add_parser(
+        "cancel", parents=[common], help="cancel a job (running jobs checkpoint first)"
+    )
+    cancel.add_argument("id", type=int)

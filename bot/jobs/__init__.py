@@ -1,0 +1,1 @@
+"""Durable jobs: the JobService and its scheduler, executors and crash recovery (no Discord here)."""

@@ -1,0 +1,91 @@
+"""How a job's worker is started and stopped: the Executor interface and the local subprocess executor.
+
+A remote executor (Ray) implements the same two methods; the runner never knows which it has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Protocol
+
+from bot.jobs.scheduler import Slot
+from bot.jobs.worker_process import WorkerLost, WorkerProcess, worker_environment
+from trainer.protocol import LOG_FILE_NAME, Event, JobSpec
+
+SPEC_FILE_NAME = "spec.json"
+
+
+class RunningWorker(Protocol):
+    """A started attempt: its events end with Done, Error or WorkerLost."""
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def events(self) -> AsyncIterator[Event | WorkerLost]: ...
+
+    def terminate(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+class Executor(Protocol):
+    async def launch(self, spec: JobSpec, slot: Slot) -> RunningWorker:
+        """Start the worker for one attempt of a job on `slot`."""
+        ...
+
+    async def stop_orphan(self, spec: JobSpec, pid: int | None, grace_s: float) -> bool:
+        """Stop a worker left behind by an earlier bot process; True if one was running."""
+        ...
+
+
+class LocalExecutor:
+    """One `python -m trainer.train SPEC.json` subprocess per attempt, on this machine."""
+
+    def __init__(
+        self, environ: Mapping[str, str] | None = None, python: str = "", module: str = "trainer.train"
+    ):
+        self.environ = dict(os.environ if environ is None else environ)
+        self.python = python
+        self.module = module
+
+    async def launch(self, spec: JobSpec, slot: Slot) -> RunningWorker:
+        job_dir = Path(spec.output_dir)
+        job_dir.mkdir(parents=True, exist_ok=True)
+        spec_path = job_dir / SPEC_FILE_NAME
+        spec_path.write_text(spec.to_json(), encoding="utf-8")
+        env = worker_environment(spec, self.environ, cuda_visible_devices=slot.cuda_visible_devices)
+        return await WorkerProcess.start(spec_path, job_dir / LOG_FILE_NAME, env, self.python, self.module)
+
+    async def stop_orphan(self, spec: JobSpec, pid: int | None, grace_s: float) -> bool:
+        spec_path = str(Path(spec.output_dir) / SPEC_FILE_NAME)
+        if pid is None or not _is_live_worker(pid, spec_path):
+            return False
+        # SIGTERM first: the worker saves a checkpoint before it exits (if it can still write).
+        _signal_group(pid, signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while loop.time() < deadline and _is_live_worker(pid, spec_path):
+            await asyncio.sleep(0.2)
+        _signal_group(pid, signal.SIGKILL)
+        return True
+
+
+def _is_live_worker(pid: int, spec_path: str) -> bool:
+    """Whether `pid` is still our worker for this spec (pids are reused; zombies are dead)."""
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    state = status.rsplit(")", 1)[-1].split()[0]
+    return state not in ("Z", "X") and spec_path.encode() in cmdline
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signum)

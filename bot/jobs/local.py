@@ -1,0 +1,34 @@
+"""Wiring for one machine: open the store, find the slots, and say who the terminal user is."""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+from collections.abc import AsyncIterator
+
+from bot.config import Config
+from bot.jobs.scheduler import Slot, build_slots, detect_gpus
+from bot.jobs.service import JobService, Requester
+from storage.store import Store
+
+
+def configured_slots(config: Config) -> list[Slot]:
+    """The configured GPUs, else what nvidia-smi lists (when detect is on), else one CPU slot."""
+    devices = list(config.gpus.devices) or (detect_gpus() if config.gpus.detect else [])
+    return build_slots(devices, config.gpus.jobs_per_device)
+
+
+def terminal_requester() -> Requester:
+    """Whoever can run the command line on this machine owns its data directory: an admin."""
+    return Requester(owner=f"local:{getpass.getuser()}", is_admin=True)
+
+
+@contextlib.asynccontextmanager
+async def open_service(config: Config) -> AsyncIterator[JobService]:
+    """A JobService on this machine's database, closed (workers checkpointed) on the way out."""
+    async with await Store.open(config.database_path()) as store:
+        service = JobService(store, config)
+        try:
+            yield service
+        finally:
+            await service.close()

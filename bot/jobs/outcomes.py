@@ -1,0 +1,107 @@
+"""How an attempt's last word becomes the job's next state: the one place that decides.
+
+Used by the runner when a worker ends and by start-up recovery for jobs a dead bot left running, so a
+crash is judged the same way whoever notices it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+from bot.jobs.worker_process import WorkerLost
+from storage.models import Job
+from storage.store import Store
+from trainer.protocol import Done, Error, newest_checkpoint
+
+log = logging.getLogger(__name__)
+
+# Why the runner stopped a worker, if it did: a person's cancel, the wall-time limit, or the runner
+# itself shutting down (the job is then resumed later, not ended).
+StopReason = Literal["cancel", "timeout", "shutdown"]
+
+
+async def conclude(
+    store: Store,
+    job: Job,
+    final: Done | Error | WorkerLost | None,
+    *,
+    stop_reason: StopReason | None,
+    max_attempts: int,
+    max_wall_time_h: float,
+    crash_detail: str = "",
+) -> Job | None:
+    """Apply the outcome of the job's current attempt; returns the updated job (None if already moved on)."""
+    if isinstance(final, Done):
+        finished = await store.finish_job(job.id, "succeeded", adapter_path=final.adapter_dir)
+        if finished is not None:
+            await store.add_adapter(
+                name=adapter_name(job), job_id=job.id, base_model=job.spec.base_model, path=final.adapter_dir
+            )
+        return finished
+    if isinstance(final, Error) and final.kind != "cancelled":
+        # The worker's own verdict (bad data, OOM, a bug) stands whatever else was going on.
+        return await store.finish_job(
+            job.id, "failed", error_kind=final.kind, error_message=final.message, error_hint=final.hint
+        )
+    if stop_reason == "shutdown":
+        return await store.requeue_job(
+            job.id, resume_from=_resume_point(job, final), outcome="stopped", detail="the job runner stopped"
+        )
+    if stop_reason is not None or isinstance(final, Error):
+        return await store.finish_job(
+            job.id,
+            "cancelled",
+            error_kind="cancelled",
+            error_message=_cancel_message(job, stop_reason, max_wall_time_h),
+            error_hint=_resume_hint(job, final),
+        )
+    return await _crashed(store, job, final, max_attempts, crash_detail)
+
+
+async def _crashed(
+    store: Store, job: Job, lost: WorkerLost | None, max_attempts: int, crash_detail: str
+) -> Job | None:
+    detail = lost.describe() if lost is not None else crash_detail or "the worker was lost"
+    crashes = 1 + sum(1 for attempt in await store.attempts(job.id) if attempt.outcome == "crashed")
+    if crashes < max_attempts:
+        resume = _resume_point(job, lost)
+        log.warning(
+            "job %s: %s; re-queued (crash %d of %d) from %s", job.id, detail, crashes, max_attempts, resume
+        )
+        return await store.requeue_job(job.id, resume_from=resume, outcome="crashed", detail=detail)
+    hint = (
+        f"see the worker log {lost.log_path}" if lost is not None else "see the worker log in the job folder"
+    )
+    return await store.finish_job(
+        job.id,
+        "failed",
+        error_kind="internal",
+        error_message=f"the job crashed {crashes} times (queue.max_attempts = {max_attempts}); "
+        f"last: {detail}",
+        error_hint=hint,
+        attempt_outcome="crashed",
+        attempt_detail=detail,
+    )
+
+
+def adapter_name(job: Job) -> str:
+    """Unique by construction: the job id is part of it (e.g. guanaco-12)."""
+    return f"{job.name}-{job.id}"
+
+
+def _resume_point(job: Job, final: Done | Error | WorkerLost | None) -> str | None:
+    reported = final.checkpoint if isinstance(final, Error) else None
+    return newest_checkpoint(job.spec.output_dir) or reported or job.checkpoint_path
+
+
+def _cancel_message(job: Job, stop_reason: StopReason | None, max_wall_time_h: float) -> str:
+    if stop_reason == "timeout":
+        return f"stopped after the maximum run time of {max_wall_time_h:g} h (queue.max_wall_time_h)"
+    by = job.cancel_requested_by
+    return f"cancelled by {by}" if by else "cancelled"
+
+
+def _resume_hint(job: Job, final: Done | Error | WorkerLost | None) -> str:
+    checkpoint = _resume_point(job, final)
+    return f"the newest checkpoint is {checkpoint}" if checkpoint else ""

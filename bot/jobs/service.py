@@ -1,0 +1,216 @@
+"""JobService: the one API the Discord cogs and the command line use to submit, watch and cancel jobs.
+
+It validates and enforces quotas, writes through the Store, and (when this process holds the runner
+lock) runs the queue through a JobRunner. Without the runner it still works against the database,
+so a CLI beside a running bot submits, follows and cancels jobs the bot runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot.config import Config
+from bot.errors import UserFacingError
+from bot.jobs.executor import Executor
+from bot.jobs.recovery import reconcile
+from bot.jobs.runner import JobRunner
+from bot.jobs.scheduler import QueueEntry, Slot, estimate_queue
+from storage.models import TERMINAL_STATES, Job, StoredEvent
+from storage.store import Store
+from trainer.protocol import Event, JobSpec, Progress, spec_problems
+
+DAY_S = 24 * 3600
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who is asking: "discord:<user id>" or "local:<user>"; admins bypass quotas and may cancel any job."""
+
+    owner: str
+    is_admin: bool = False
+
+
+@dataclass(frozen=True)
+class JobUpdate:
+    """One change a watcher should render: the job as it is now, and the new event if there is one."""
+
+    job: Job
+    event: Event | None
+
+
+class JobService:
+    def __init__(self, store: Store, config: Config, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self.runner: JobRunner | None = None
+        self._changed: dict[int, asyncio.Event] = defaultdict(asyncio.Event)
+
+    # --- running the queue (only in the process that holds the runner lock)
+
+    async def start_runner(
+        self, executor: Executor, slots: list[Slot], only_job_ids: Collection[int] | None = None
+    ) -> None:
+        queue, worker = self.config.queue, self.config.worker
+        await reconcile(
+            self.store,
+            executor,
+            max_attempts=queue.max_attempts,
+            max_wall_time_h=queue.max_wall_time_h,
+            grace_s=worker.cancel_grace_s,
+        )
+        self.runner = JobRunner(self.store, executor, slots, queue, worker, self._notify, only_job_ids)
+        self.runner.start()
+
+    async def close(self, grace_s: float | None = None) -> None:
+        if self.runner is not None:
+            await self.runner.close(grace_s)
+            self.runner = None
+
+    # --- commands
+
+    async def submit(
+        self,
+        spec: JobSpec,
+        requester: Requester,
+        *,
+        idempotency_key: str | None = None,
+        guild_id: int | None = None,
+        channel_id: int | None = None,
+        job_dir: Path | None = None,
+    ) -> Job:
+        """Queue a job (one idempotency key, one job) in `job_dir`, by default the data dir's jobs/ID."""
+        if idempotency_key is not None:
+            existing = await self.store.job_by_idempotency_key(idempotency_key)
+            if existing is not None:
+                return existing
+        problems = spec_problems(spec.replace(output_dir="(job folder)"))
+        if problems:
+            raise UserFacingError(
+                "invalid job settings: " + "; ".join(problems), "change the settings named above"
+            )
+        if not requester.is_admin:
+            await self._check_quotas(requester.owner)
+        jobs_dir = self.config.jobs_dir()
+        job, _created = await self.store.create_job(
+            owner=requester.owner,
+            name=spec.name or "adapter",
+            spec_for_id=lambda job_id: spec.replace(output_dir=str(job_dir or jobs_dir / str(job_id))),
+            idempotency_key=idempotency_key,
+            guild_id=guild_id,
+            channel_id=channel_id,
+        )
+        Path(job.spec.output_dir).mkdir(parents=True, exist_ok=True)
+        self._notify(job.id)
+        return job
+
+    async def cancel(self, job_id: int, requester: Requester) -> Job:
+        """Cancel a queued job at once, or ask a running one to checkpoint and stop."""
+        job = await self.get(job_id)
+        if job.owner != requester.owner and not requester.is_admin:
+            raise UserFacingError(f"job {job_id} is not yours", "only its owner or an admin can cancel it")
+        if job.is_terminal:
+            raise UserFacingError(f"job {job_id} already ended ({job.state})", "nothing to cancel")
+        await self.store.request_cancel(job_id, requester.owner)
+        if job.state == "queued":
+            cancelled = await self.store.finish_job(
+                job_id, "cancelled", error_kind="cancelled", error_message=f"cancelled by {requester.owner}"
+            )
+            if cancelled is not None:
+                self._notify(job_id)
+                return cancelled
+        if self.runner is not None:
+            self.runner.cancel(job_id)
+        self._notify(job_id)
+        return await self.get(job_id)
+
+    # --- queries
+
+    async def get(self, job_id: int) -> Job:
+        job = await self.store.get_job(job_id)
+        if job is None:
+            raise UserFacingError(f"there is no job {job_id}", "list jobs to find the id")
+        return job
+
+    async def list(
+        self, *, owner: str | None = None, states: Sequence[str] | None = None, limit: int = 50
+    ) -> list[Job]:
+        return await self.store.list_jobs(owner=owner, states=states, limit=limit)
+
+    async def events(self, job_id: int, after_id: int = 0) -> list[StoredEvent]:
+        return await self.store.events(job_id, after_id=after_id)
+
+    async def queue(self) -> list[QueueEntry]:
+        """Every queued job with its position and expected wait."""
+        queued = await self.store.queued_jobs()
+        running = await self.store.running_jobs()
+        estimate = await self._job_estimate_s()
+        remaining = {}
+        for job in running:
+            progress = await self.store.last_event(job.id, "progress")
+            if (
+                progress is not None
+                and isinstance(progress.event, Progress)
+                and progress.event.eta_s is not None
+            ):
+                remaining[job.id] = progress.event.eta_s
+            elif job.started_at is not None:
+                remaining[job.id] = max(estimate - (self.clock() - job.started_at), 0.0)
+        slot_count = len(self.runner.slots) if self.runner is not None else 1
+        last_started = await self.store.last_start_times()
+        return estimate_queue(queued, running, remaining, slot_count, estimate, last_started)
+
+    async def subscribe(self, job_id: int, poll_s: float = 1.0) -> AsyncIterator[JobUpdate]:
+        """Every event of the job (past ones first) and every state change, until it ends.
+
+        Reads the store, so it works for jobs another process runs; a local change wakes it at once.
+        """
+        last_id, last_job = 0, None
+        while True:
+            job = await self.get(job_id)
+            fresh = await self.store.events(job_id, after_id=last_id)
+            for stored in fresh:
+                last_id = stored.id
+                yield JobUpdate(job, stored.event)
+            if job != last_job and not fresh:
+                yield JobUpdate(job, None)
+            last_job = job
+            if job.state in TERMINAL_STATES:
+                return
+            changed = self._changed[job_id]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), poll_s)
+            changed.clear()
+
+    # --- internals
+
+    async def _check_quotas(self, owner: str) -> None:
+        queue = self.config.queue
+        waiting = await self.store.count_jobs(owner=owner, states=["queued"])
+        if waiting >= queue.max_queued_per_user:
+            raise UserFacingError(
+                f"you already have {waiting} jobs waiting (limit queue.max_queued_per_user = "
+                f"{queue.max_queued_per_user})",
+                "wait for one to start, or cancel one",
+            )
+        today = await self.store.count_jobs(owner=owner, since=self.clock() - DAY_S)
+        if today >= queue.max_jobs_per_day:
+            raise UserFacingError(
+                f"you submitted {today} jobs in the last 24 hours (limit queue.max_jobs_per_day = "
+                f"{queue.max_jobs_per_day})",
+                "try again later, or ask an admin",
+            )
+
+    async def _job_estimate_s(self) -> float:
+        runtimes = await self.store.recent_runtimes()
+        return statistics.median(runtimes) if runtimes else self.config.queue.default_job_minutes * 60
+
+    def _notify(self, job_id: int) -> None:
+        self._changed[job_id].set()

@@ -1,0 +1,92 @@
+"""The frozen records the Store hands out (jobs, attempts, stored events, adapters) and their states.
+
+Nothing here touches SQLite: these are what callers see, so rows never leak out of storage/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from trainer.protocol import Event, JobSpec, event_type
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JOB_STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL_STATES: tuple[str, ...] = ("succeeded", "failed", "cancelled")
+# The only terminal states a job that never ran may reach: it was cancelled, or refused before starting.
+QUEUED_EXITS: tuple[str, ...] = ("cancelled", "failed")
+
+HubState = Literal["none", "pushed", "push_failed"]
+HUB_STATES: tuple[str, ...] = ("none", "pushed", "push_failed")
+
+# How an attempt usually ends: the three terminal states, plus the ways an attempt ends without its job
+# ending (the worker died, the bot went away under it) and the job is re-queued. Not enforced: callers
+# may record another word, and no migration is needed to add one.
+ATTEMPT_OUTCOMES: tuple[str, ...] = ("succeeded", "failed", "cancelled", "crashed", "stopped")
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    owner: str  # "discord:1234" or "local:alice"
+    name: str  # adapter name shown to people
+    spec: JobSpec
+    state: JobState
+    phase: str | None  # validating | loading_model | tokenizing | training | saving, while running
+    attempt: int  # 1 for the first run; +1 at every requeue
+    created_at: float
+    started_at: float | None  # of the current or last attempt
+    finished_at: float | None
+    guild_id: int | None
+    channel_id: int | None
+    status_message_id: int | None
+    idempotency_key: str | None
+    cancel_requested_by: str | None  # the owner id, or "system: <reason>"
+    error_kind: str | None  # user_error | oom | internal | cancelled
+    error_message: str | None
+    error_hint: str | None
+    checkpoint_path: str | None  # newest known checkpoint, for a resume
+    adapter_path: str | None
+    hub_state: HubState  # "none" until published
+    hub_url: str | None
+    hub_error: str | None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+@dataclass(frozen=True)
+class Attempt:
+    job_id: int
+    number: int
+    started_at: float
+    finished_at: float | None
+    pid: int | None
+    slot: str | None  # e.g. "cuda:0" or "cpu"
+    outcome: str | None  # None while running; usually one of ATTEMPT_OUTCOMES once over
+    detail: str | None  # e.g. "worker killed by signal SIGKILL", "bot restarted"
+    resumed_from: str | None
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    id: int  # global and increasing: the order in which events were stored
+    job_id: int
+    attempt: int
+    created_at: float
+    event: Event
+
+    @property
+    def type(self) -> str:
+        return event_type(self.event)
+
+
+@dataclass(frozen=True)
+class Adapter:
+    name: str  # unique across all jobs
+    job_id: int
+    base_model: str
+    path: str
+    created_at: float
+    hub_repo: str | None

@@ -1,0 +1,100 @@
+"""A stand-in for `python -m trainer.train` that speaks the real protocol in milliseconds per step.
+
+Its behaviour comes from the spec's dataset source, e.g. "fake:steps=6;step_s=0.05;crash_once_at=3":
+steps, step_s (sleep per step), fail_at + fail_kind (report an error), crash_once_at (SIGKILL itself
+on the first attempt only), crash_at (every attempt), garbage_at, oversize_at, ignore_sigterm.
+Checkpoints follow the real layout (JOB/checkpoints/checkpoint-N/trainer_state.json) every
+training.checkpoint_steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from trainer.protocol import (
+    CHECKPOINTS_DIR,
+    Checkpoint,
+    Done,
+    Error,
+    JobSpec,
+    Phase,
+    Progress,
+    Started,
+    encode_event,
+)
+
+
+def emit(event) -> None:
+    sys.stdout.write(encode_event(event) + "\n")
+    sys.stdout.flush()
+
+
+def options(source: str) -> dict[str, str]:
+    body = source.removeprefix("fake:")
+    return dict(part.split("=", 1) for part in body.split(";") if part)
+
+
+def main() -> int:
+    spec = JobSpec.from_json(Path(sys.argv[1]).read_text())
+    opts = options(spec.dataset.source)
+    steps, step_s = int(opts.get("steps", "5")), float(opts.get("step_s", "0.02"))
+    stop = {"requested": False}
+    if opts.get("ignore_sigterm"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    else:
+        signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+    job_dir = Path(spec.output_dir)
+    first = int(Path(spec.resume_from).name.split("-")[-1]) if spec.resume_from else 0
+    emit(Started(pid=os.getpid(), attempt_resumes_from=spec.resume_from))
+    for name in ("validating", "loading_model", "tokenizing", "training"):
+        emit(Phase(name=name))
+    for step in range(first + 1, steps + 1):
+        time.sleep(step_s)
+        if str(step) == opts.get("crash_once_at") and spec.resume_from is None:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if str(step) == opts.get("crash_at"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if str(step) == opts.get("garbage_at"):
+            print("Loading checkpoint shards: 100%", flush=True)
+            time.sleep(60)
+        if str(step) == opts.get("oversize_at"):
+            sys.stdout.write("{" + "x" * (2 << 20) + "}\n")
+            sys.stdout.flush()
+            time.sleep(60)
+        if str(step) == opts.get("fail_at"):
+            emit(Error(kind=opts.get("fail_kind", "internal"), message="fake failure", hint="fake hint"))
+            return 1
+        emit(
+            Progress(
+                step=step,
+                total_steps=steps,
+                epoch=step / steps,
+                tokens_seen=step * 100,
+                tokens_per_s=1000.0,
+                eta_s=(steps - step) * step_s,
+                loss=2.0 / step,
+            )
+        )
+        if step % spec.training.checkpoint_steps == 0 or stop["requested"]:
+            path = job_dir / CHECKPOINTS_DIR / f"checkpoint-{step}"
+            path.mkdir(parents=True, exist_ok=True)
+            (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+            emit(Checkpoint(step=step, path=str(path)))
+        if stop["requested"]:
+            emit(Error(kind="cancelled", message="cancelled; a checkpoint was saved", checkpoint=str(path)))
+            return 143
+    emit(Phase(name="saving"))
+    adapter = job_dir / "adapter"
+    adapter.mkdir(parents=True, exist_ok=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    emit(Done(adapter_dir=str(adapter), metrics={"final_loss": 2.0 / steps, "steps": steps}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
