@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import shlex
 import signal
 import subprocess
@@ -10,7 +12,14 @@ import sys
 import time
 from pathlib import Path
 
+from bot.config import Config, PathsConfig
+from bot.jobs.executor import LocalExecutor
+from bot.jobs.scheduler import build_slots
+from bot.jobs.service import JobService, Requester
+from bot.jobs.service_lock import RunnerLock
+from storage.store import Store
 from tests.worker_helpers import worker_env, write_chat_dataset
+from trainer.protocol import DatasetSpec, JobSpec
 
 
 def cli(*args: str, home: Path, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -153,3 +162,64 @@ def test_ctrl_c_cancels_at_a_checkpoint_and_the_printed_command_resumes(tiny_mod
     assert metrics["steps"] == 60
     history = json.loads((tmp_path / "job" / "loss_history.json").read_text())
     assert [point["step"] for point in history["train"]] == list(range(1, 61))
+
+
+def test_cancel_a_queued_job_from_the_terminal(tmp_path, data_home):
+    async def queue_one() -> int:
+        async with await Store.open(data_home / "qlora-bot.db") as store:
+            service = JobService(store, Config(paths=PathsConfig(data_dir=str(data_home))))
+            job = await service.submit(
+                JobSpec(base_model="m", dataset=DatasetSpec(source="d.jsonl"), output_dir="", name="waiting"),
+                Requester("discord:5"),
+            )
+            return job.id
+
+    job_id = asyncio.run(queue_one())
+    listing = cli("jobs", "--all", home=data_home)
+    row = next(line.split() for line in listing.stdout.splitlines() if line.split()[:1] == [str(job_id)])
+    assert row[:7] == [str(job_id), "waiting", "queued", "#1,", "starts", "in", "~00:00"]
+    result = cli("cancel", str(job_id), home=data_home)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"job {job_id} cancelled"
+    assert "cancelled" in cli("job", str(job_id), home=data_home).stdout
+
+
+def test_train_follows_a_job_that_another_process_runs(tiny_model_dir, tmp_path, data_home):
+    """A bot (here: this test) holds the runner lock; the CLI submits, follows, and gets the result."""
+    dataset = write_chat_dataset(tmp_path / "chat.jsonl", rows=16)
+
+    async def run_queue_while_cli_trains() -> subprocess.CompletedProcess:
+        config = Config(paths=PathsConfig(data_dir=str(data_home)))
+        lock = RunnerLock(data_home)
+        assert lock.try_acquire()
+        async with await Store.open(config.database_path()) as store:
+            service = JobService(store, config)
+            await service.start_runner(LocalExecutor(worker_env()), build_slots([], 1))
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "bot.cli",
+                    "train",
+                    "--base-model",
+                    str(tiny_model_dir),
+                    "--dataset",
+                    str(dataset),
+                    "--max-steps",
+                    "2",
+                    "--max-length",
+                    "128",
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    env={**worker_env(), "QLORA_BOT_HOME": str(data_home)},
+                )
+                stdout, stderr = await asyncio.wait_for(process.communicate(), 240)
+            finally:
+                await service.close()
+                lock.release()
+        return subprocess.CompletedProcess([], process.returncode, stdout.decode(), stderr.decode())
+
+    result = asyncio.run(run_queue_while_cli_trains())
+    assert result.returncode == 0, result.stderr
+    assert f"qlora-bot (pid {os.getpid()}) runs the queue; job 1 runs there" in result.stderr
+    assert result.stdout.strip() == f"adapter: {data_home / 'jobs' / '1' / 'adapter'}"
