@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--resume", type=Path, metavar="CHECKPOINT_DIR", help="continue from a checkpoint")
     add_job_commands(commands, common)
+    commands.add_parser(
+        "run",
+        parents=[common],
+        help="run the Discord bot and the job queue (needs DISCORD_TOKEN)",
+        description="Run the Discord bot and the job queue until Ctrl-C; running jobs checkpoint and resume.",
+    )
     return parser
 
 
@@ -82,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         from bot.train_command import run_train
 
         return run_train(args, config, sys.argv[1:] if argv is None else argv)
+    if args.command == "run":
+        from bot.run_command import run_bot
+
+        return run_bot(config, verbose=args.verbose)
     from bot import job_commands
 
     commands = {"jobs": job_commands.run_jobs, "job": job_commands.run_job, "cancel": job_commands.run_cancel}

@@ -62,12 +62,40 @@ class GpuConfig:
 
 
 @dataclass(frozen=True)
+class DiscordConfig:
+    guild_ids: tuple[int, ...] = ()
+    finetune_roles: tuple[str, ...] = ()
+    ask_roles: tuple[str, ...] = ()
+    admin_roles: tuple[str, ...] = ()
+    status_edit_interval_s: float = 15.0
+    old_status_edit_interval_s: float = 60.0
+    channel_edits_per_minute: int = 20
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    base_models: tuple[str, ...] = (
+        "meta-llama/Llama-2-7b-hf",
+        "meta-llama/Llama-3.1-8B-Instruct",
+        "mistralai/Mistral-7B-Instruct-v0.3",
+        "Qwen/Qwen2.5-7B-Instruct",
+    )
+    max_attachment_mb: float = 25.0
+    max_steps: int = 5000
+    max_epochs: float = 10.0
+    max_r: int = 128
+    max_length: int = 8192
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     defaults: JobDefaults = field(default_factory=JobDefaults)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     gpus: GpuConfig = field(default_factory=GpuConfig)
+    discord: DiscordConfig = field(default_factory=DiscordConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     def data_dir(self) -> Path:
         """QLORA_BOT_HOME, else paths.data_dir, else ~/.local/share/qlora-bot."""
@@ -82,6 +110,9 @@ class Config:
 
     def database_path(self) -> Path:
         return self.data_dir() / "qlora-bot.db"
+
+    def logs_dir(self) -> Path:
+        return self.data_dir() / "logs"
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
-import re
 import shlex
 import signal
 from pathlib import Path
@@ -14,6 +12,7 @@ from rich.console import Console
 
 from bot.config import Config
 from bot.errors import UserFacingError
+from bot.job_specs import clean_name, make_spec
 from bot.jobs.executor import LocalExecutor
 from bot.jobs.local import configured_slots, open_service, terminal_requester
 from bot.jobs.service import JobService, Requester
@@ -34,53 +33,39 @@ EXIT_CODES = {"user_error": 2, "cancelled": 130}
 
 
 def build_spec(args: argparse.Namespace, config: Config) -> JobSpec:
-    defaults = config.defaults
-    lora = _override(
-        defaults.lora,
-        r=args.r,
-        alpha=args.alpha,
-        dropout=args.dropout,
-        target_modules=tuple(m.strip() for m in args.target_modules.split(",") if m.strip())
-        if args.target_modules
-        else None,
-    )
-    training = _override(
-        defaults.training,
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        learning_rate=args.lr,
-        warmup=args.warmup,
-        scheduler=args.scheduler,
-        batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
-        max_length=args.max_length,
-        eval_fraction=args.eval_fraction,
-        checkpoint_steps=args.checkpoint_steps,
-        seed=args.seed,
-        packing=False if args.no_packing else None,
-        gradient_checkpointing=False if args.no_gradient_checkpointing else None,
-    )
-    name = args.name or _name_from(args.dataset)
-    return JobSpec(
-        base_model=args.base_model or defaults.base_model,
+    modules = [m.strip() for m in (args.target_modules or "").split(",") if m.strip()]
+    return make_spec(
+        config.defaults,
+        base_model=args.base_model,
         dataset=DatasetSpec(
             source=_local_or_remote(args.dataset),
             format=args.format,
             config=args.dataset_config,
             split=args.split,
         ),
-        output_dir="",  # the job folder: chosen when the job is submitted
-        lora=lora,
-        training=training,
-        limits=defaults.limits,
+        name=clean_name(args.name) if args.name else None,
+        lora={
+            "r": args.r,
+            "alpha": args.alpha,
+            "dropout": args.dropout,
+            "target_modules": tuple(modules) or None,
+        },
+        training={
+            "epochs": args.epochs,
+            "max_steps": args.max_steps,
+            "learning_rate": args.lr,
+            "warmup": args.warmup,
+            "scheduler": args.scheduler,
+            "batch_size": args.batch_size,
+            "grad_accum": args.grad_accum,
+            "max_length": args.max_length,
+            "eval_fraction": args.eval_fraction,
+            "checkpoint_steps": args.checkpoint_steps,
+            "seed": args.seed,
+            "packing": False if args.no_packing else None,
+            "gradient_checkpointing": False if args.no_gradient_checkpointing else None,
+        },
         resume_from=str(args.resume.expanduser().resolve()) if args.resume else None,
-        name=name,
-    )
-
-
-def _override(instance, **changes):
-    return dataclasses.replace(
-        instance, **{key: value for key, value in changes.items() if value is not None}
     )
 
 
@@ -88,11 +73,6 @@ def _local_or_remote(source: str) -> str:
     """Local files become absolute paths: the worker does not share our working directory."""
     path = Path(source).expanduser()
     return str(path.resolve()) if path.exists() else source
-
-
-def _name_from(dataset: str) -> str:
-    stem = Path(dataset.rstrip("/").split("?")[0]).stem or "adapter"
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "adapter"
 
 
 def _job_dir(args: argparse.Namespace) -> Path | None:

@@ -40,6 +40,7 @@ class Job:
     guild_id: int | None
     channel_id: int | None
     status_message_id: int | None
+    completion_message_id: int | None
     idempotency_key: str | None
     cancel_requested_by: str | None  # the owner id, or "system: <reason>"
     error_kind: str | None  # user_error | oom | internal | cancelled
@@ -50,6 +51,8 @@ class Job:
     hub_state: HubState  # "none" until published
     hub_url: str | None
     hub_error: str | None
+    push_requested: bool  # publish to the Hub once the job succeeds
+    hub_private: bool  # the Hub repo is private (the default)
 
     @property
     def is_terminal(self) -> bool:

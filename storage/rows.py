@@ -13,6 +13,8 @@ from trainer.protocol import JobSpec, decode_event
 def to_job(row: sqlite3.Row) -> Job:
     fields = dict(row)
     fields["spec"] = JobSpec.from_json(fields["spec"])
+    fields["push_requested"] = bool(fields["push_requested"])
+    fields["hub_private"] = bool(fields["hub_private"])
     return Job(**fields)
 
 

@@ -82,6 +82,8 @@ class Store:
         idempotency_key: str | None = None,
         guild_id: int | None = None,
         channel_id: int | None = None,
+        push_requested: bool = False,
+        hub_private: bool = True,
     ) -> tuple[Job, bool]:
         """Insert a queued job whose spec is `spec_for_id(new id)` (the job folder is named after the
         id); return (job, True). When `idempotency_key` is already taken, return (that job, False).
@@ -97,8 +99,18 @@ class Store:
                     return to_job(found[0]), False
             inserted = await db.execute_fetchall(
                 "INSERT INTO jobs (owner, name, spec, state, created_at, guild_id, channel_id,"
-                " idempotency_key) VALUES (?, ?, '', 'queued', ?, ?, ?, ?) RETURNING id",
-                (owner, name, self._clock(), guild_id, channel_id, idempotency_key),
+                " idempotency_key, push_requested, hub_private)"
+                " VALUES (?, ?, '', 'queued', ?, ?, ?, ?, ?, ?) RETURNING id",
+                (
+                    owner,
+                    name,
+                    self._clock(),
+                    guild_id,
+                    channel_id,
+                    idempotency_key,
+                    push_requested,
+                    hub_private,
+                ),
             )
             job_id = int(inserted[0]["id"])
             updated = await db.execute_fetchall(
@@ -273,6 +285,19 @@ class Store:
             "UPDATE jobs SET channel_id = ?, status_message_id = ? WHERE id = ?",
             (channel_id, message_id, job_id),
         )
+
+    async def set_completion_message(self, job_id: int, message_id: int) -> None:
+        await self._db.run("UPDATE jobs SET completion_message_id = ? WHERE id = ?", (message_id, job_id))
+
+    async def jobs_to_announce(self, *, since: float) -> list[Job]:
+        """Ended jobs with a status message whose completion was never announced (the bot was down)."""
+        found = await self._db.run(
+            "SELECT * FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled')"
+            " AND status_message_id IS NOT NULL AND completion_message_id IS NULL AND finished_at >= ?"
+            " ORDER BY id",
+            (since,),
+        )
+        return [to_job(row) for row in found]
 
     async def set_hub_state(
         self, job_id: int, state: HubState, *, url: str | None = None, error: str | None = None

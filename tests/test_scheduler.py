@@ -26,6 +26,7 @@ def job(job_id: int, owner: str, state: str = "queued") -> Job:
         guild_id=None,
         channel_id=None,
         status_message_id=None,
+        completion_message_id=None,
         idempotency_key=None,
         cancel_requested_by=None,
         error_kind=None,
@@ -36,6 +37,8 @@ def job(job_id: int, owner: str, state: str = "queued") -> Job:
         hub_state="none",
         hub_url=None,
         hub_error=None,
+        push_requested=False,
+        hub_private=True,
     )
 
 

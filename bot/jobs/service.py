@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import statistics
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from storage.store import Store
 from trainer.protocol import Event, JobSpec, Progress, spec_problems
 
 DAY_S = 24 * 3600
+UPLOAD_DIR = "upload"
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,14 @@ class Requester:
 
     owner: str
     is_admin: bool = False
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A dataset file a person attached: stored in the job folder under a generated name."""
+
+    suffix: str  # ".jsonl", ".csv", ...: the parser is chosen by it
+    data: bytes
 
 
 @dataclass(frozen=True)
@@ -85,8 +96,15 @@ class JobService:
         guild_id: int | None = None,
         channel_id: int | None = None,
         job_dir: Path | None = None,
+        upload: Upload | None = None,
+        push: bool = False,
+        private: bool = True,
     ) -> Job:
-        """Queue a job (one idempotency key, one job) in `job_dir`, by default the data dir's jobs/ID."""
+        """Queue a job (one idempotency key, one job) in `job_dir`, by default the data dir's jobs/ID.
+
+        With an `upload`, the file becomes the job's dataset: it is written aside first and moved
+        into the job folder while the job is created, so no runner can start the job without it.
+        """
         if idempotency_key is not None:
             existing = await self.store.job_by_idempotency_key(idempotency_key)
             if existing is not None:
@@ -99,14 +117,32 @@ class JobService:
         if not requester.is_admin:
             await self._check_quotas(requester.owner)
         jobs_dir = self.config.jobs_dir()
-        job, _created = await self.store.create_job(
-            owner=requester.owner,
-            name=spec.name or "adapter",
-            spec_for_id=lambda job_id: spec.replace(output_dir=str(job_dir or jobs_dir / str(job_id))),
-            idempotency_key=idempotency_key,
-            guild_id=guild_id,
-            channel_id=channel_id,
-        )
+        incoming = _stage_upload(jobs_dir, upload) if upload is not None else None
+
+        def spec_for_id(job_id: int) -> JobSpec:
+            folder = job_dir or jobs_dir / str(job_id)
+            placed = spec.replace(output_dir=str(folder))
+            if incoming is None:
+                return placed
+            dataset_path = folder / UPLOAD_DIR / f"dataset{incoming.suffix}"
+            dataset_path.parent.mkdir(parents=True, exist_ok=True)
+            incoming.replace(dataset_path)
+            return placed.replace(dataset=dataclasses.replace(spec.dataset, source=str(dataset_path)))
+
+        try:
+            job, _created = await self.store.create_job(
+                owner=requester.owner,
+                name=spec.name or "adapter",
+                spec_for_id=spec_for_id,
+                idempotency_key=idempotency_key,
+                guild_id=guild_id,
+                channel_id=channel_id,
+                push_requested=push,
+                hub_private=private,
+            )
+        finally:
+            if incoming is not None:
+                incoming.unlink(missing_ok=True)  # left over only when no job took it
         Path(job.spec.output_dir).mkdir(parents=True, exist_ok=True)
         self._notify(job.id)
         return job
@@ -214,3 +250,12 @@ class JobService:
 
     def _notify(self, job_id: int) -> None:
         self._changed[job_id].set()
+
+
+def _stage_upload(jobs_dir: Path, upload: Upload) -> Path:
+    """Write an upload under a generated name (never the name the person chose) before it has a job."""
+    staging = jobs_dir / ".incoming"
+    staging.mkdir(parents=True, exist_ok=True)
+    path = staging / f"{uuid.uuid4().hex}{upload.suffix}"
+    path.write_bytes(upload.data)
+    return path

@@ -17,6 +17,7 @@ CREATE TABLE jobs (
     guild_id            INTEGER,
     channel_id          INTEGER,
     status_message_id   INTEGER,
+    completion_message_id INTEGER,  -- the "job finished" message that mentions the owner, once sent
     idempotency_key     TEXT UNIQUE,  -- NULLs never collide, so jobs without a key are unconstrained
     cancel_requested_by TEXT,
     error_kind          TEXT,
@@ -27,7 +28,9 @@ CREATE TABLE jobs (
     hub_state           TEXT    NOT NULL DEFAULT 'none'
                         CHECK (hub_state IN ('none', 'pushed', 'push_failed')),
     hub_url             TEXT,
-    hub_error           TEXT
+    hub_error           TEXT,
+    push_requested      INTEGER NOT NULL DEFAULT 0 CHECK (push_requested IN (0, 1)),  -- publish once done
+    hub_private         INTEGER NOT NULL DEFAULT 1 CHECK (hub_private IN (0, 1))
 );
 CREATE INDEX jobs_state ON jobs (state);
 CREATE INDEX jobs_owner_created ON jobs (owner, created_at);

@@ -1,8 +1,10 @@
 """A stand-in for `python -m trainer.train` that speaks the real protocol in milliseconds per step.
 
-Its behaviour comes from the spec's dataset source, e.g. "fake:steps=6;step_s=0.05;crash_once_at=3":
+Its behaviour comes from the spec's dataset source, e.g. "fake:steps=6;step_s=0.05;crash_once_at=3"
+(or the first line of an uploaded dataset file, {"fake": "steps=6"}):
 steps, step_s (sleep per step), fail_at + fail_kind (report an error), crash_once_at (SIGKILL itself
-on the first attempt only), crash_at (every attempt), garbage_at, oversize_at, ignore_sigterm.
+on the first attempt only), crash_at (every attempt), garbage_at, oversize_at, ignore_sigterm,
+checkpoint_every (default: the spec's training.checkpoint_steps).
 Checkpoints follow the real layout (JOB/checkpoints/checkpoint-N/trainer_state.json) every
 training.checkpoint_steps.
 """
@@ -35,7 +37,11 @@ def emit(event) -> None:
 
 
 def options(source: str) -> dict[str, str]:
-    body = source.removeprefix("fake:")
+    """From "fake:..." or, for an uploaded file, from its first line: {"fake": "steps=4;..."}."""
+    if source.startswith("fake:"):
+        body = source.removeprefix("fake:")
+    else:
+        body = json.loads(Path(source).read_text().splitlines()[0])["fake"]
     return dict(part.split("=", 1) for part in body.split(";") if part)
 
 
@@ -43,6 +49,7 @@ def main() -> int:
     spec = JobSpec.from_json(Path(sys.argv[1]).read_text())
     opts = options(spec.dataset.source)
     steps, step_s = int(opts.get("steps", "5")), float(opts.get("step_s", "0.02"))
+    checkpoint_every = int(opts.get("checkpoint_every", spec.training.checkpoint_steps))
     stop = {"requested": False}
     if opts.get("ignore_sigterm"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -51,6 +58,7 @@ def main() -> int:
     job_dir = Path(spec.output_dir)
     first = int(Path(spec.resume_from).name.split("-")[-1]) if spec.resume_from else 0
     emit(Started(pid=os.getpid(), attempt_resumes_from=spec.resume_from))
+    print(f"fake trainer: {steps} steps from step {first}", file=sys.stderr, flush=True)  # the job log
     for name in ("validating", "loading_model", "tokenizing", "training"):
         emit(Phase(name=name))
     for step in range(first + 1, steps + 1):
@@ -80,7 +88,7 @@ def main() -> int:
                 loss=2.0 / step,
             )
         )
-        if step % spec.training.checkpoint_steps == 0 or stop["requested"]:
+        if step % checkpoint_every == 0 or stop["requested"]:
             path = job_dir / CHECKPOINTS_DIR / f"checkpoint-{step}"
             path.mkdir(parents=True, exist_ok=True)
             (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))

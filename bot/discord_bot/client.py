@@ -1,0 +1,95 @@
+"""The discord.py client: receives its dependencies, registers cogs and the persistent Cancel button,
+syncs commands, and renders every user-facing error in one place."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.config import Config
+from bot.discord_bot.cancel_button import CancelButton
+from bot.discord_bot.command_sync import sync_commands_if_changed
+from bot.discord_bot.permissions import requester_for
+from bot.discord_bot.status_publisher import StatusPublisher
+from bot.errors import UserFacingError
+from bot.jobs.service import JobService
+
+log = logging.getLogger(__name__)
+
+
+class QloraBot(commands.Bot):
+    def __init__(
+        self, *, config: Config, service: JobService, hub_push_default: bool = False, **client_options: Any
+    ) -> None:
+        # No privileged intents: interactions carry the member and their roles.
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=discord.Intents.default(),
+            help_command=None,
+            **client_options,
+        )
+        self.config = config
+        self.service = service
+        self.hub_push_default = hub_push_default  # /finetune publishes by default when HF_TOKEN is set
+        self.publisher = StatusPublisher(self, service, config)
+        self.tree.on_error = self.on_app_command_error
+
+    async def setup_hook(self) -> None:
+        from bot.discord_bot.cogs.finetune import FinetuneCog
+        from bot.discord_bot.cogs.jobs import JobsCog
+
+        self.add_dynamic_items(CancelButton)
+        await self.add_cog(FinetuneCog(self))
+        await self.add_cog(JobsCog(self))
+        await sync_commands_if_changed(
+            self.tree, self.config.discord.guild_ids, self.config.data_dir() / "discord-commands.sha256"
+        )
+        await self.publisher.resume()
+
+    async def close(self) -> None:
+        await self.publisher.close()
+        await super().close()
+
+    async def press_cancel(self, interaction: discord.Interaction, job_id: int) -> None:
+        """The Cancel button: only the job's owner or an admin; everyone else gets a private refusal."""
+        try:
+            job = await self.service.cancel(job_id, requester_for(interaction.user, self.config.discord))
+        except UserFacingError as error:
+            await reply(interaction, f"{error.message}. {error.hint}".strip())
+            return
+        if job.is_terminal:
+            await reply(interaction, f"Job {job_id} cancelled.")
+        else:
+            await reply(interaction, f"Cancelling job {job_id}: it saves a checkpoint, then stops.")
+
+    async def on_app_command_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        original = getattr(error, "original", error)
+        if isinstance(original, UserFacingError):
+            text = f"{original.message}. {original.hint}" if original.hint else original.message
+        elif isinstance(error, app_commands.TransformerError):
+            text = f"{error.value!r} is not a valid value for this option. {error}"
+        else:
+            reference = secrets.token_hex(4)
+            log.error(
+                "command %s failed (ref %s)",
+                getattr(interaction.command, "name", "?"),
+                reference,
+                exc_info=original,
+            )
+            text = f"Something went wrong on our side (reference `{reference}`); admins can look it up."
+        await reply(interaction, text)
+
+
+async def reply(interaction: discord.Interaction, text: str) -> None:
+    """An ephemeral answer, whether or not the interaction was already deferred."""
+    if interaction.response.is_done():
+        await interaction.followup.send(text, ephemeral=True)
+    else:
+        await interaction.response.send_message(text, ephemeral=True)

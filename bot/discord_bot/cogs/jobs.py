@@ -1,0 +1,146 @@
+"""/jobs, /job, /cancel, /queue and /adapters: the job store seen from Discord."""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.discord_bot.permissions import requester_for
+from bot.discord_bot.status_view import COLOURS
+from bot.terminal_progress import format_duration
+from storage.models import JOB_STATES, Job
+from trainer.protocol import LOG_FILE_NAME, Progress
+
+if TYPE_CHECKING:
+    from bot.discord_bot.client import QloraBot
+
+LIST_LIMIT = 20
+LOG_TAIL_LINES = 15
+
+
+class JobsCog(commands.Cog):
+    def __init__(self, bot: QloraBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="jobs", description="List fine-tuning jobs")
+    @app_commands.describe(scope="Your jobs or everyone's", state="Only jobs in this state")
+    @app_commands.choices(
+        scope=[app_commands.Choice(name="mine", value="mine"), app_commands.Choice(name="all", value="all")],
+        state=[app_commands.Choice(name=state, value=state) for state in JOB_STATES],
+    )
+    async def jobs(
+        self, interaction: discord.Interaction, scope: str = "mine", state: str | None = None
+    ) -> None:
+        await interaction.response.defer(ephemeral=True)
+        owner = None if scope == "all" else requester_for(interaction.user, self.bot.config.discord).owner
+        jobs = await self.bot.service.list(owner=owner, states=[state] if state else None, limit=LIST_LIMIT)
+        if not jobs:
+            await interaction.followup.send("No jobs found.", ephemeral=True)
+            return
+        lines = [await self._line(job) for job in jobs]
+        embed = discord.Embed(title="Jobs" if scope == "all" else "Your jobs", description="\n".join(lines))
+        await interaction.followup.send(embed=embed, ephemeral=True)
+
+    @app_commands.command(name="job", description="Show one job: settings, progress and (yours) its log")
+    async def job(self, interaction: discord.Interaction, id: int) -> None:
+        await interaction.response.defer(ephemeral=True)
+        job = await self.bot.service.get(id)
+        requester = requester_for(interaction.user, self.bot.config.discord)
+        progress = await self._progress(job)
+        embed = discord.Embed(title=f"Job {job.id} · {job.name}", colour=COLOURS[job.state])
+        embed.add_field(name="State", value=f"{job.state}{f' ({job.phase})' if job.phase else ''}")
+        embed.add_field(name="Owner", value=_owner(job))
+        embed.add_field(name="Attempt", value=str(job.attempt))
+        embed.add_field(name="Base model", value=job.spec.base_model, inline=False)
+        embed.add_field(name="Dataset", value=Path(job.spec.dataset.source).name or job.spec.dataset.source)
+        lora = job.spec.lora
+        embed.add_field(name="LoRA", value=f"r={lora.r}, alpha={lora.resolved_alpha}, dropout={lora.dropout}")
+        if progress is not None:
+            loss = f", loss {progress.loss:.4f}" if progress.loss is not None else ""
+            embed.add_field(
+                name="Progress", value=f"step {progress.step}/{progress.total_steps}{loss}", inline=False
+            )
+        if job.error_message:
+            hint = f"\n{job.error_hint}" if job.error_hint else ""
+            embed.add_field(
+                name="Error", value=_clip(f"{job.error_kind}: {job.error_message}{hint}", 1024), inline=False
+            )
+        if job.hub_url:
+            embed.add_field(name="Hub", value=job.hub_url, inline=False)
+        if requester.owner == job.owner or requester.is_admin:
+            tail = _log_tail(Path(job.spec.output_dir) / LOG_FILE_NAME)
+            if tail:
+                embed.description = f"Log (last lines):\n```\n{_clip(tail, 3900)}\n```"
+        await interaction.followup.send(embed=embed, ephemeral=True)
+
+    @app_commands.command(name="cancel", description="Cancel a job (a running job saves a checkpoint first)")
+    async def cancel(self, interaction: discord.Interaction, id: int) -> None:
+        await interaction.response.defer(ephemeral=True)
+        job = await self.bot.service.cancel(id, requester_for(interaction.user, self.bot.config.discord))
+        text = (
+            f"Job {id} cancelled."
+            if job.is_terminal
+            else f"Cancelling job {id}: it saves a checkpoint, then stops."
+        )
+        await interaction.followup.send(text, ephemeral=True)
+
+    @app_commands.command(name="queue", description="Waiting jobs, their positions and expected start")
+    async def queue(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True)
+        entries = await self.bot.service.queue()
+        running = await self.bot.service.list(states=["running"], limit=LIST_LIMIT)
+        lines = [f"▶ job {job.id} `{job.name}` ({_owner(job)}): {job.phase or 'starting'}" for job in running]
+        lines += [
+            f"#{entry.position} job {entry.job.id} `{entry.job.name}` ({_owner(entry.job)}): "
+            f"starts in ~{format_duration(entry.eta_s)}"
+            for entry in entries
+        ]
+        embed = discord.Embed(title="Queue", description="\n".join(lines) or "Nothing running or waiting.")
+        await interaction.followup.send(embed=embed, ephemeral=True)
+
+    @app_commands.command(name="adapters", description="Finished adapters you can /ask, newest first")
+    async def adapters(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True)
+        adapters = await self.bot.service.store.adapters(limit=LIST_LIMIT)
+        lines = []
+        for adapter in adapters:
+            job = await self.bot.service.store.get_job(adapter.job_id)
+            hub = f" · {job.hub_url}" if job is not None and job.hub_url else ""
+            lines.append(f"`{adapter.name}` on `{adapter.base_model}` (job {adapter.job_id}){hub}")
+        embed = discord.Embed(title="Adapters", description="\n".join(lines) or "No finished adapters yet.")
+        await interaction.followup.send(embed=embed, ephemeral=True)
+
+    async def _line(self, job: Job) -> str:
+        progress = await self._progress(job)
+        detail = ""
+        if progress is not None and job.state == "running":
+            detail = f" step {progress.step}/{progress.total_steps}"
+            if progress.loss is not None:
+                detail += f", loss {progress.loss:.4f}"
+        return f"**{job.id}** `{job.name}` {job.state}{detail} ({_owner(job)})"
+
+    async def _progress(self, job: Job) -> Progress | None:
+        stored = await self.bot.service.store.last_event(job.id, "progress")
+        return stored.event if stored is not None and isinstance(stored.event, Progress) else None
+
+
+def _owner(job: Job) -> str:
+    prefix, _, user_id = job.owner.partition(":")
+    return f"<@{user_id}>" if prefix == "discord" else job.owner
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        with path.open(encoding="utf-8", errors="replace") as log_file:
+            return "".join(deque(log_file, maxlen=LOG_TAIL_LINES)).strip()
+    except OSError:
+        return ""
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else "…" + text[-(limit - 1) :]

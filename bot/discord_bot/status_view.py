@@ -1,0 +1,93 @@
+"""What a job looks like in Discord: the status embed that is edited in place, and the completion embed."""
+
+from __future__ import annotations
+
+import time
+
+import discord
+
+from bot.jobs.scheduler import QueueEntry
+from bot.terminal_progress import format_duration
+from storage.models import Job
+from trainer.protocol import Progress
+
+COLOURS = {
+    "queued": discord.Colour.light_grey(),
+    "running": discord.Colour.blurple(),
+    "succeeded": discord.Colour.green(),
+    "failed": discord.Colour.red(),
+    "cancelled": discord.Colour.dark_grey(),
+}
+PHASES = {
+    "validating": "validating the dataset",
+    "loading_model": "loading the model",
+    "tokenizing": "packing tokens",
+    "training": "training",
+    "saving": "saving the adapter",
+}
+BAR_WIDTH = 20
+
+
+def progress_bar(step: int, total: int) -> str:
+    filled = round(BAR_WIDTH * step / total) if total else 0
+    return "█" * filled + "░" * (BAR_WIDTH - filled) + f" {100 * step // total if total else 0}%"
+
+
+def status_embed(
+    job: Job, progress: Progress | None, queued: QueueEntry | None, now: float | None = None
+) -> discord.Embed:
+    now = time.time() if now is None else now
+    embed = discord.Embed(title=f"Job {job.id} · {job.name}", colour=COLOURS[job.state])
+    state = job.state if job.state != "running" else f"running: {PHASES.get(job.phase or '', 'starting')}"
+    if job.attempt > 1 and not job.is_terminal:
+        state += f" (attempt {job.attempt})"
+    embed.add_field(name="State", value=state, inline=False)
+    if job.state == "queued" and queued is not None:
+        embed.add_field(name="Queue", value=f"#{queued.position}, starts in ~{format_duration(queued.eta_s)}")
+    if progress is not None:
+        embed.add_field(
+            name="Progress", value=progress_bar(progress.step, progress.total_steps), inline=False
+        )
+        embed.add_field(name="Step", value=f"{progress.step}/{progress.total_steps}")
+        embed.add_field(name="Epoch", value=f"{progress.epoch:.2f}")
+        embed.add_field(name="Loss", value=f"{progress.loss:.4f}" if progress.loss is not None else "–")
+        embed.add_field(name="Tokens/s", value=f"{progress.tokens_per_s:,.0f}")
+        if not job.is_terminal:
+            embed.add_field(name="ETA", value=format_duration(progress.eta_s))
+    if job.started_at is not None:
+        elapsed = (job.finished_at or now) - job.started_at
+        embed.add_field(name="Elapsed", value=format_duration(elapsed))
+    if job.state == "failed" and job.error_message:
+        embed.add_field(
+            name="Error", value=_clip(f"{job.error_kind}: {job.error_message}", 1024), inline=False
+        )
+    embed.set_footer(text=f"{job.spec.base_model} · LoRA r={job.spec.lora.r} · {job.owner}")
+    return embed
+
+
+def completion_embed(job: Job, metrics: dict, adapter: str | None) -> discord.Embed:
+    embed = discord.Embed(title=f"Job {job.id} · {job.name}: {job.state}", colour=COLOURS[job.state])
+    if job.state == "succeeded":
+        for label, key, fmt in (
+            ("Final loss", "final_loss", "{:.4f}"),
+            ("Eval loss", "eval_loss", "{:.4f}"),
+            ("Tokens", "tokens", "{:,}"),
+            ("Steps", "steps", "{}"),
+        ):
+            if metrics.get(key) is not None:
+                embed.add_field(name=label, value=fmt.format(metrics[key]))
+        if metrics.get("total_runtime_s") is not None:
+            embed.add_field(name="Runtime", value=format_duration(metrics["total_runtime_s"]))
+        if adapter:
+            embed.add_field(name="Try it", value=f"`/ask adapter:{adapter}`", inline=False)
+        if job.hub_url:
+            embed.add_field(name="Hugging Face Hub", value=job.hub_url, inline=False)
+    else:
+        embed.description = _clip(job.error_message or job.state, 2000)
+        if job.error_hint:
+            embed.add_field(name="What to do", value=_clip(job.error_hint, 1024), inline=False)
+    return embed
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,50 @@
+"""Build a JobSpec from the config's job defaults plus whatever a person overrode (flags or options)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+from bot.config import JobDefaults
+from trainer.protocol import DatasetSpec, JobSpec
+
+
+def make_spec(
+    defaults: JobDefaults,
+    *,
+    base_model: str | None,
+    dataset: DatasetSpec,
+    name: str | None,
+    lora: dict[str, Any],
+    training: dict[str, Any],
+    resume_from: str | None = None,
+) -> JobSpec:
+    """Overrides set to None keep the default; the job folder is chosen when the job is submitted."""
+    return JobSpec(
+        base_model=base_model or defaults.base_model,
+        dataset=dataset,
+        output_dir="",
+        lora=_override(defaults.lora, lora),
+        training=_override(defaults.training, training),
+        limits=defaults.limits,
+        resume_from=resume_from,
+        name=name or name_from_dataset(dataset.source),
+    )
+
+
+def name_from_dataset(source: str) -> str:
+    """A readable adapter name from a dataset id, path or URL: org/guanaco-1k -> guanaco-1k."""
+    stem = Path(source.rstrip("/").split("?")[0]).stem or "adapter"
+    return clean_name(stem)
+
+
+def clean_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:64] or "adapter"
+
+
+def _override(instance: Any, changes: dict[str, Any]) -> Any:
+    return dataclasses.replace(
+        instance, **{key: value for key, value in changes.items() if value is not None}
+    )

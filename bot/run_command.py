@@ -1,0 +1,92 @@
+"""`qlora-bot run` (and `python -m bot`): the Discord bot and the job queue in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from typing import Any
+
+from bot.config import Config, Secrets
+from bot.discord_bot.client import QloraBot
+from bot.jobs.executor import LocalExecutor
+from bot.jobs.local import configured_slots
+from bot.jobs.service import JobService
+from bot.jobs.service_lock import RunnerLock
+from bot.logging_setup import setup_logging
+from storage.store import Store
+
+log = logging.getLogger(__name__)
+
+NO_TOKEN_HELP = """\
+qlora-bot: DISCORD_TOKEN is not set.
+
+To create the bot:
+  1. https://discord.com/developers/applications -> New Application; open "Bot" -> Reset Token.
+  2. Put the token in the environment, never in a file:  export DISCORD_TOKEN=...
+  3. No privileged intents are needed (leave Presence, Server Members and Message Content off).
+  4. Invite it: OAuth2 -> URL Generator, scopes "bot" and "applications.commands", permissions
+     Send Messages, Embed Links, Attach Files, Read Message History; open the URL and pick a server.
+  5. Optional: put the server's id in config.toml ([discord] guild_ids) so commands appear at once.
+Then run `qlora-bot run` again. Set HF_TOKEN too to fine-tune gated models and publish adapters.
+"""
+
+
+def run_bot(config: Config, verbose: bool = False) -> int:
+    secrets = Secrets.from_env()
+    if not secrets.discord_token:
+        print(NO_TOKEN_HELP, file=sys.stderr)
+        return 2
+    log_path = setup_logging(config.logs_dir(), [secrets.discord_token, secrets.hf_token], verbose)
+    lock = RunnerLock(config.data_dir())
+    if not lock.try_acquire():
+        print(
+            f"qlora-bot: another qlora-bot process (pid {lock.holder_pid()}) already runs the queue of "
+            f"{config.data_dir()}; stop it first or set QLORA_BOT_HOME to another data directory",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        print(f"qlora-bot: logging to {log_path}", file=sys.stderr)
+        asyncio.run(serve(config, secrets))
+    finally:
+        lock.release()
+    return 0
+
+
+async def serve(
+    config: Config,
+    secrets: Secrets,
+    executor: LocalExecutor | None = None,
+    stop: asyncio.Event | None = None,
+    **client_options: Any,
+) -> None:
+    """Run the queue and the Discord client until `stop` (by default SIGINT/SIGTERM); then stop both."""
+    async with await Store.open(config.database_path()) as store:
+        service = JobService(store, config)
+        await service.start_runner(
+            executor or LocalExecutor(python=config.worker.python), configured_slots(config)
+        )
+        bot = QloraBot(
+            config=config, service=service, hub_push_default=secrets.hf_token is not None, **client_options
+        )
+        if stop is None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, stop.set)
+        try:
+            async with bot:
+                client = asyncio.create_task(bot.start(secrets.discord_token or ""))
+                waiter = asyncio.create_task(stop.wait())
+                done, _ = await asyncio.wait({client, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                if client in done:
+                    client.result()  # a login failure surfaces here
+        finally:
+            log.info("stopping: running jobs save a checkpoint and resume at the next start")
+            with contextlib.suppress(Exception):
+                await bot.close()
+            await service.close()

@@ -1,0 +1,67 @@
+"""Run the real QloraBot and JobService against the fake Discord, with the fake or the real trainer."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from bot.config import Config, DiscordConfig, LimitsConfig, PathsConfig, QueueConfig, WorkerConfig
+from bot.discord_bot.client import QloraBot
+from bot.jobs.executor import LocalExecutor
+from bot.jobs.scheduler import build_slots
+from bot.jobs.service import JobService
+from storage.store import Store
+from tests.fake_discord.server import FakeDiscord
+from tests.service_helpers import fake_executor
+
+EDIT_INTERVAL_S = 0.5
+
+
+def bot_config(
+    data_dir: Path, fake: FakeDiscord, base_models: tuple[str, ...], **sections: dict[str, Any]
+) -> Config:
+    discord_config = DiscordConfig(
+        guild_ids=(fake.guild_id,),
+        status_edit_interval_s=EDIT_INTERVAL_S,
+        old_status_edit_interval_s=EDIT_INTERVAL_S * 4,
+        channel_edits_per_minute=120,
+    )
+    return Config(
+        paths=PathsConfig(data_dir=str(data_dir)),
+        worker=WorkerConfig(cancel_grace_s=10.0),
+        queue=dataclasses.replace(QueueConfig(), **sections.get("queue", {})),
+        discord=dataclasses.replace(discord_config, **sections.get("discord", {})),
+        limits=dataclasses.replace(LimitsConfig(base_models=base_models), **sections.get("limits", {})),
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_bot(
+    fake: FakeDiscord, config: Config, executor: LocalExecutor | None = None
+) -> AsyncIterator[tuple[QloraBot, JobService]]:
+    async with await Store.open(config.database_path()) as store:
+        service = JobService(store, config)
+        await service.start_runner(executor or fake_executor(), build_slots([], 1))
+        bot = QloraBot(config=config, service=service, guild_ready_timeout=0.1)
+        try:
+            async with fake.running(bot):
+                yield bot, service
+        finally:
+            await service.close()
+
+
+def fake_dataset(behaviour: str) -> tuple[str, bytes, str]:
+    """An attachment that tells the fake trainer how to behave (see tests/fakes/fake_trainer.py)."""
+    return ("data.jsonl", json.dumps({"fake": behaviour}).encode() + b"\n", "application/json")
+
+
+def embed_field(message: Any, name: str) -> str | None:
+    for embed in message.embeds:
+        for field in embed.get("fields", []):
+            if field["name"] == name:
+                return field["value"]
+    return None
