@@ -7,6 +7,7 @@ are refused with the dotted path of the offending key, so a typo never silently 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, TypeVar
@@ -33,6 +34,17 @@ def _plain(value: Any) -> Any:
         return {key: _plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(item) for item in value]
+    return value
+
+
+def without_non_finite(value: Any) -> Any:
+    """NaN and infinity are not JSON: they travel as null (a diverged loss must not break a stream)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: without_non_finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_non_finite(item) for item in value]
     return value
 
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from trainer.dataclass_codec import CodecError, from_dict, to_dict
+from trainer.dataclass_codec import CodecError, from_dict, to_dict, without_non_finite
 
 PROTOCOL_VERSION = 1
 
@@ -241,19 +240,8 @@ def event_type(event: Event) -> str:
 def encode_event(event: Event) -> str:
     """One line of JSON (no trailing newline) with the version and type first."""
     body = {"v": PROTOCOL_VERSION, "type": event_type(event)}
-    body.update(_finite(to_dict(event)))
+    body.update(without_non_finite(to_dict(event)))
     return json.dumps(body, separators=(",", ":"), allow_nan=False)
-
-
-def _finite(value: Any) -> Any:
-    """NaN and infinity are not JSON: a diverged loss travels as null rather than breaking the stream."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_finite(item) for item in value]
-    return value
 
 
 def decode_event(line: str | bytes) -> Event:

@@ -1,0 +1,153 @@
+"""The serve worker's contract: generation requests on stdin and streamed events on stdout, JSON lines.
+
+Stdlib only (the bot imports it). Like the trainer protocol, every line carries the version `v` and a
+`type`, and the decoders refuse anything they do not know.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from trainer.dataclass_codec import CodecError, from_dict, to_dict, without_non_finite
+
+SERVE_PROTOCOL_VERSION = 1
+Variant = Literal["adapter", "base"]
+
+
+class ServeProtocolError(ValueError):
+    """A line that does not follow the serve protocol."""
+
+
+# --- requests (bot -> worker)
+
+
+@dataclass(frozen=True)
+class Generate:
+    id: str
+    base_model: str  # Hub id or local folder; loaded once in 4-bit and shared by its adapters
+    adapter: str | None = None  # adapter folder; None asks the base model alone
+    messages: tuple[dict[str, str], ...] | None = (
+        None  # chat turns (role, content), formatted with the chat template
+    )
+    prompt: str | None = None  # raw text, used as is (adapters trained on plain text)
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 is greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    compare: bool = False  # also answer with the adapter disabled (the base model), same prompt
+    timeout_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class Cancel:
+    id: str
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    pass
+
+
+Request = Generate | Cancel | Shutdown
+REQUEST_TYPES: dict[str, type] = {"generate": Generate, "cancel": Cancel, "shutdown": Shutdown}
+
+# --- events (worker -> bot)
+
+
+@dataclass(frozen=True)
+class Ready:
+    pid: int
+
+
+@dataclass(frozen=True)
+class Loading:
+    id: str
+    what: Literal["base_model", "adapter"]
+    name: str
+
+
+@dataclass(frozen=True)
+class Token:
+    id: str
+    variant: Variant
+    text: str  # the newly decoded text (may be several tokens, or empty while a character is incomplete)
+
+
+@dataclass(frozen=True)
+class Finished:
+    id: str
+    variant: Variant
+    text: str  # the whole answer
+    tokens: int
+    seconds: float
+    time_to_first_token_s: float | None = None
+    stop_reason: Literal["eos", "length", "cancelled"] = "eos"
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Failed:
+    id: str
+    kind: Literal["user_error", "oom", "internal", "cancelled", "timeout"]
+    message: str
+    hint: str = ""
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Answer to nothing: sent after each load/evict so the bot can show what is resident."""
+
+    base_models: tuple[str, ...] = ()
+    adapters: tuple[str, ...] = ()
+    gpu_mem_gib: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+ServeEvent = Ready | Loading | Token | Finished | Failed | Stats
+EVENT_TYPES: dict[str, type] = {
+    "ready": Ready,
+    "loading": Loading,
+    "token": Token,
+    "finished": Finished,
+    "failed": Failed,
+    "stats": Stats,
+}
+_NAMES = {cls: name for table in (REQUEST_TYPES, EVENT_TYPES) for name, cls in table.items()}
+
+
+def encode(message: Request | ServeEvent) -> str:
+    body = {"v": SERVE_PROTOCOL_VERSION, "type": _NAMES[type(message)]}
+    body.update(without_non_finite(to_dict(message)))
+    return json.dumps(body, separators=(",", ":"), allow_nan=False)
+
+
+def decode_request(line: str | bytes) -> Request:
+    return _decode(line, REQUEST_TYPES)
+
+
+def decode_event(line: str | bytes) -> ServeEvent:
+    return _decode(line, EVENT_TYPES)
+
+
+def _decode(line: str | bytes, types: dict[str, type]) -> Any:
+    try:
+        data = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ServeProtocolError(f"not a JSON line: {error}") from None
+    if not isinstance(data, dict):
+        raise ServeProtocolError("a line must be a JSON object")
+    if data.pop("v", None) != SERVE_PROTOCOL_VERSION:
+        raise ServeProtocolError(f"unsupported serve protocol version (expected {SERVE_PROTOCOL_VERSION})")
+    name = data.pop("type", None)
+    cls = types.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise ServeProtocolError(f"unknown message type {name!r}")
+    try:
+        return from_dict(cls, data)
+    except CodecError as error:
+        raise ServeProtocolError(f"invalid {name}: {error}") from None
