@@ -9,13 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.jobs.worker_process import (
-    MAX_EVENT_LINE_BYTES,
-    WorkerLost,
-    WorkerProcess,
-    uses_hub,
-    worker_environment,
-)
+from bot.jobs.worker_process import MAX_EVENT_LINE_BYTES, WorkerLost, WorkerProcess
+from bot.worker_env import uses_hub, worker_environment
 from trainer.protocol import DatasetSpec, Done, Error, JobSpec, Progress, Started
 
 PRELUDE = """
@@ -129,16 +124,17 @@ def test_worker_environment_keeps_secrets_out():
         "AWS_SECRET_ACCESS_KEY": "aws",
         "CUDA_VISIBLE_DEVICES": "0,1",
     }
-    local = JobSpec(base_model="/models/llama", dataset=DatasetSpec(source="/data/x.jsonl"), output_dir="/j")
-    env = worker_environment(local, environ, cuda_visible_devices="1")
+    env = worker_environment(
+        environ, hub_token=uses_hub("/models/llama", "/data/x.jsonl"), cuda_visible_devices="1"
+    )
     assert "DISCORD_TOKEN" not in env and "HF_TOKEN" not in env and "AWS_SECRET_ACCESS_KEY" not in env
     assert env["HF_HOME"] == "/cache/hf" and env["PATH"] == "/usr/bin" and env["CUDA_VISIBLE_DEVICES"] == "1"
-    hub = JobSpec(
-        base_model="meta-llama/Llama-2-7b-hf", dataset=DatasetSpec(source="/data/x.jsonl"), output_dir="/j"
+    assert uses_hub("meta-llama/Llama-2-7b-hf", "/data/x.jsonl") and not uses_hub(
+        "/models/llama", "./x.jsonl"
     )
-    assert uses_hub(hub) and not uses_hub(local)
-    assert worker_environment(hub, environ)["HF_TOKEN"] == "hf_secret"
-    assert "DISCORD_TOKEN" not in worker_environment(hub, environ)
+    assert uses_hub("/models/llama", "mlabonne/guanaco-llama2-1k")
+    hub_env = worker_environment(environ, hub_token=True)
+    assert hub_env["HF_TOKEN"] == "hf_secret" and "DISCORD_TOKEN" not in hub_env
 
 
 async def test_stop_orphan_stops_only_our_own_worker(tmp_path, fake_env):

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Protocol
 
 from bot.jobs.scheduler import Slot
-from bot.jobs.worker_process import WorkerLost, WorkerProcess, worker_environment
+from bot.jobs.worker_process import WorkerLost, WorkerProcess
+from bot.worker_env import uses_hub, worker_environment
 from trainer.protocol import LOG_FILE_NAME, Event, JobSpec
 
 SPEC_FILE_NAME = "spec.json"
@@ -58,7 +59,11 @@ class LocalExecutor:
         job_dir.mkdir(parents=True, exist_ok=True)
         spec_path = job_dir / SPEC_FILE_NAME
         spec_path.write_text(spec.to_json(), encoding="utf-8")
-        env = worker_environment(spec, self.environ, cuda_visible_devices=slot.cuda_visible_devices)
+        env = worker_environment(
+            self.environ,
+            hub_token=uses_hub(spec.base_model, spec.dataset.source),
+            cuda_visible_devices=slot.cuda_visible_devices,
+        )
         return await WorkerProcess.start(spec_path, job_dir / LOG_FILE_NAME, env, self.python, self.module)
 
     async def stop_orphan(self, spec: JobSpec, pid: int | None, grace_s: float) -> bool:

@@ -16,27 +16,11 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import trainer
-from trainer.protocol import Done, Error, Event, JobSpec, ProtocolError, decode_event
+from trainer.protocol import Done, Error, Event, ProtocolError, decode_event
 
 # A progress line is ~300 bytes and `done` carries a small metrics dict; 1 MiB leaves room for
 # growth while a runaway line still cannot eat the bot's memory.
 MAX_EVENT_LINE_BYTES = 1 << 20
-
-# Variables a worker may need; everything else (DISCORD_TOKEN above all) stays in the bot.
-_PASSED_EXACT = {"PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR", "XDG_CACHE_HOME", "SSL_CERT_FILE"}
-_PASSED_PREFIXES = (
-    "HF_",
-    "HUGGINGFACE_",
-    "TRANSFORMERS_",
-    "CUDA_",
-    "NVIDIA_",
-    "PYTORCH_",
-    "TORCH",
-    "BNB_",
-    "OMP_",
-)
-_SECRET_NAMES = {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "DISCORD_TOKEN"}
 
 
 @dataclass(frozen=True)
@@ -48,35 +32,6 @@ class WorkerLost:
 
     def describe(self) -> str:
         return f"the worker {self.reason} without reporting a result"
-
-
-def worker_environment(
-    spec: JobSpec, environ: Mapping[str, str], cuda_visible_devices: str | None = None
-) -> dict[str, str]:
-    """The environment a worker runs with: what training needs, HF_TOKEN only when the job uses the Hub."""
-    env = {
-        name: value
-        for name, value in environ.items()
-        if name not in _SECRET_NAMES and (name in _PASSED_EXACT or name.startswith(_PASSED_PREFIXES))
-    }
-    if environ.get("HF_TOKEN") and uses_hub(spec):
-        env["HF_TOKEN"] = environ["HF_TOKEN"]
-    if cuda_visible_devices is not None:
-        env["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices
-    # The worker must run the same code as the bot, installed or straight from a checkout.
-    source_root = str(Path(trainer.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [source_root, environ.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def uses_hub(spec: JobSpec) -> bool:
-    """Whether the base model or the dataset may come from the Hub (so may need HF_TOKEN)."""
-
-    def local(name: str) -> bool:
-        return name.startswith(("/", ".", "~", "http://", "https://")) or Path(name).expanduser().exists()
-
-    return not local(spec.base_model) or not local(spec.dataset.source)
 
 
 class WorkerProcess:
