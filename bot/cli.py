@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from bot.ask_command import add_command as add_ask_command
 from bot.config import ConfigError, load_config
 from bot.job_commands import add_commands as add_job_commands
 from trainer.protocol import DATASET_FORMATS, SCHEDULERS
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--resume", type=Path, metavar="CHECKPOINT_DIR", help="continue from a checkpoint")
     add_job_commands(commands, common)
+    add_ask_command(commands, common)
     commands.add_parser(
         "run",
         parents=[common],
@@ -88,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         from bot.train_command import run_train
 
         return run_train(args, config, sys.argv[1:] if argv is None else argv)
+    if args.command == "ask":
+        from bot.ask_command import run_ask
+
+        return run_ask(args, config)
     if args.command == "run":
         from bot.run_command import run_bot
 

@@ -88,6 +88,20 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    idle_timeout_s: float = 600.0
+    max_adapters: int = 8
+    max_adapter_mb: int = 2048
+    max_batch: int = 4
+    share_gpu_with_training: bool = True
+    device: str = ""
+    default_max_new_tokens: int = 256
+    max_new_tokens_limit: int = 1024
+    request_timeout_s: float = 300.0
+    stream_edit_interval_s: float = 1.0
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     defaults: JobDefaults = field(default_factory=JobDefaults)
@@ -96,6 +110,7 @@ class Config:
     gpus: GpuConfig = field(default_factory=GpuConfig)
     discord: DiscordConfig = field(default_factory=DiscordConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def data_dir(self) -> Path:
         """QLORA_BOT_HOME, else paths.data_dir, else ~/.local/share/qlora-bot."""

@@ -16,6 +16,7 @@ from bot.jobs.local import configured_slots
 from bot.jobs.service import JobService
 from bot.jobs.service_lock import RunnerLock
 from bot.logging_setup import setup_logging
+from bot.serving.serve_client import ServeClient
 from storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,13 @@ async def serve(
         await service.start_runner(
             executor or LocalExecutor(python=config.worker.python), configured_slots(config)
         )
+        serve_client = make_serve_client(config, service)
         bot = QloraBot(
-            config=config, service=service, hub_push_default=secrets.hf_token is not None, **client_options
+            config=config,
+            service=service,
+            serve_client=serve_client,
+            hub_push_default=secrets.hf_token is not None,
+            **client_options,
         )
         if stop is None:
             stop = asyncio.Event()
@@ -89,4 +95,28 @@ async def serve(
             log.info("stopping: running jobs save a checkpoint and resume at the next start")
             with contextlib.suppress(Exception):
                 await bot.close()
+            await serve_client.close()
             await service.close()
+
+
+def make_serve_client(config: Config, service: JobService) -> ServeClient:
+    """The serve worker runs on serve.device, else the first configured GPU; it may have to wait for
+    training to leave that GPU when serve.share_gpu_with_training is off."""
+    slots = configured_slots(config)
+    device = config.serve.device or slots[0].cuda_visible_devices
+
+    async def gpu_wait() -> str | None:
+        if config.serve.share_gpu_with_training:
+            return None
+        training = [job for job in await service.list(states=["running"], limit=100)]
+        if not training:
+            return None
+        return f"the GPU is busy training job {training[0].id} (serve.share_gpu_with_training is off)"
+
+    return ServeClient(
+        config.serve,
+        config.logs_dir() / "serve.log",
+        python=config.worker.python,
+        cuda_visible_devices=device,
+        gpu_wait=gpu_wait,
+    )

@@ -18,13 +18,20 @@ from bot.discord_bot.permissions import requester_for
 from bot.discord_bot.status_publisher import StatusPublisher
 from bot.errors import UserFacingError
 from bot.jobs.service import JobService
+from bot.serving.serve_client import ServeClient
 
 log = logging.getLogger(__name__)
 
 
 class QloraBot(commands.Bot):
     def __init__(
-        self, *, config: Config, service: JobService, hub_push_default: bool = False, **client_options: Any
+        self,
+        *,
+        config: Config,
+        service: JobService,
+        serve_client: ServeClient | None = None,
+        hub_push_default: bool = False,
+        **client_options: Any,
     ) -> None:
         # No privileged intents: interactions carry the member and their roles.
         super().__init__(
@@ -35,17 +42,20 @@ class QloraBot(commands.Bot):
         )
         self.config = config
         self.service = service
+        self.serve_client = serve_client  # None: /ask explains that serving is off
         self.hub_push_default = hub_push_default  # /finetune publishes by default when HF_TOKEN is set
         self.publisher = StatusPublisher(self, service, config)
         self.tree.on_error = self.on_app_command_error
 
     async def setup_hook(self) -> None:
+        from bot.discord_bot.cogs.ask import AskCog
         from bot.discord_bot.cogs.finetune import FinetuneCog
         from bot.discord_bot.cogs.jobs import JobsCog
 
         self.add_dynamic_items(CancelButton)
         await self.add_cog(FinetuneCog(self))
         await self.add_cog(JobsCog(self))
+        await self.add_cog(AskCog(self))
         await sync_commands_if_changed(
             self.tree, self.config.discord.guild_ids, self.config.data_dir() / "discord-commands.sha256"
         )

@@ -1,0 +1,104 @@
+"""One ask, the same from Discord and the terminal: find the adapter and turn the options into a request."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot.config import ServeConfig
+from bot.errors import UserFacingError
+from storage.store import Store
+from trainer.serve_protocol import Generate
+
+ADAPTER_RECORD = "qlora_bot.json"  # written beside every adapter by the trainer
+
+
+@dataclass(frozen=True)
+class ResolvedAdapter:
+    label: str  # what people call it: its name, or the folder
+    path: str
+    base_model: str
+    prompt_style: str  # "chat": send the prompt as a user turn; "raw": as plain text
+
+
+async def resolve_adapter(store: Store, reference: str, base_model: str | None = None) -> ResolvedAdapter:
+    """An adapter by name (from the store) or by folder; `base_model` overrides the recorded one."""
+    stored = await store.adapter(reference)
+    if stored is not None:
+        folder = Path(stored.path)
+        label, recorded_base = stored.name, stored.base_model
+    elif Path(reference).expanduser().is_dir():
+        folder = Path(reference).expanduser().resolve()
+        label, recorded_base = str(folder), _recorded_base_model(folder)
+    else:
+        raise UserFacingError(
+            f"there is no adapter named {reference!r}",
+            "list adapters with /adapters (or `qlora-bot jobs`), or pass the adapter's folder",
+        )
+    if not folder.is_dir():
+        raise UserFacingError(f"the files of adapter {label} are gone ({folder})", "train it again")
+    base = base_model or recorded_base
+    if not base:
+        raise UserFacingError(f"adapter {label} does not say which base model it needs", "pass --base-model")
+    return ResolvedAdapter(label=label, path=str(folder), base_model=base, prompt_style=_prompt_style(folder))
+
+
+def build_request(
+    adapter: ResolvedAdapter,
+    prompt: str,
+    config: ServeConfig,
+    *,
+    compare: bool = False,
+    max_new_tokens: int | None = None,
+    temperature: float = 0.0,
+    seed: int | None = None,
+) -> Generate:
+    if not prompt.strip():
+        raise UserFacingError("the prompt is empty", "write a question or an instruction")
+    tokens = max_new_tokens or config.default_max_new_tokens
+    if not 1 <= tokens <= config.max_new_tokens_limit:
+        raise UserFacingError(
+            f"max_new_tokens={tokens} is outside 1..{config.max_new_tokens_limit} "
+            "(serve.max_new_tokens_limit)",
+            f"use {config.max_new_tokens_limit} or less",
+        )
+    if not 0.0 <= temperature <= 2.0:
+        raise UserFacingError(
+            f"temperature={temperature:g} is outside 0..2", "0 answers greedily; 0.7 is typical"
+        )
+    chat = adapter.prompt_style == "chat"
+    return Generate(
+        id=uuid.uuid4().hex[:12],
+        base_model=adapter.base_model,
+        adapter=adapter.path,
+        messages=({"role": "user", "content": prompt},) if chat else None,
+        prompt=None if chat else prompt,
+        max_new_tokens=tokens,
+        temperature=temperature,
+        seed=seed,
+        compare=compare,
+        timeout_s=config.request_timeout_s,
+    )
+
+
+def _record(folder: Path) -> dict:
+    try:
+        return json.loads((folder / ADAPTER_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _recorded_base_model(folder: Path) -> str | None:
+    spec = _record(folder).get("spec") or {}
+    if spec.get("base_model"):
+        return spec["base_model"]
+    try:  # a peft adapter made elsewhere
+        return json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError):
+        return None
+
+
+def _prompt_style(folder: Path) -> str:
+    return "raw" if _record(folder).get("prompt_style") == "raw" else "chat"

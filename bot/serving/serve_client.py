@@ -1,0 +1,225 @@
+"""The bot's side of the serve worker: start it on first use, route its events, stop it when idle.
+
+One long-lived `python -m trainer.serve` per bot process holds the base models and an LRU of
+adapters. If it dies, every pending ask fails with a clear message and the next ask starts a new
+one; after `idle_timeout_s` without asks it exits, giving the GPU back to training.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot.config import ServeConfig
+from bot.worker_env import worker_environment
+from trainer.serve_protocol import (
+    Cancel,
+    Failed,
+    Finished,
+    Generate,
+    Ready,
+    ServeEvent,
+    ServeProtocolError,
+    Shutdown,
+    decode_event,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+MAX_LINE_BYTES = 1 << 22  # a finished answer carries its whole text
+START_TIMEOUT_S = 600.0  # importing torch and building the process; models load per request
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Not from the worker: the ask waits (for the GPU, say) and the person should know why."""
+
+    reason: str
+
+
+class ServeClient:
+    def __init__(
+        self,
+        config: ServeConfig,
+        log_path: Path,
+        *,
+        environ: Mapping[str, str] | None = None,
+        python: str = "",
+        module: str = "trainer.serve",
+        cuda_visible_devices: str | None = None,
+        gpu_wait: Callable[[], Awaitable[str | None]] | None = None,
+    ) -> None:
+        self.config = config
+        self.log_path = log_path
+        self.environ = dict(os.environ if environ is None else environ)
+        self.python = python or sys.executable
+        self.module = module
+        self.cuda_visible_devices = cuda_visible_devices
+        self.gpu_wait = gpu_wait
+        self._process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task | None = None
+        self._pending: dict[str, asyncio.Queue] = {}
+        self._start_lock = asyncio.Lock()
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self.starts = 0  # how many workers were started: a test and the logs care
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.returncode is None
+
+    async def generate(self, request: Generate) -> AsyncIterator[ServeEvent | Waiting]:
+        """The events of one request, ending after its last Finished (two with compare) or a Failed."""
+        while self.gpu_wait is not None and (reason := await self.gpu_wait()):
+            yield Waiting(reason)
+            await asyncio.sleep(2.0)
+        queue: asyncio.Queue = asyncio.Queue()
+        self._pending[request.id] = queue
+        self._cancel_idle_timer()
+        expected = 2 if request.compare else 1
+        ended = False
+        try:
+            try:
+                await self._ensure_started()
+            except (ConnectionError, TimeoutError, OSError) as error:
+                yield Failed(
+                    id=request.id,
+                    kind="internal",
+                    message=f"the serve worker could not start: {error}",
+                    hint=f"see its log {self.log_path}",
+                )
+                return
+            await self._send(encode(request))
+            while not ended:
+                event = await queue.get()
+                if isinstance(event, Finished):
+                    expected -= 1
+                    ended = expected == 0
+                ended = ended or isinstance(event, Failed)
+                yield event
+        finally:
+            self._pending.pop(request.id, None)
+            if not ended and self.running:  # the asker went away: stop spending the GPU on it
+                with contextlib.suppress(Exception):
+                    await self._send(encode(Cancel(id=request.id)))
+            self._arm_idle_timer()
+
+    async def cancel(self, request_id: str) -> None:
+        if self.running:
+            await self._send(encode(Cancel(id=request_id)))
+
+    async def close(self) -> None:
+        self._cancel_idle_timer()
+        process = self._process
+        if process is None:
+            return
+        if process.returncode is None:
+            with contextlib.suppress(Exception):
+                await self._send(encode(Shutdown()))
+            try:
+                await asyncio.wait_for(process.wait(), 30)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+        self._process = None
+
+    # --- the worker process
+
+    async def _ensure_started(self) -> None:
+        async with self._start_lock:
+            if self.running:
+                return
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            config = self.config
+            env = worker_environment(
+                self.environ, hub_token=True, cuda_visible_devices=self.cuda_visible_devices
+            )
+            with open(self.log_path, "ab") as log_file:
+                self._process = await asyncio.create_subprocess_exec(
+                    self.python, "-m", self.module,
+                    "--max-adapters", str(config.max_adapters),
+                    "--max-adapter-mb", str(config.max_adapter_mb),
+                    "--max-batch", str(config.max_batch),
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=log_file,
+                    env=env,
+                    start_new_session=True,
+                    limit=MAX_LINE_BYTES,
+                )  # fmt: skip
+            self.starts += 1
+            ready = asyncio.get_running_loop().create_future()
+            self._reader = asyncio.create_task(self._read(self._process, ready), name="serve-reader")
+            await asyncio.wait_for(ready, START_TIMEOUT_S)
+            log.info("serve worker started (pid %s)", self._process.pid)
+
+    async def _send(self, line: str) -> None:
+        process = self._process
+        if process is None or process.stdin is None:
+            raise ConnectionError("the serve worker is not running")
+        process.stdin.write(line.encode() + b"\n")
+        await process.stdin.drain()
+
+    async def _read(self, process: asyncio.subprocess.Process, ready: asyncio.Future) -> None:
+        assert process.stdout is not None
+        try:
+            while line := await process.stdout.readline():
+                try:
+                    event = decode_event(line)
+                except ServeProtocolError as error:
+                    log.error("serve worker broke the protocol: %s", error)
+                    process.kill()
+                    break
+                if isinstance(event, Ready):
+                    if not ready.done():
+                        ready.set_result(event)
+                    continue
+                queue = self._pending.get(getattr(event, "id", ""))
+                if queue is not None:
+                    queue.put_nowait(event)
+        except (ValueError, asyncio.LimitOverrunError):
+            log.error("serve worker sent an oversized line")
+            process.kill()
+        code = await process.wait()
+        if not ready.done():
+            ready.set_exception(ConnectionError(f"the serve worker exited with code {code} while starting"))
+        self._fail_pending(code)
+
+    def _fail_pending(self, code: int) -> None:
+        for request_id, queue in list(self._pending.items()):
+            queue.put_nowait(
+                Failed(
+                    id=request_id,
+                    kind="internal",
+                    message=f"the serve worker stopped unexpectedly (exit code {code})",
+                    hint=f"ask again to restart it; its log is {self.log_path}",
+                )
+            )
+
+    # --- idle shutdown
+
+    def _arm_idle_timer(self) -> None:
+        if self._pending or not self.running:
+            return
+        self._cancel_idle_timer()
+        loop = asyncio.get_running_loop()
+        self._idle_timer = loop.call_later(
+            self.config.idle_timeout_s, lambda: loop.create_task(self._idle_stop())
+        )
+
+    async def _idle_stop(self) -> None:
+        if not self._pending:
+            log.info("serve worker idle for %.0f s: stopping it", self.config.idle_timeout_s)
+            await self.close()
+
+    def _cancel_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
