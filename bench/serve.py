@@ -1,0 +1,247 @@
+"""Serving benchmark: a random-init Llama-2-7B shape in 4-bit with four r=16 all-linear adapters.
+
+Measures, on one GPU and in one run: adapter cold-load time, switch time between resident adapters,
+memory per resident adapter (peft on the 4-bit base, the calls trainer/serving makes), then through the
+real serve worker (`python -m trainer.serve`, spoken to by the bot's ServeClient): time to first token
+and tokens/s without and with an adapter, and four asks for four different adapters run one after
+another versus sent together (one mixed batch). Prints a table, writes bench/out/serve.json and appends
+the table to bench/RESULTS.md.
+
+    python bench/serve.py [--work /tmp/bench-serve] [--new-tokens 128]
+
+Needs a CUDA GPU and, beside torch/transformers/peft/accelerate, bitsandbytes (carry it as a wheel on
+a machine without network, as bench/README.md says). Nothing is downloaded: the model is random.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+LLAMA2_7B = {
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "vocab_size": 32000,
+    "max_position_embeddings": 4096,
+}
+ADAPTERS = 4
+PROMPT = "Explain in a few sentences why the sky is blue, then give one example."
+
+
+def build_model_and_adapters(work: Path) -> tuple[Path, list[Path]]:
+    """A random bf16 Llama-2-7B shape saved as safetensors, and four random r=16 all-linear adapters."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    model_dir = work / "llama-2-7b-random"
+    adapter_dirs = [work / f"adapter-{i}" for i in range(ADAPTERS)]
+    if (model_dir / "config.json").exists() and all(
+        (d / "adapter_config.json").exists() for d in adapter_dirs
+    ):
+        return model_dir, adapter_dirs
+    config = LlamaConfig(**LLAMA2_7B, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM._from_config(config, torch_dtype=torch.bfloat16)
+    model.save_pretrained(model_dir, safe_serialization=True)
+    vocab = {f"w{i}": i for i in range(config.vocab_size)}
+    vocab.update({"<unk>": 0, "<s>": 1, "</s>": 2})
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    tokenizer.save_pretrained(model_dir)
+    lora = LoraConfig(
+        r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM"
+    )
+    peft_model = get_peft_model(model, lora, adapter_name="a0")
+    for index, folder in enumerate(adapter_dirs):
+        torch.manual_seed(index + 1)
+        with torch.no_grad():
+            for name, parameter in peft_model.named_parameters():
+                if "lora_" in name:
+                    parameter.normal_(0.0, 0.02)
+        peft_model.save_pretrained(folder, safe_serialization=True)
+        # save_pretrained nests a non-default adapter name; "a0" is saved at the top level.
+        tokenizer.save_pretrained(folder)
+        record = {"spec": {"base_model": str(model_dir)}, "prompt_style": "raw"}
+        (folder / "qlora_bot.json").write_text(json.dumps(record))
+        config_path = folder / "adapter_config.json"
+        adapter_config = json.loads(config_path.read_text())
+        adapter_config["base_model_name_or_path"] = str(model_dir)
+        config_path.write_text(json.dumps(adapter_config))
+    del peft_model, model
+    torch.cuda.empty_cache()
+    return model_dir, adapter_dirs
+
+
+def measure_adapter_residency(model_dir: Path, adapter_dirs: list[Path]) -> dict[str, float]:
+    """Cold load, switch time and memory per adapter, with the peft calls the serve engine makes."""
+    import torch
+    from peft import PeftModel
+
+    from trainer.model_loading import load_quantized_model
+
+    base = load_quantized_model(str(model_dir), None)
+    base.eval()
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    model = PeftModel.from_pretrained(base, str(adapter_dirs[0]), adapter_name="a0")
+    loads, memory = [], [torch.cuda.memory_allocated() - before]
+    for index, folder in enumerate(adapter_dirs[1:], start=1):
+        torch.cuda.synchronize()
+        allocated = torch.cuda.memory_allocated()
+        started = time.perf_counter()
+        model.load_adapter(str(folder), adapter_name=f"a{index}")
+        torch.cuda.synchronize()
+        loads.append(time.perf_counter() - started)
+        memory.append(torch.cuda.memory_allocated() - allocated)
+    switches = []
+    for turn in range(200):
+        name = f"a{turn % ADAPTERS}"
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        model.set_adapter(name)
+        torch.cuda.synchronize()
+        switches.append(time.perf_counter() - started)
+    del model, base
+    torch.cuda.empty_cache()
+    return {
+        "cold_load_ms": statistics.median(loads) * 1000,
+        "switch_ms": statistics.median(switches[ADAPTERS:]) * 1000,
+        "adapter_mib": statistics.median(memory) / 2**20,
+    }
+
+
+async def measure_generation(model_dir: Path, adapter_dirs: list[Path], new_tokens: int) -> dict[str, float]:
+    """Through the real serve worker: TTFT and tokens/s, base vs adapter, sequential vs mixed batch."""
+    from bot.config import ServeConfig
+    from bot.serving.serve_client import ServeClient
+    from trainer.serve_protocol import Failed, Finished, Generate
+
+    client = ServeClient(ServeConfig(max_adapters=8, max_batch=ADAPTERS), Path("/tmp/bench-serve.log"))
+    counter = iter(range(1_000_000))
+
+    def request(adapter: Path | None) -> Generate:
+        return Generate(
+            id=f"r{next(counter)}", base_model=str(model_dir), adapter=str(adapter) if adapter else None,
+            prompt=PROMPT, max_new_tokens=new_tokens, temperature=0.0,
+        )  # fmt: skip
+
+    async def run(item: Generate) -> Finished:
+        result = None
+        async for event in client.generate(item):
+            if isinstance(event, Failed):
+                raise RuntimeError(f"{event.kind}: {event.message}")
+            if isinstance(event, Finished):
+                result = event
+        assert result is not None
+        return result
+
+    try:
+        for adapter in [None, *adapter_dirs]:  # warm-up: load everything, compile nothing twice
+            await run(request(adapter))
+        base = [await run(request(None)) for _ in range(3)]
+        tuned = [await run(request(adapter_dirs[0])) for _ in range(3)]
+        started = time.perf_counter()
+        sequential = [await run(request(adapter)) for adapter in adapter_dirs]
+        sequential_s = time.perf_counter() - started
+        started = time.perf_counter()
+        batched = await asyncio.gather(*(run(request(adapter)) for adapter in adapter_dirs))
+        batched_s = time.perf_counter() - started
+    finally:
+        await client.close()
+    return {
+        "ttft_base_ms": statistics.median(r.time_to_first_token_s or 0 for r in base) * 1000,
+        "ttft_adapter_ms": statistics.median(r.time_to_first_token_s or 0 for r in tuned) * 1000,
+        "tokens_per_s_base": statistics.median(r.tokens_per_s for r in base),
+        "tokens_per_s_adapter": statistics.median(r.tokens_per_s for r in tuned),
+        "sequential_tokens_per_s": sum(r.tokens for r in sequential) / sequential_s,
+        "mixed_batch_tokens_per_s": sum(r.tokens for r in batched) / batched_s,
+    }
+
+
+def report(results: dict[str, float], environment: dict[str, str]) -> str:
+    ratio = results["tokens_per_s_adapter"] / results["tokens_per_s_base"]
+    speedup = results["mixed_batch_tokens_per_s"] / results["sequential_tokens_per_s"]
+    r = results
+    rows = [
+        ("adapter cold load", f"{r['cold_load_ms']:.0f} ms", "< 300 ms", r["cold_load_ms"] < 300),
+        ("switch between resident adapters", f"{r['switch_ms']:.2f} ms", "< 5 ms", r["switch_ms"] < 5),
+        ("memory per resident adapter", f"{r['adapter_mib']:.0f} MiB", "", None),
+        ("time to first token, base", f"{r['ttft_base_ms']:.0f} ms", "", None),
+        ("time to first token, adapter", f"{r['ttft_adapter_ms']:.0f} ms", "", None),
+        ("tokens/s, base", f"{r['tokens_per_s_base']:.1f}", "", None),
+        ("tokens/s, adapter", f"{r['tokens_per_s_adapter']:.1f} ({ratio:.0%})", ">= 85%", ratio >= 0.85),
+        ("4 adapters, sequential", f"{r['sequential_tokens_per_s']:.1f} tokens/s", "", None),
+        ("4 adapters, one mixed batch", f"{r['mixed_batch_tokens_per_s']:.1f} tokens/s ({speedup:.2f}x)",
+         ">= 2.5x", speedup >= 2.5),
+    ]  # fmt: skip
+    lines = [
+        f"### Serving, {environment['date']}: {environment['gpu']}",
+        "",
+        f"torch {environment['torch']}, transformers {environment['transformers']}, "
+        f"peft {environment['peft']}, bitsandbytes {environment['bitsandbytes']}; random-init Llama-2-7B "
+        f"shape, NF4 double-quant, bf16 compute, {ADAPTERS} r=16 all-linear adapters, greedy, "
+        f"{environment['new_tokens']} new tokens.",
+        "",
+        "| measure | result | target | met |",
+        "|---|---|---|---|",
+    ]
+    for name, value, target, met in rows:
+        lines.append(f"| {name} | {value} | {target} | {'' if met is None else ('yes' if met else 'NO')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/bench-serve"))
+    parser.add_argument("--new-tokens", type=int, default=128)
+    args = parser.parse_args()
+    import bitsandbytes
+    import peft
+    import torch
+    import transformers
+
+    if not torch.cuda.is_available():
+        print("bench/serve.py needs a CUDA GPU", file=sys.stderr)
+        return 2
+    model_dir, adapter_dirs = build_model_and_adapters(args.work)
+    results = measure_adapter_residency(model_dir, adapter_dirs)
+    results.update(asyncio.run(measure_generation(model_dir, adapter_dirs, args.new_tokens)))
+    environment = {
+        "date": datetime.date.today().isoformat(),
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "bitsandbytes": bitsandbytes.__version__,
+        "new_tokens": str(args.new_tokens),
+    }
+    table = report(results, environment)
+    print(table)
+    out = ROOT / "bench" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "serve.json").write_text(json.dumps({"results": results, "environment": environment}, indent=2))
+    with (ROOT / "bench" / "RESULTS.md").open("a") as results_file:
+        results_file.write("\n" + table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

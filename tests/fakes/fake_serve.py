@@ -1,0 +1,48 @@
+"""A stand-in for `python -m trainer.serve` speaking the real serve protocol, for fast Discord tests.
+
+The answer is derived from the prompt: "long:N" answers N characters in chunks of 40, anything else
+answers "echo: <prompt>" one word at a time. Each chunk is a Token event, 20 ms apart.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from trainer.serve_protocol import Finished, Generate, Ready, Shutdown, Token, decode_request, encode
+
+
+def emit(event) -> None:
+    sys.stdout.write(encode(event) + "\n")
+    sys.stdout.flush()
+
+
+def chunks(prompt: str) -> list[str]:
+    if prompt.startswith("long:"):
+        text = ("All work and no play makes a long answer. " * 1000)[: int(prompt.removeprefix("long:"))]
+        return [text[i : i + 40] for i in range(0, len(text), 40)]
+    return [f"{word} " for word in f"echo: {prompt}".split()]
+
+
+def main() -> int:
+    emit(Ready(pid=os.getpid()))
+    for line in sys.stdin:
+        request = decode_request(line)
+        if isinstance(request, Shutdown):
+            return 0
+        if not isinstance(request, Generate):
+            continue
+        prompt = request.prompt or request.messages[-1]["content"]
+        for variant in ("base", "adapter") if request.compare else ("adapter",):
+            started, pieces = time.monotonic(), chunks(prompt if variant == "adapter" else f"base {prompt}")
+            for piece in pieces:
+                time.sleep(0.02)
+                emit(Token(id=request.id, variant=variant, text=piece))
+            emit(Finished(id=request.id, variant=variant, text="".join(pieces), tokens=len(pieces),
+                          seconds=time.monotonic() - started))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
