@@ -56,7 +56,7 @@ def build_model_and_adapters(work: Path) -> tuple[Path, list[Path]]:
     config = LlamaConfig(**LLAMA2_7B, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
     torch.manual_seed(0)
     with torch.device("cuda"):
-        model = LlamaForCausalLM._from_config(config, torch_dtype=torch.bfloat16)
+        model = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(model_dir, safe_serialization=True)
     vocab = {f"w{i}": i for i in range(config.vocab_size)}
     vocab.update({"<unk>": 0, "<s>": 1, "</s>": 2})
@@ -69,7 +69,7 @@ def build_model_and_adapters(work: Path) -> tuple[Path, list[Path]]:
     lora = LoraConfig(
         r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM"
     )
-    peft_model = get_peft_model(model, lora, adapter_name="a0")
+    peft_model = get_peft_model(model, lora)  # the default adapter name saves at the folder's top level
     for index, folder in enumerate(adapter_dirs):
         torch.manual_seed(index + 1)
         with torch.no_grad():
@@ -77,7 +77,6 @@ def build_model_and_adapters(work: Path) -> tuple[Path, list[Path]]:
                 if "lora_" in name:
                     parameter.normal_(0.0, 0.02)
         peft_model.save_pretrained(folder, safe_serialization=True)
-        # save_pretrained nests a non-default adapter name; "a0" is saved at the top level.
         tokenizer.save_pretrained(folder)
         record = {"spec": {"base_model": str(model_dir)}, "prompt_style": "raw"}
         (folder / "qlora_bot.json").write_text(json.dumps(record))
