@@ -37,7 +37,8 @@ LLAMA2_7B = {
     "max_position_embeddings": 4096,
 }
 ADAPTERS = 4
-PROMPT = "Explain in a few sentences why the sky is blue, then give one example."
+# Words of the benchmark's own word-level vocabulary: one word is one token, none unknown.
+PROMPT = " ".join(f"w{i}" for i in range(100, 164))
 
 
 def build_model_and_adapters(work: Path) -> tuple[Path, list[Path]]:
@@ -58,8 +59,7 @@ def build_model_and_adapters(work: Path) -> tuple[Path, list[Path]]:
     with torch.device("cuda"):
         model = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(model_dir, safe_serialization=True)
-    vocab = {f"w{i}": i for i in range(config.vocab_size)}
-    vocab.update({"<unk>": 0, "<s>": 1, "</s>": 2})
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2} | {f"w{i}": i for i in range(3, config.vocab_size)}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(
