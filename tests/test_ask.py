@@ -17,8 +17,8 @@ from bot.serving.serve_client import ServeClient, Waiting
 from storage.store import Store
 from tests.discord_helpers import bot_config
 from tests.fake_discord.fixture import fake_discord_fixture  # noqa: F401 - the fake_discord fixture
+from tests.serve_helpers import build_adapter
 from tests.service_helpers import FAKES, fake_executor
-from tests.tiny_model import build_tiny_adapter
 from tests.worker_helpers import worker_env
 from trainer.serve_protocol import Failed, Finished, Token
 
@@ -26,7 +26,7 @@ from trainer.serve_protocol import Failed, Finished, Token
 @pytest.fixture(scope="module")
 def adapters(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("adapters")
-    return [build_tiny_adapter(tiny_model_dir, root / f"adapter-{seed}", seed=seed) for seed in (1, 2)]
+    return [build_adapter(tiny_model_dir, root / f"adapter-{seed}", seed=seed) for seed in (1, 2)]
 
 
 def serve_config(**changes) -> ServeConfig:

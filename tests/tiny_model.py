@@ -71,37 +71,3 @@ def build_tiny_llama(directory: Path, *, chat_template: str | None = CHAT_TEMPLA
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     return directory
-
-
-def build_tiny_adapter(
-    model_dir: Path,
-    directory: Path,
-    *,
-    seed: int,
-    prompt_style: str = "chat",
-    chat_template: str | None = CHAT_TEMPLATE,
-) -> Path:
-    """A LoRA adapter folder laid out like the trainer's, with non-zero weights so it changes outputs."""
-    import json
-
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    config = LoraConfig(
-        r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM"
-    )
-    peft_model = get_peft_model(model, config)
-    with torch.no_grad():  # large enough that greedy answers differ from the base model's
-        for name, parameter in peft_model.named_parameters():
-            if "lora_" in name:
-                parameter.normal_(0.0, 0.5)
-    directory.mkdir(parents=True, exist_ok=True)
-    peft_model.save_pretrained(directory, safe_serialization=True)
-    tokenizer = build_tokenizer(chat_template)
-    tokenizer.save_pretrained(directory)
-    record = {"spec": {"base_model": str(model_dir)}, "prompt_style": prompt_style, "data_format": "messages"}
-    (directory / "qlora_bot.json").write_text(json.dumps(record))
-    return directory

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from trainer.dataclass_codec import CodecError, from_dict, to_dict, without_non_finite
+from trainer.dataclass_codec import CodecError, from_dict, to_dict
+from trainer.json_lines import decode_line, encode_line
 
 PROTOCOL_VERSION = 1
 
@@ -239,27 +240,9 @@ def event_type(event: Event) -> str:
 
 def encode_event(event: Event) -> str:
     """One line of JSON (no trailing newline) with the version and type first."""
-    body = {"v": PROTOCOL_VERSION, "type": event_type(event)}
-    body.update(without_non_finite(to_dict(event)))
-    return json.dumps(body, separators=(",", ":"), allow_nan=False)
+    return encode_line(PROTOCOL_VERSION, event_type(event), event)
 
 
 def decode_event(line: str | bytes) -> Event:
     """Parse one line; raise ProtocolError for bad JSON, another version, or an unknown type or field."""
-    try:
-        data = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ProtocolError(f"not a JSON event line: {error}") from None
-    if not isinstance(data, dict):
-        raise ProtocolError("an event line must be a JSON object")
-    version = data.pop("v", None)
-    if version != PROTOCOL_VERSION:
-        raise ProtocolError(f"unsupported protocol version {version!r} (expected {PROTOCOL_VERSION})")
-    name = data.pop("type", None)
-    cls = EVENT_TYPES.get(name) if isinstance(name, str) else None
-    if cls is None:
-        raise ProtocolError(f"unknown event type {name!r}")
-    try:
-        return from_dict(cls, data)
-    except CodecError as error:
-        raise ProtocolError(f"invalid {name} event: {error}") from None
+    return decode_line(line, version=PROTOCOL_VERSION, types=EVENT_TYPES, error=ProtocolError, noun="event")

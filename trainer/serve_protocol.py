@@ -6,11 +6,10 @@ Stdlib only (the bot imports it). Like the trainer protocol, every line carries 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from trainer.dataclass_codec import CodecError, from_dict, to_dict, without_non_finite
+from trainer.json_lines import decode_line, encode_line
 
 SERVE_PROTOCOL_VERSION = 1
 Variant = Literal["adapter", "base"]
@@ -121,33 +120,16 @@ _NAMES = {cls: name for table in (REQUEST_TYPES, EVENT_TYPES) for name, cls in t
 
 
 def encode(message: Request | ServeEvent) -> str:
-    body = {"v": SERVE_PROTOCOL_VERSION, "type": _NAMES[type(message)]}
-    body.update(without_non_finite(to_dict(message)))
-    return json.dumps(body, separators=(",", ":"), allow_nan=False)
+    return encode_line(SERVE_PROTOCOL_VERSION, _NAMES[type(message)], message)
 
 
 def decode_request(line: str | bytes) -> Request:
-    return _decode(line, REQUEST_TYPES)
+    return decode_line(
+        line, version=SERVE_PROTOCOL_VERSION, types=REQUEST_TYPES, error=ServeProtocolError, noun="request"
+    )
 
 
 def decode_event(line: str | bytes) -> ServeEvent:
-    return _decode(line, EVENT_TYPES)
-
-
-def _decode(line: str | bytes, types: dict[str, type]) -> Any:
-    try:
-        data = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ServeProtocolError(f"not a JSON line: {error}") from None
-    if not isinstance(data, dict):
-        raise ServeProtocolError("a line must be a JSON object")
-    if data.pop("v", None) != SERVE_PROTOCOL_VERSION:
-        raise ServeProtocolError(f"unsupported serve protocol version (expected {SERVE_PROTOCOL_VERSION})")
-    name = data.pop("type", None)
-    cls = types.get(name) if isinstance(name, str) else None
-    if cls is None:
-        raise ServeProtocolError(f"unknown message type {name!r}")
-    try:
-        return from_dict(cls, data)
-    except CodecError as error:
-        raise ServeProtocolError(f"invalid {name}: {error}") from None
+    return decode_line(
+        line, version=SERVE_PROTOCOL_VERSION, types=EVENT_TYPES, error=ServeProtocolError, noun="event"
+    )
