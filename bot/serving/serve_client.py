@@ -67,6 +67,7 @@ class ServeClient:
         self._pending: dict[str, asyncio.Queue] = {}
         self._start_lock = asyncio.Lock()
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_task: asyncio.Task | None = None
         self.starts = 0  # how many workers were started: a test and the logs care
 
     @property
@@ -210,9 +211,11 @@ class ServeClient:
             return
         self._cancel_idle_timer()
         loop = asyncio.get_running_loop()
-        self._idle_timer = loop.call_later(
-            self.config.idle_timeout_s, lambda: loop.create_task(self._idle_stop())
-        )
+        self._idle_timer = loop.call_later(self.config.idle_timeout_s, self._start_idle_stop)
+
+    def _start_idle_stop(self) -> None:
+        # Held in an attribute: the event loop keeps only weak references to tasks.
+        self._idle_task = asyncio.get_running_loop().create_task(self._idle_stop())
 
     async def _idle_stop(self) -> None:
         if not self._pending:
