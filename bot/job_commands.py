@@ -17,7 +17,7 @@ from bot.jobs.local import open_service, terminal_requester
 from bot.jobs.service import JobService
 from bot.terminal_progress import describe_event, format_duration
 from storage.models import JOB_STATES, Job
-from trainer.protocol import LOG_FILE_NAME, Progress
+from trainer.protocol import LOG_FILE_NAME
 
 
 def run_jobs(args: argparse.Namespace, config: Config) -> int:
@@ -56,8 +56,7 @@ async def _jobs(service: JobService, console: Console, args: argparse.Namespace)
     for column in ("ID", "NAME", "STATE", "PROGRESS", "LOSS", "OWNER", "CREATED"):
         table.add_column(column)
     for job in jobs:
-        progress = await service.store.last_event(job.id, "progress")
-        event = progress.event if progress and isinstance(progress.event, Progress) else None
+        event = await service.last_progress(job.id)
         table.add_row(
             str(job.id),
             job.name,

@@ -180,9 +180,7 @@ def run(spec: JobSpec, emit: Any, cancel: CancelFlag) -> int:
             spec.replace(base_revision=spec.base_revision or resolved_revision(model)).to_json()
         ),
         "data_format": data_format,
-        "prompt_style": "raw"
-        if data_format in ("text", "prompt-completion") and _is_plain(examples)
-        else "chat",
+        "prompt_style": "raw" if _is_plain(examples) else "chat",  # chats are asked through the template
         "chat_template_source": template_source,
         "runtime": runtime_description(trainer.args),
     }

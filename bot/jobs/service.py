@@ -190,18 +190,19 @@ class JobService:
         estimate = await self._job_estimate_s()
         remaining = {}
         for job in running:
-            progress = await self.store.last_event(job.id, "progress")
-            if (
-                progress is not None
-                and isinstance(progress.event, Progress)
-                and progress.event.eta_s is not None
-            ):
-                remaining[job.id] = progress.event.eta_s
+            progress = await self.last_progress(job.id)
+            if progress is not None and progress.eta_s is not None:
+                remaining[job.id] = progress.eta_s
             elif job.started_at is not None:
                 remaining[job.id] = max(estimate - (self.clock() - job.started_at), 0.0)
         slot_count = len(self.runner.slots) if self.runner is not None else 1
         last_started = await self.store.last_start_times()
         return estimate_queue(queued, running, remaining, slot_count, estimate, last_started)
+
+    async def last_progress(self, job_id: int) -> Progress | None:
+        """The job's newest progress event (step, loss, ETA), if it reported one."""
+        stored = await self.store.last_event(job_id, "progress")
+        return stored.event if stored is not None and isinstance(stored.event, Progress) else None
 
     async def subscribe(self, job_id: int, poll_s: float = 1.0) -> AsyncIterator[JobUpdate]:
         """Every event of the job (past ones first) and every state change, until it ends.

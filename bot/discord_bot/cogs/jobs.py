@@ -10,11 +10,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_bot.permissions import requester_for
+from bot.discord_bot.permissions import discord_user_id, requester_for
 from bot.discord_bot.status_view import COLOURS
 from bot.terminal_progress import format_duration
 from storage.models import JOB_STATES, Job
-from trainer.protocol import LOG_FILE_NAME, Progress
+from trainer.protocol import LOG_FILE_NAME
 
 if TYPE_CHECKING:
     from bot.discord_bot.client import QloraBot
@@ -51,7 +51,7 @@ class JobsCog(commands.Cog):
         await interaction.response.defer(ephemeral=True)
         job = await self.bot.service.get(id)
         requester = requester_for(interaction.user, self.bot.config.discord)
-        progress = await self._progress(job)
+        progress = await self.bot.service.last_progress(job.id)
         embed = discord.Embed(title=f"Job {job.id} · {job.name}", colour=COLOURS[job.state])
         embed.add_field(name="State", value=f"{job.state}{f' ({job.phase})' if job.phase else ''}")
         embed.add_field(name="Owner", value=_owner(job))
@@ -116,7 +116,7 @@ class JobsCog(commands.Cog):
         await interaction.followup.send(embed=embed, ephemeral=True)
 
     async def _line(self, job: Job) -> str:
-        progress = await self._progress(job)
+        progress = await self.bot.service.last_progress(job.id)
         detail = ""
         if progress is not None and job.state == "running":
             detail = f" step {progress.step}/{progress.total_steps}"
@@ -124,14 +124,10 @@ class JobsCog(commands.Cog):
                 detail += f", loss {progress.loss:.4f}"
         return f"**{job.id}** `{job.name}` {job.state}{detail} ({_owner(job)})"
 
-    async def _progress(self, job: Job) -> Progress | None:
-        stored = await self.bot.service.store.last_event(job.id, "progress")
-        return stored.event if stored is not None and isinstance(stored.event, Progress) else None
-
 
 def _owner(job: Job) -> str:
-    prefix, _, user_id = job.owner.partition(":")
-    return f"<@{user_id}>" if prefix == "discord" else job.owner
+    user_id = discord_user_id(job.owner)
+    return f"<@{user_id}>" if user_id is not None else job.owner
 
 
 def _log_tail(path: Path) -> str:
