@@ -53,10 +53,16 @@ class Job:
     hub_error: str | None
     push_requested: bool  # publish to the Hub once the job succeeds
     hub_private: bool  # the Hub repo is private (the default)
+    hub_commit: str | None = None  # the Hub commit of the last publish (migration 0002)
 
     @property
     def is_terminal(self) -> bool:
         return self.state in TERMINAL_STATES
+
+    @property
+    def publish_pending(self) -> bool:
+        """Succeeded, asked to be published, and not published (nor failed to be) yet."""
+        return self.state == "succeeded" and self.push_requested and self.hub_state == "none"
 
 
 @dataclass(frozen=True)

@@ -300,19 +300,33 @@ class Store:
         return [to_job(row) for row in found]
 
     async def set_hub_state(
-        self, job_id: int, state: HubState, *, url: str | None = None, error: str | None = None
+        self,
+        job_id: int,
+        state: HubState,
+        *,
+        url: str | None = None,
+        error: str | None = None,
+        commit: str | None = None,
     ) -> Job | None:
-        """Only for succeeded jobs; `url` and `error` replace the stored ones."""
+        """Only for succeeded jobs; `url`, `error` and `commit` replace the stored ones."""
         if state not in HUB_STATES:
             raise ValueError(f"unknown hub state {state!r} (known: {', '.join(HUB_STATES)})")
         return _first(
             to_job,
             await self._db.run(
-                "UPDATE jobs SET hub_state = ?, hub_url = ?, hub_error = ?"
+                "UPDATE jobs SET hub_state = ?, hub_url = ?, hub_error = ?, hub_commit = ?"
                 " WHERE id = ? AND state = 'succeeded' RETURNING *",
-                (state, url, error, job_id),
+                (state, url, error, commit, job_id),
             ),
         )
+
+    async def jobs_to_publish(self) -> list[Job]:
+        """Succeeded jobs whose requested publish never ended (the process stopped during it)."""
+        found = await self._db.run(
+            "SELECT * FROM jobs WHERE state = 'succeeded' AND push_requested = 1 AND hub_state = 'none'"
+            " ORDER BY id"
+        )
+        return [to_job(row) for row in found]
 
     async def attempts(self, job_id: int) -> list[Attempt]:
         found = await self._db.run("SELECT * FROM attempts WHERE job_id = ? ORDER BY number", (job_id,))

@@ -390,8 +390,19 @@ async def test_hub_state_only_for_succeeded_jobs(store: Store):
     await store.finish_job(job.id, "succeeded")
     failed = await store.set_hub_state(job.id, "push_failed", error="503 from the Hub")
     assert (failed.hub_state, failed.hub_error) == ("push_failed", "503 from the Hub")
-    pushed = await store.set_hub_state(job.id, "pushed", url="https://hf.co/x")
+    pushed = await store.set_hub_state(job.id, "pushed", url="https://hf.co/x", commit="abc123")
     assert (pushed.hub_state, pushed.hub_url, pushed.hub_error) == ("pushed", "https://hf.co/x", None)
+    assert pushed.hub_commit == "abc123"
+
+
+async def test_jobs_whose_requested_publish_never_ended(store: Store):
+    asked, not_asked = await running_job(store, push_requested=True), await running_job(store)
+    for job in (asked, not_asked):
+        await store.finish_job(job.id, "succeeded")
+    pending = await store.jobs_to_publish()
+    assert [job.id for job in pending] == [asked.id] and pending[0].publish_pending
+    await store.set_hub_state(asked.id, "push_failed", error="503")
+    assert await store.jobs_to_publish() == []  # a failed publish waits for /push, not for a restart
 
 
 async def test_status_message_is_remembered(store: Store):
