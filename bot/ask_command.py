@@ -6,8 +6,9 @@ import argparse
 import asyncio
 import sys
 
-from bot.config import Config
+from bot.config import Config, Secrets
 from bot.errors import UserFacingError
+from bot.hub.access import HubAccess
 from bot.serving.asking import build_request, resolve_adapter
 from bot.serving.serve_client import ServeClient, Waiting
 from storage.store import Store
@@ -22,7 +23,9 @@ def add_command(commands: argparse._SubParsersAction, common: argparse.ArgumentP
         description="Stream an adapter's answer to a prompt; --compare also shows the base model's.",
     )
     ask.add_argument("prompt", help="the question or instruction")
-    ask.add_argument("--adapter", required=True, help="adapter name (see `qlora-bot jobs`) or folder")
+    ask.add_argument(
+        "--adapter", required=True, help="adapter name (see `qlora-bot jobs`), folder, or Hub id (owner/name)"
+    )
     ask.add_argument("--base-model", help="base model (default: the one the adapter was trained on)")
     ask.add_argument("--compare", action="store_true", help="also answer with the base model alone")
     ask.add_argument("--max-new-tokens", type=int, help="answer length cap (default from config)")
@@ -40,7 +43,8 @@ def run_ask(args: argparse.Namespace, config: Config) -> int:
 
 async def _ask(args: argparse.Namespace, config: Config) -> int:
     async with await Store.open(config.database_path()) as store:
-        adapter = await resolve_adapter(store, args.adapter, args.base_model)
+        hub = HubAccess.for_config(config, Secrets.from_env().hf_token)
+        adapter = await resolve_adapter(store, args.adapter, args.base_model, hub=hub)
     request = build_request(
         adapter,
         args.prompt,

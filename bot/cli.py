@@ -10,6 +10,7 @@ from pathlib import Path
 from bot.ask_command import add_command as add_ask_command
 from bot.config import ConfigError, load_config
 from bot.job_commands import add_commands as add_job_commands
+from bot.push_command import add_command as add_push_command
 from trainer.protocol import DATASET_FORMATS, SCHEDULERS
 
 
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", type=Path, metavar="CHECKPOINT_DIR", help="continue from a checkpoint")
     add_job_commands(commands, common)
     add_ask_command(commands, common)
+    add_push_command(commands, common)
     commands.add_parser(
         "run",
         parents=[common],
@@ -94,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         from bot.ask_command import run_ask
 
         return run_ask(args, config)
+    if args.command == "push":
+        from bot.push_command import run_push
+
+        return run_push(args, config)
     if args.command == "run":
         from bot.run_command import run_bot
 

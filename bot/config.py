@@ -102,6 +102,15 @@ class ServeConfig:
 
 
 @dataclass(frozen=True)
+class HubConfig:
+    namespace: str = ""
+    private: bool = True
+    max_attempts: int = 4
+    backoff_s: float = 5.0
+    max_backoff_s: float = 120.0
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     defaults: JobDefaults = field(default_factory=JobDefaults)
@@ -111,6 +120,7 @@ class Config:
     discord: DiscordConfig = field(default_factory=DiscordConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
 
     def data_dir(self) -> Path:
         """QLORA_BOT_HOME, else paths.data_dir, else ~/.local/share/qlora-bot."""
@@ -128,6 +138,10 @@ class Config:
 
     def logs_dir(self) -> Path:
         return self.data_dir() / "logs"
+
+    def hub_cache_dir(self) -> Path:
+        """Where adapters asked for by Hub id are downloaded to."""
+        return self.data_dir() / "hub-cache"
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,7 @@ async def _job(service: JobService, console: Console, job_id: int) -> None:
         ("log", str(Path(job.spec.output_dir) / LOG_FILE_NAME)),
         ("checkpoint", job.checkpoint_path or ""),
         ("adapter", job.adapter_path or ""),
+        ("hub", _hub(job)),
         ("error", f"{job.error_kind}: {job.error_message}" if job.error_message else ""),
         ("hint", job.error_hint or ""),
     ]
@@ -124,6 +125,14 @@ def _state(job: Job, entry) -> str:
     if job.state == "running" and job.phase:
         return f"running ({job.phase})"
     return job.state
+
+
+def _hub(job: Job) -> str:
+    if job.hub_state == "pushed":
+        return f"{job.hub_url} (commit {job.hub_commit})"
+    if job.hub_state == "push_failed":
+        return f"not published: {job.hub_error} (retry: qlora-bot push {job.id})"
+    return "publishing" if job.publish_pending else ""
 
 
 def _when(timestamp: float | None) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import Config, PathsConfig, QueueConfig, WorkerConfig
+from bot.hub.access import HubAccess
 from bot.jobs.executor import LocalExecutor
 from bot.jobs.scheduler import build_slots
 from bot.jobs.service import JobService
@@ -44,11 +45,15 @@ def fake_spec(behaviour: str = "", name: str = "demo", checkpoint_steps: int = 2
 
 
 async def open_service(
-    data_dir: Path, executor: LocalExecutor | None = None, slots: int = 1, **queue: Any
+    data_dir: Path,
+    executor: LocalExecutor | None = None,
+    slots: int = 1,
+    hub: HubAccess | None = None,
+    **queue: Any,
 ) -> JobService:
     config = make_config(data_dir, **queue)
     store = await Store.open(config.database_path())
-    service = JobService(store, config)
+    service = JobService(store, config, hub=hub)
     devices = [str(i) for i in range(slots)] if slots > 1 else []  # one slot: the CPU, as on CI
     await service.start_runner(executor or fake_executor(), build_slots(devices, 1))
     return service

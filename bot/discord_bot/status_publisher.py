@@ -20,13 +20,13 @@ import discord
 from bot.config import Config
 from bot.discord_bot.cancel_button import cancel_view
 from bot.discord_bot.edit_budget import EditBudget
-from bot.discord_bot.loss_chart import loss_chart_png
 from bot.discord_bot.permissions import discord_user_id
 from bot.discord_bot.status_view import completion_embed, status_embed
 from bot.jobs.outcomes import adapter_name
 from bot.jobs.service import JobService
+from bot.loss_chart import loss_chart_png, loss_points
 from storage.models import Job
-from trainer.protocol import Done, Eval, Progress
+from trainer.protocol import Done, Progress
 
 log = logging.getLogger(__name__)
 ANNOUNCE_WITHIN_S = 7 * 24 * 3600  # after a long outage, older endings are not announced any more
@@ -144,17 +144,12 @@ class StatusPublisher:
             return
         events = [stored.event for stored in await self.service.events(job.id)]
         done = next((event for event in reversed(events) if isinstance(event, Done)), None)
-        train = {
-            event.step: event.loss
-            for event in events
-            if isinstance(event, Progress) and event.loss is not None
-        }
-        evals = [(event.step, event.eval_loss) for event in events if isinstance(event, Eval)]
+        train, evals = loss_points(events)
         embed = completion_embed(
             job, done.metrics if done else {}, adapter_name(job) if job.state == "succeeded" else None
         )
         files = []
-        png = loss_chart_png(sorted(train.items()), evals, f"job {job.id} · {job.name}")
+        png = loss_chart_png(train, evals, f"job {job.id} · {job.name}")
         if png is not None:
             files.append(discord.File(io.BytesIO(png), filename="loss.png"))
             embed.set_image(url="attachment://loss.png")

@@ -6,7 +6,8 @@ import contextlib
 import getpass
 from collections.abc import AsyncIterator
 
-from bot.config import Config
+from bot.config import Config, Secrets
+from bot.hub.access import HubAccess
 from bot.jobs.scheduler import Slot, build_slots, detect_gpus
 from bot.jobs.service import JobService, Requester
 from storage.store import Store
@@ -27,7 +28,7 @@ def terminal_requester() -> Requester:
 async def open_service(config: Config) -> AsyncIterator[JobService]:
     """A JobService on this machine's database, closed (workers checkpointed) on the way out."""
     async with await Store.open(config.database_path()) as store:
-        service = JobService(store, config)
+        service = JobService(store, config, hub=HubAccess.for_config(config, Secrets.from_env().hf_token))
         try:
             yield service
         finally:

@@ -46,6 +46,7 @@ class JobRunner:
         worker: WorkerConfig,
         notify: Callable[[int], None],
         only_job_ids: Collection[int] | None = None,
+        on_concluded: Callable[[Job], None] | None = None,
     ) -> None:
         self.store = store
         self.executor = executor
@@ -54,6 +55,7 @@ class JobRunner:
         self.worker_config = worker
         self.notify = notify
         self.only_job_ids = only_job_ids  # `qlora-bot train` runs just its own job
+        self.on_concluded = on_concluded  # e.g. start the publish step of a job that succeeded
         self._active: dict[int, _Attempt] = {}
         self._tasks: set[asyncio.Task] = set()
         self._wake = asyncio.Event()
@@ -184,7 +186,7 @@ class JobRunner:
         job = attempt.job
         try:
             current = await self.store.get_job(job.id) or job
-            await conclude(
+            concluded = await conclude(
                 self.store,
                 current,
                 final,
@@ -192,6 +194,8 @@ class JobRunner:
                 max_attempts=self.queue.max_attempts,
                 max_wall_time_h=self.queue.max_wall_time_h,
             )
+            if concluded is not None and concluded.is_terminal and self.on_concluded is not None:
+                self.on_concluded(concluded)
         finally:
             self._active.pop(job.id, None)
             self.notify(job.id)

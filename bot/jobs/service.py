@@ -20,7 +20,11 @@ from pathlib import Path
 
 from bot.config import Config
 from bot.errors import UserFacingError
+from bot.hub.access import HubAccess
+from bot.hub.model_card import is_hub_id
+from bot.hub.publisher import HubPublisher
 from bot.jobs.executor import Executor
+from bot.jobs.publishing import publish_job
 from bot.jobs.recovery import reconcile
 from bot.jobs.runner import JobRunner
 from bot.jobs.scheduler import QueueEntry, Slot, estimate_queue
@@ -57,12 +61,21 @@ class JobUpdate:
 
 
 class JobService:
-    def __init__(self, store: Store, config: Config, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: Config,
+        clock: Callable[[], float] = time.time,
+        hub: HubAccess | None = None,
+    ) -> None:
         self.store = store
         self.config = config
         self.clock = clock
         self.runner: JobRunner | None = None
+        # Without a token every publish ends push_failed, saying HF_TOKEN is not set.
+        self.hub = HubPublisher(hub or HubAccess.for_config(config, token=None))
         self._changed: dict[int, asyncio.Event] = defaultdict(asyncio.Event)
+        self._publishing: dict[int, asyncio.Task[Job]] = {}
 
     # --- running the queue (only in the process that holds the runner lock)
 
@@ -77,13 +90,22 @@ class JobService:
             max_wall_time_h=queue.max_wall_time_h,
             grace_s=worker.cancel_grace_s,
         )
-        self.runner = JobRunner(self.store, executor, slots, queue, worker, self._notify, only_job_ids)
+        self.runner = JobRunner(
+            self.store, executor, slots, queue, worker, self._notify, only_job_ids, self._concluded
+        )
         self.runner.start()
+        for job in await self.store.jobs_to_publish():  # this process stopped in their publish step
+            if only_job_ids is None or job.id in only_job_ids:
+                self._concluded(job)
 
     async def close(self, grace_s: float | None = None) -> None:
         if self.runner is not None:
             await self.runner.close(grace_s)
             self.runner = None
+        # An interrupted publish leaves hub_state 'none': the next start publishes the job again.
+        for task in list(self._publishing.values()):
+            task.cancel()
+        await asyncio.gather(*self._publishing.values(), return_exceptions=True)
 
     # --- commands
 
@@ -167,6 +189,26 @@ class JobService:
         self._notify(job_id)
         return await self.get(job_id)
 
+    async def publish(
+        self, job_id: int, requester: Requester, *, repo: str | None = None, private: bool | None = None
+    ) -> Job:
+        """Publish (or publish again) a succeeded job's adapter now; the returned job says how it went
+        (hub_state pushed with hub_url, or push_failed with hub_error). `private` None: as the job asked."""
+        job = await self.get(job_id)
+        if job.owner != requester.owner and not requester.is_admin:
+            raise UserFacingError(f"job {job_id} is not yours", "only its owner or an admin can publish it")
+        if job.state != "succeeded":
+            raise UserFacingError(
+                f"job {job_id} has no adapter to publish ({job.state})",
+                "only a succeeded job can be published",
+            )
+        if repo is not None and not is_hub_id(repo):
+            raise UserFacingError(f"{repo!r} is not a Hub repo id", "write it as namespace/name")
+        running = self._publishing.get(job_id)
+        if running is not None:  # the automatic publish is under way: its outcome is the answer
+            return await asyncio.shield(running)
+        return await asyncio.shield(self._start_publish(job, repo=repo, private=private))
+
     # --- queries
 
     async def get(self, job_id: int) -> Job:
@@ -205,7 +247,8 @@ class JobService:
         return stored.event if stored is not None and isinstance(stored.event, Progress) else None
 
     async def subscribe(self, job_id: int, poll_s: float = 1.0) -> AsyncIterator[JobUpdate]:
-        """Every event of the job (past ones first) and every state change, until it ends.
+        """Every event of the job (past ones first) and every state change, until it ends (and, when it
+        was asked to, until its publish step ended too).
 
         Reads the store, so it works for jobs another process runs; a local change wakes it at once.
         """
@@ -219,7 +262,7 @@ class JobService:
             if job != last_job and not fresh:
                 yield JobUpdate(job, None)
             last_job = job
-            if job.state in TERMINAL_STATES:
+            if job.state in TERMINAL_STATES and not job.publish_pending:
                 return
             changed = self._changed[job_id]
             with contextlib.suppress(TimeoutError):
@@ -251,6 +294,25 @@ class JobService:
 
     def _notify(self, job_id: int) -> None:
         self._changed[job_id].set()
+
+    def _concluded(self, job: Job) -> None:
+        if job.publish_pending and job.id not in self._publishing:
+            self._start_publish(job)
+
+    def _start_publish(
+        self, job: Job, *, repo: str | None = None, private: bool | None = None
+    ) -> asyncio.Task[Job]:
+        task = asyncio.create_task(
+            publish_job(self.store, self.hub, job, repo=repo, private=private), name=f"publish-{job.id}"
+        )
+        self._publishing[job.id] = task
+
+        def finished(_task: asyncio.Task[Job]) -> None:
+            self._publishing.pop(job.id, None)
+            self._notify(job.id)
+
+        task.add_done_callback(finished)
+        return task
 
 
 def _stage_upload(jobs_dir: Path, upload: Upload) -> Path:

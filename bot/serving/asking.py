@@ -9,6 +9,9 @@ from pathlib import Path
 
 from bot.config import ServeConfig
 from bot.errors import UserFacingError
+from bot.hub.access import HubAccess
+from bot.hub.download import download_adapter
+from bot.hub.model_card import is_hub_id
 from storage.store import Store
 from trainer.serve_protocol import Generate
 
@@ -23,8 +26,11 @@ class ResolvedAdapter:
     prompt_style: str  # "chat": send the prompt as a user turn; "raw": as plain text
 
 
-async def resolve_adapter(store: Store, reference: str, base_model: str | None = None) -> ResolvedAdapter:
-    """An adapter by name (from the store) or by folder; `base_model` overrides the recorded one."""
+async def resolve_adapter(
+    store: Store, reference: str, base_model: str | None = None, *, hub: HubAccess | None = None
+) -> ResolvedAdapter:
+    """An adapter by name (from the store), by folder, or (with `hub`) by Hub id, downloaded into the
+    Hub cache; `base_model` overrides the recorded one."""
     stored = await store.adapter(reference)
     if stored is not None:
         folder = Path(stored.path)
@@ -32,10 +38,13 @@ async def resolve_adapter(store: Store, reference: str, base_model: str | None =
     elif Path(reference).expanduser().is_dir():
         folder = Path(reference).expanduser().resolve()
         label, recorded_base = str(folder), _recorded_base_model(folder)
+    elif hub is not None and is_hub_id(reference):
+        folder = await download_adapter(hub, reference)
+        label, recorded_base = reference, _recorded_base_model(folder)
     else:
         raise UserFacingError(
             f"there is no adapter named {reference!r}",
-            "list adapters with /adapters (or `qlora-bot jobs`), or pass the adapter's folder",
+            "list adapters with /adapters (or `qlora-bot jobs`), pass the adapter's folder, or a Hub id",
         )
     if not folder.is_dir():
         raise UserFacingError(f"the files of adapter {label} are gone ({folder})", "train it again")

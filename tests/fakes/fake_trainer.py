@@ -6,7 +6,8 @@ steps, step_s (sleep per step), fail_at + fail_kind (report an error), crash_onc
 on the first attempt only), crash_at (every attempt), garbage_at, oversize_at, ignore_sigterm,
 checkpoint_every (default: the spec's training.checkpoint_steps).
 Checkpoints follow the real layout (JOB/checkpoints/checkpoint-N/trainer_state.json) every
-training.checkpoint_steps.
+training.checkpoint_steps. The adapter folder has the files train.py saves (a small but valid
+safetensors file, adapter_config.json, tokenizer files, qlora_bot.json and trl's README.md).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import sys
 import time
 from pathlib import Path
@@ -98,10 +100,42 @@ def main() -> int:
             return 143
     emit(Phase(name="saving"))
     adapter = job_dir / "adapter"
-    adapter.mkdir(parents=True, exist_ok=True)
-    (adapter / "adapter_config.json").write_text("{}")
-    emit(Done(adapter_dir=str(adapter), metrics={"final_loss": 2.0 / steps, "steps": steps}))
+    write_adapter(adapter, spec, step_s)
+    metrics = {
+        "final_loss": 2.0 / steps,
+        "steps": steps,
+        "tokens": steps * 100,
+        "total_runtime_s": steps * step_s,
+    }
+    (job_dir / "metrics.json").write_text(json.dumps(metrics))
+    emit(Done(adapter_dir=str(adapter), metrics=metrics))
     return 0
+
+
+def write_adapter(adapter: Path, spec: JobSpec, seed: float) -> None:
+    """The files of a real adapter folder, with made-up contents."""
+    adapter.mkdir(parents=True, exist_ok=True)
+    weights = struct.pack("<4f", seed, 1.0, 2.0, 3.0)
+    header = json.dumps(
+        {"base_model.lora_A.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}
+    )
+    (adapter / "adapter_model.safetensors").write_bytes(
+        struct.pack("<Q", len(header)) + header.encode() + weights
+    )
+    config = {"base_model_name_or_path": spec.base_model, "peft_type": "LORA", "r": spec.lora.r}
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    (adapter / "tokenizer.json").write_text('{"version": "1.0"}')
+    (adapter / "tokenizer_config.json").write_text('{"model_max_length": 2048}')
+    (adapter / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    runtime = {"device": "cpu", "compute_dtype": "float32", "optimizer": "adamw_torch"}
+    record = {
+        "spec": json.loads(spec.to_json()),
+        "prompt_style": "chat",
+        "data_format": "text",
+        "runtime": runtime,
+    }
+    (adapter / "qlora_bot.json").write_text(json.dumps(record))
+    (adapter / "README.md").write_text("---\nlibrary_name: peft\n---\nThis model was trained with TRL.\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Publishing adapters to the Hugging Face Hub and fetching adapters from it (huggingface_hub, no torch)."""

@@ -1,0 +1,186 @@
+"""The model card (README.md) published with an adapter: Hub metadata, then what it is, how it was trained
+and how to use it. Rendered at publish time and uploaded in place of the README.md trl writes at every save.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from trainer.protocol import DatasetSpec, LoraSpec, TrainingSpec
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+TAGS = ("peft", "lora", "qlora", "trl", "sft", "qlora-bot")
+_METRICS = (  # (key in the trainer's metrics, label, format)
+    ("final_loss", "Final train loss", "{:.4f}"),
+    ("train_loss", "Mean train loss", "{:.4f}"),
+    ("eval_loss", "Eval loss", "{:.4f}"),
+    ("steps", "Optimizer steps", "{:,}"),
+    ("epochs", "Epochs", "{:.2f}"),
+    ("tokens", "Tokens trained on", "{:,}"),
+    ("examples", "Train examples", "{:,}"),
+    ("eval_examples", "Eval examples", "{:,}"),
+    ("train_runtime_s", "Training time", "{:,.0f} s"),
+    ("total_runtime_s", "Total job time", "{:,.0f} s"),
+)
+
+
+@dataclass(frozen=True)
+class CardFacts:
+    repo_id: str
+    name: str
+    base_model: str  # a Hub id, or a local folder (then left out of the metadata)
+    dataset: DatasetSpec | None
+    lora: LoraSpec | None
+    training: TrainingSpec | None
+    metrics: Mapping[str, Any]
+    runtime: Mapping[str, Any]
+    data_format: str | None = None
+    prompt_style: str = "chat"
+    license: str | None = None
+    chart_file: str | None = None  # the loss chart uploaded beside the card, if any
+    base_revision: str | None = None  # the base model's commit the adapter was trained on
+
+
+def is_hub_id(reference: str) -> bool:
+    """owner/name, and not a folder that happens to exist here."""
+    return bool(_HUB_ID.match(reference)) and not Path(reference).expanduser().exists()
+
+
+def render_card(facts: CardFacts) -> str:
+    from huggingface_hub import ModelCardData
+
+    hub_base = is_hub_id(facts.base_model)
+    metadata = ModelCardData(
+        library_name="peft",
+        base_model=facts.base_model if hub_base else None,
+        pipeline_tag="text-generation",
+        tags=list(TAGS),
+        datasets=[facts.dataset.source] if facts.dataset and is_hub_id(facts.dataset.source) else None,
+        license=facts.license,
+    )
+    sections = [
+        f"---\n{metadata.to_yaml()}\n---",
+        f"# {facts.name}",
+        _summary(facts, hub_base),
+        "## Usage\n\n" + _usage(facts),
+        "## Training data\n\n" + _dataset(facts),
+        "## Training procedure\n\n" + _hyperparameters(facts),
+        "## Results\n\n" + _results(facts),
+    ]
+    return "\n\n".join(section for section in sections if section) + "\n"
+
+
+def _summary(facts: CardFacts, hub_base: bool) -> str:
+    base = (
+        f"[{facts.base_model}](https://huggingface.co/{facts.base_model})"
+        if hub_base
+        else f"a local base model (`{Path(facts.base_model).name}`)"
+    )
+    return (
+        f"A LoRA adapter for {base}, fine-tuned with QLoRA (4-bit NF4 base with double quantization, "
+        "LoRA adapters trained in higher precision) by qlora-bot with transformers, "
+        "trl and peft. Only the adapter is stored here: load it on top of the base model."
+    )
+
+
+def _usage(facts: CardFacts) -> str:
+    if facts.prompt_style == "raw":
+        prompt = (
+            'inputs = tokenizer("Your prompt", return_tensors="pt").to(model.device)\n'
+            "outputs = model.generate(**inputs, max_new_tokens=256)\n"
+        )
+    else:
+        prompt = (
+            'messages = [{"role": "user", "content": "Hello!"}]\n'
+            "inputs = tokenizer.apply_chat_template(\n"
+            '    messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"\n'
+            ").to(model.device)\n"
+            "outputs = model.generate(**inputs, max_new_tokens=256)\n"
+        )
+    code = (
+        "from peft import AutoPeftModelForCausalLM\n"
+        "from transformers import AutoTokenizer\n\n"
+        f'model = AutoPeftModelForCausalLM.from_pretrained("{facts.repo_id}", device_map="auto")\n'
+        f'tokenizer = AutoTokenizer.from_pretrained("{facts.repo_id}")  # with the chat template used\n'
+        f"{prompt}"
+        'print(tokenizer.decode(outputs[0][inputs["input_ids"].shape[-1] :], skip_special_tokens=True))'
+    )
+    note = (
+        "\n\n`AutoPeftModelForCausalLM` loads the base model named in `adapter_config.json`; pass "
+        '`quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", '
+        "bnb_4bit_use_double_quant=True)` to load "
+        "it in 4-bit as it was trained."
+    )
+    return f"```python\n{code}\n```{note}"
+
+
+def _dataset(facts: CardFacts) -> str:
+    if facts.dataset is None:
+        return "Not recorded."
+    spec = facts.dataset
+    if is_hub_id(spec.source):
+        where = f"[{spec.source}](https://huggingface.co/datasets/{spec.source})"
+        extra = f", configuration `{spec.config}`" if spec.config else ""
+        where += f" (split `{spec.split}`{extra})"
+    elif spec.source.startswith(("https://", "http://")):
+        parts = urlsplit(spec.source)  # the query is dropped: signed URLs carry credentials there
+        where = f"`{parts.scheme}://{parts.netloc}{parts.path}`"
+    else:
+        where = f"a local file, `{Path(spec.source).name}`"  # never the local path
+    data_format = facts.data_format or spec.format
+    return f"- Dataset: {where}\n- Format: `{data_format}`"
+
+
+def _hyperparameters(facts: CardFacts) -> str:
+    rows: list[tuple[str, Any]] = [
+        ("base model revision", facts.base_revision or "–"),
+        ("quantization", "4-bit NF4, double quantization (bitsandbytes)"),
+        ("compute dtype", facts.runtime.get("compute_dtype", "–")),
+        ("optimizer", facts.runtime.get("optimizer", "–")),
+    ]
+    if facts.lora is not None:
+        lora = facts.lora
+        modules = ", ".join(lora.target_modules) if lora.target_modules else "all linear layers"
+        rows += [
+            ("LoRA r", lora.r),
+            ("LoRA alpha", lora.resolved_alpha),
+            ("LoRA dropout", lora.dropout),
+            ("LoRA target modules", modules),
+        ]
+    if facts.training is not None:
+        rows += [
+            (field.name, getattr(facts.training, field.name)) for field in dataclasses.fields(TrainingSpec)
+        ]
+    if facts.runtime.get("device"):
+        rows.append(("trained on", facts.runtime["device"]))
+    lines = ["| hyper-parameter | value |", "|---|---|"]
+    lines += [f"| {name} | {_cell(value)} |" for name, value in rows]
+    return "\n".join(lines)
+
+
+def _results(facts: CardFacts) -> str:
+    lines = ["| metric | value |", "|---|---|"]
+    for key, label, fmt in _METRICS:
+        value = facts.metrics.get(key)
+        if value is not None:
+            try:
+                shown = fmt.format(value)
+            except (TypeError, ValueError):  # a metric recorded by another version, in another type
+                shown = _cell(value)
+            lines.append(f"| {label} | {shown} |")
+    text = "\n".join(lines) if len(lines) > 2 else "No metrics were recorded."
+    if facts.chart_file:
+        text += f"\n\n![Training and eval loss by step]({facts.chart_file})"
+    return text
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    return str(value).replace("|", "\\|")

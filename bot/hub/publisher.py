@@ -1,0 +1,193 @@
+"""Publish an adapter folder to the Hub from the event loop: stage the card, the chart and a public copy
+of the adapter record, run the upload in a worker thread, and retry with backoff on 429, 5xx and
+connection errors. The adapter folder is only read, so a failed publish never risks the adapter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import tempfile
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bot.errors import UserFacingError
+from bot.hub.access import HubAccess
+from bot.hub.failures import HubFailure, classify
+from bot.hub.model_card import CardFacts, render_card
+from bot.hub.upload import Published, base_model_license, namespace_of, upload
+from bot.loss_chart import Points, loss_chart_png
+from trainer.protocol import JobSpec
+
+log = logging.getLogger(__name__)
+ADAPTER_RECORD = "qlora_bot.json"
+WEIGHTS = "adapter_model.safetensors"
+CHART_FILE = "loss.png"
+NO_TOKEN_HINT = "set HF_TOKEN to a token with write access, then retry with /push or `qlora-bot push`"
+
+
+class PublishFailed(UserFacingError):
+    """The publish did not happen; the message is safe to store and show (it never holds the token)."""
+
+
+@dataclass(frozen=True)
+class PublishRequest:
+    folder: Path  # the adapter folder (read only)
+    name: str  # the adapter's name: the repo name unless `repo` is given
+    private: bool
+    repo: str | None = None  # "namespace/name"; None: hub.namespace (or the token's user) / name
+    spec: JobSpec | None = None  # the job's settings, for the card (else read from the folder's record)
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    train_loss: Points = field(default_factory=list)
+    eval_loss: Points = field(default_factory=list)
+
+
+class HubPublisher:
+    def __init__(self, access: HubAccess, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.access = access
+        self._sleep = sleep
+        self._namespace: str | None = None  # whoami is strictly rate-limited: ask once per process
+
+    async def publish(self, request: PublishRequest) -> Published:
+        """Publish or raise PublishFailed, after up to hub.max_attempts tries of a retryable failure."""
+        token = self.access.token
+        if not token:
+            raise PublishFailed("HF_TOKEN is not set, so nothing can be published", NO_TOKEN_HINT)
+        if not (request.folder / WEIGHTS).is_file():
+            raise PublishFailed(
+                f"the adapter files are missing ({request.folder / WEIGHTS})", "train the adapter again"
+            )
+        config = self.access.config
+        attempts = max(config.max_attempts, 1)
+        with tempfile.TemporaryDirectory(prefix="qlora-bot-publish-") as staging:
+            attempt = 0
+            while True:
+                attempt += 1
+                try:
+                    return await asyncio.to_thread(self._publish_blocking, request, Path(staging))
+                except PublishFailed:
+                    raise
+                except Exception as error:
+                    failure = classify(
+                        error, token, namespace=(request.repo or self._namespace or config.namespace or None)
+                    )
+                    if not failure.retryable or attempt == attempts:
+                        suffix = f" after {attempt} tries" if attempt > 1 else ""
+                        raise PublishFailed(failure.message + suffix, _hint(failure)) from None
+                    delay = _delay(failure, attempt, config.backoff_s, config.max_backoff_s)
+                    log.warning(
+                        "publishing %s: %s; try %d of %d in %.1f s",
+                        request.name,
+                        failure.message,
+                        attempt + 1,
+                        attempts,
+                        delay,
+                    )
+                    await self._sleep(delay)
+
+    def _publish_blocking(self, request: PublishRequest, staging: Path) -> Published:
+        api = self.access.api()
+        repo_id = request.repo
+        if repo_id is None:
+            if self._namespace is None:
+                self._namespace = namespace_of(api, self.access.config.namespace)
+            repo_id = f"{self._namespace}/{request.name}"
+        record = read_json(request.folder / ADAPTER_RECORD)
+        # The record's spec is the resolved one (the base revision pinned); the job's is what was asked.
+        spec = _spec_from_record(record) or request.spec
+        base_model = spec.base_model if spec else _base_from_adapter_config(request.folder)
+        license_name = base_model_license(api, base_model) if base_model else None
+        facts = CardFacts(
+            repo_id=repo_id,
+            name=request.name,
+            base_model=base_model or "unknown",
+            dataset=spec.dataset if spec else None,
+            lora=spec.lora if spec else None,
+            training=spec.training if spec else None,
+            metrics=request.metrics,
+            runtime=record.get("runtime") or {},
+            data_format=record.get("data_format"),
+            prompt_style=record.get("prompt_style") or "chat",
+            license=license_name,
+            base_revision=spec.base_revision if spec else None,
+        )
+        staged = _stage(request, record, facts, staging)
+        message = f"Upload adapter {request.name} (qlora-bot)"
+        return upload(api, repo_id, request.folder, staged, private=request.private, message=message)
+
+
+def _stage(
+    request: PublishRequest, record: dict[str, Any], facts: CardFacts, staging: Path
+) -> dict[str, Path]:
+    """The files written for this publish, by their path in the repo: the loss chart, the public adapter
+    record and the card (which names the chart only when there is one)."""
+    files: dict[str, Path] = {}
+    chart = loss_chart_png(request.train_loss, request.eval_loss, f"{request.name} · loss")
+    if chart is not None:
+        files[CHART_FILE] = _write(staging / CHART_FILE, chart)
+        facts = dataclasses.replace(facts, chart_file=CHART_FILE)
+    if record:
+        public = json.dumps(public_record(record), indent=2, sort_keys=True) + "\n"
+        files[ADAPTER_RECORD] = _write(staging / ADAPTER_RECORD, public.encode())
+    files["README.md"] = _write(staging / "README.md", render_card(facts).encode())
+    return files
+
+
+def public_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The adapter record without this machine's job folder and checkpoint paths, a local dataset's folder
+    (its file name stays) or a dataset URL's query (signed URLs carry credentials there). The base model
+    stays as it is: it is how the adapter is loaded (adapter_config.json names it too)."""
+    public = json.loads(json.dumps(record))
+    spec = public.get("spec") or {}
+    for key in ("output_dir", "resume_from"):
+        spec.pop(key, None)
+    dataset = spec.get("dataset") or {}
+    source = dataset.get("source")
+    if isinstance(source, str):
+        if source.startswith(("https://", "http://")):
+            dataset["source"] = source.split("?", 1)[0]
+        elif Path(source).is_absolute():
+            dataset["source"] = Path(source).name
+    return public
+
+
+def _delay(failure: HubFailure, attempt: int, backoff_s: float, max_backoff_s: float) -> float:
+    if failure.retry_after_s is not None:
+        return min(failure.retry_after_s, max_backoff_s)
+    return min(backoff_s * 2 ** (attempt - 1), max_backoff_s)
+
+
+def _hint(failure: HubFailure) -> str:
+    if failure.retryable:
+        return "the adapter is safe on disk; retry later with /push or `qlora-bot push`"
+    return "fix the cause, then retry with /push or `qlora-bot push`"
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a file, or {} when it is missing or not one (the card then says less)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _spec_from_record(record: dict[str, Any]) -> JobSpec | None:
+    try:
+        return JobSpec.from_json(json.dumps(record["spec"])) if record.get("spec") else None
+    except Exception:  # a record from another version: the card then says less, the upload still works
+        log.info("the adapter record's spec could not be read; the card will say less", exc_info=True)
+        return None
+
+
+def _base_from_adapter_config(folder: Path) -> str | None:
+    return read_json(folder / "adapter_config.json").get("base_model_name_or_path")
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path

@@ -1,0 +1,108 @@
+"""`qlora-bot push JOB_ID_OR_ADAPTER_DIR [--repo NS/NAME] [--public]`: publish an adapter to the Hub by
+hand, or retry a job's failed publish (the job's hub state is updated as with /push)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from bot.config import Config, Secrets
+from bot.errors import UserFacingError
+from bot.hub.access import HubAccess
+from bot.hub.model_card import is_hub_id
+from bot.hub.publisher import HubPublisher, PublishRequest, read_json
+from bot.jobs.local import open_service, terminal_requester
+from storage.store import Store
+
+EXIT_FAILED, EXIT_USAGE = 1, 2
+
+
+def add_command(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    push = commands.add_parser(
+        "push",
+        parents=[common],
+        help="publish an adapter to the Hugging Face Hub (needs HF_TOKEN with write access)",
+        description="Publish a job's adapter (by job id or adapter name) or an adapter folder to the Hub, "
+        "with its model card; retries a job's failed publish.",
+    )
+    push.add_argument(
+        "target", metavar="JOB_ID_OR_ADAPTER_DIR", help="job id, adapter name, or adapter folder"
+    )
+    push.add_argument(
+        "--repo",
+        help="Hub repo namespace/name (default for a job: hub.namespace or your user / adapter name)",
+    )
+    push.add_argument(
+        "--public",
+        action="store_true",
+        help="create the repo public (default: hub.private in config.toml, normally private)",
+    )
+
+
+def run_push(args: argparse.Namespace, config: Config) -> int:
+    try:
+        return asyncio.run(_push(args, config))
+    except UserFacingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+async def _push(args: argparse.Namespace, config: Config) -> int:
+    if args.repo is not None and not is_hub_id(args.repo):
+        raise UserFacingError(f"--repo {args.repo!r} is not a Hub repo id", "write it as namespace/name")
+    private = False if args.public else None
+    folder = Path(args.target).expanduser()
+    job_id = int(args.target) if args.target.isdigit() else None
+    if job_id is None and not folder.is_dir():
+        job_id = await _job_of_adapter(config, args.target)
+    if job_id is not None:
+        async with open_service(config) as service:
+            job = await service.publish(job_id, terminal_requester(), repo=args.repo, private=private)
+        if job.hub_state != "pushed":
+            print(f"publishing job {job_id} failed: {job.hub_error}", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"published: {job.hub_url} (commit {job.hub_commit})")
+        return 0
+    if args.repo is None:
+        raise UserFacingError("publishing a folder needs --repo namespace/name", "add --repo")
+    publisher = HubPublisher(HubAccess.for_config(config, Secrets.from_env().hf_token))
+    request = _folder_request(folder.resolve(), args.repo, config.hub.private if private is None else private)
+    try:
+        published = await publisher.publish(request)
+    except UserFacingError as error:
+        print(f"publishing {folder} failed: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"published: {published.url} (commit {published.commit})")
+    return 0
+
+
+async def _job_of_adapter(config: Config, name: str) -> int:
+    async with await Store.open(config.database_path()) as store:
+        adapter = await store.adapter(name)
+    if adapter is None:
+        raise UserFacingError(
+            f"{name!r} is neither a job id, an adapter name nor a folder", "see `qlora-bot jobs --all`"
+        )
+    return adapter.job_id
+
+
+def _folder_request(folder: Path, repo: str, private: bool) -> PublishRequest:
+    """A folder trained by qlora-bot sits in its job folder, beside metrics.json and loss_history.json:
+    the card and chart use them when they are there."""
+    metrics = read_json(folder.parent / "metrics.json")
+    history = read_json(folder.parent / "loss_history.json")
+    train = [
+        (int(p["step"]), float(p["loss"])) for p in history.get("train", []) if p.get("loss") is not None
+    ]
+    evals = [(int(p["step"]), float(p["eval_loss"])) for p in history.get("eval", [])]
+    return PublishRequest(
+        folder=folder,
+        name=repo.split("/", 1)[1],
+        private=private,
+        repo=repo,
+        metrics=metrics,
+        train_loss=train,
+        eval_loss=evals,
+    )
