@@ -11,6 +11,7 @@ from typing import Any
 
 from bot.config import Config, Secrets
 from bot.discord_bot.client import QloraBot
+from bot.hub.access import HubAccess
 from bot.jobs.executor import LocalExecutor
 from bot.jobs.local import configured_slots
 from bot.jobs.service import JobService
@@ -66,7 +67,7 @@ async def serve(
 ) -> None:
     """Run the queue and the Discord client until `stop` (by default SIGINT/SIGTERM); then stop both."""
     async with await Store.open(config.database_path()) as store:
-        service = JobService(store, config)
+        service = JobService(store, config, hub=HubAccess.for_config(config, secrets.hf_token))
         await service.start_runner(
             executor or LocalExecutor(python=config.worker.python), configured_slots(config)
         )

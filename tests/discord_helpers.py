@@ -11,9 +11,11 @@ from typing import Any
 
 from bot.config import Config, DiscordConfig, LimitsConfig, PathsConfig, QueueConfig, WorkerConfig
 from bot.discord_bot.client import QloraBot
+from bot.hub.access import HubAccess
 from bot.jobs.executor import LocalExecutor
 from bot.jobs.scheduler import build_slots
 from bot.jobs.service import JobService
+from bot.serving.serve_client import ServeClient
 from storage.store import Store
 from tests.fake_discord.server import FakeDiscord
 from tests.service_helpers import fake_executor
@@ -41,12 +43,17 @@ def bot_config(
 
 @contextlib.asynccontextmanager
 async def running_bot(
-    fake: FakeDiscord, config: Config, executor: LocalExecutor | None = None
+    fake: FakeDiscord,
+    config: Config,
+    executor: LocalExecutor | None = None,
+    *,
+    hub: HubAccess | None = None,
+    serve_client: ServeClient | None = None,
 ) -> AsyncIterator[tuple[QloraBot, JobService]]:
     async with await Store.open(config.database_path()) as store:
-        service = JobService(store, config)
+        service = JobService(store, config, hub=hub)
         await service.start_runner(executor or fake_executor(), build_slots([], 1))
-        bot = QloraBot(config=config, service=service, guild_ready_timeout=0.1)
+        bot = QloraBot(config=config, service=service, serve_client=serve_client, guild_ready_timeout=0.1)
         try:
             async with fake.running(bot):
                 yield bot, service

@@ -50,12 +50,14 @@ class QloraBot(commands.Bot):
     async def setup_hook(self) -> None:
         from bot.discord_bot.cogs.ask import AskCog
         from bot.discord_bot.cogs.finetune import FinetuneCog
+        from bot.discord_bot.cogs.hub import HubCog
         from bot.discord_bot.cogs.jobs import JobsCog
 
         self.add_dynamic_items(CancelButton)
         await self.add_cog(FinetuneCog(self))
         await self.add_cog(JobsCog(self))
         await self.add_cog(AskCog(self))
+        await self.add_cog(HubCog(self))
         await sync_commands_if_changed(
             self.tree, self.config.discord.guild_ids, self.config.data_dir() / "discord-commands.sha256"
         )

@@ -57,6 +57,9 @@ def status_embed(
     if job.started_at is not None:
         elapsed = (job.finished_at or now) - job.started_at
         embed.add_field(name="Elapsed", value=format_duration(elapsed))
+    hub = hub_line(job)
+    if hub:
+        embed.add_field(name="Hugging Face Hub", value=_clip(hub, 1024), inline=False)
     if job.state == "failed" and job.error_message:
         embed.add_field(
             name="Error", value=_clip(f"{job.error_kind}: {job.error_message}", 1024), inline=False
@@ -80,13 +83,25 @@ def completion_embed(job: Job, metrics: dict, adapter: str | None) -> discord.Em
             embed.add_field(name="Runtime", value=format_duration(metrics["total_runtime_s"]))
         if adapter:
             embed.add_field(name="Try it", value=f"`/ask adapter:{adapter}`", inline=False)
-        if job.hub_url:
-            embed.add_field(name="Hugging Face Hub", value=job.hub_url, inline=False)
+        hub = hub_line(job)
+        if hub:
+            embed.add_field(name="Hugging Face Hub", value=_clip(hub, 1024), inline=False)
     else:
         embed.description = _clip(job.error_message or job.state, 2000)
         if job.error_hint:
             embed.add_field(name="What to do", value=_clip(job.error_hint, 1024), inline=False)
     return embed
+
+
+def hub_line(job: Job) -> str:
+    """Where the adapter was published, that it is being published, or why publishing failed."""
+    if job.hub_state == "pushed" and job.hub_url:
+        return job.hub_url
+    if job.hub_state == "push_failed":
+        return f"not published: {job.hub_error or 'unknown error'}. Retry with `/push id:{job.id}`."
+    if job.publish_pending:
+        return "publishing…"
+    return ""
 
 
 def _clip(text: str, limit: int) -> str:

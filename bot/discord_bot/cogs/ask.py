@@ -33,7 +33,7 @@ class AskCog(commands.Cog):
     )
     @app_commands.describe(
         prompt="Your question or instruction",
-        adapter="A finished adapter (newest first)",
+        adapter="A finished adapter (newest first), or a Hub adapter id (owner/name)",
         compare="Also answer with the base model alone, side by side",
         max_new_tokens="Longest answer, in tokens",
         temperature="0 answers greedily; higher is more varied",
@@ -52,7 +52,7 @@ class AskCog(commands.Cog):
         if self.bot.serve_client is None:
             raise UserFacingError("this bot does not serve adapters", "ask an admin to enable serving")
         await interaction.response.defer(thinking=True)
-        resolved = await resolve_adapter(self.bot.service.store, adapter)
+        resolved = await resolve_adapter(self.bot.service.store, adapter, hub=self.bot.service.hub.access)
         request = build_request(
             resolved,
             prompt,

@@ -44,7 +44,7 @@ class FinetuneCog(commands.Cog):
         format="Dataset format (default: detected from the columns)",
         eval_fraction="Share of the examples held out for eval loss",
         push="Publish the adapter to the Hugging Face Hub when done",
-        private="Make the Hub repo private (default: yes)",
+        private="Make the Hub repo private (default: hub.private in config.toml, normally yes)",
     )
     @app_commands.choices(format=[app_commands.Choice(name=name, value=name) for name in DATASET_FORMATS])
     async def finetune(
@@ -64,7 +64,7 @@ class FinetuneCog(commands.Cog):
         format: str = "auto",
         eval_fraction: app_commands.Range[float, 0.0, 0.5] | None = None,
         push: bool | None = None,
-        private: bool = True,
+        private: bool | None = None,
     ) -> None:
         config = self.bot.config
         require_role(interaction.user, config.discord.finetune_roles, config.discord, "/finetune")
@@ -95,7 +95,7 @@ class FinetuneCog(commands.Cog):
             channel_id=interaction.channel_id,
             upload=upload,
             push=self.bot.hub_push_default if push is None else push,
-            private=private,
+            private=config.hub.private if private is None else private,
         )
         if job.status_message_id is None and interaction.channel_id is not None:
             await self.bot.publisher.post_status(job, interaction.channel_id)

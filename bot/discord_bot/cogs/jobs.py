@@ -11,7 +11,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord_bot.permissions import discord_user_id, requester_for
-from bot.discord_bot.status_view import COLOURS
+from bot.discord_bot.status_view import COLOURS, hub_line
 from bot.terminal_progress import format_duration
 from storage.models import JOB_STATES, Job
 from trainer.protocol import LOG_FILE_NAME
@@ -70,8 +70,9 @@ class JobsCog(commands.Cog):
             embed.add_field(
                 name="Error", value=_clip(f"{job.error_kind}: {job.error_message}{hint}", 1024), inline=False
             )
-        if job.hub_url:
-            embed.add_field(name="Hub", value=job.hub_url, inline=False)
+        hub = hub_line(job)
+        if hub:
+            embed.add_field(name="Hugging Face Hub", value=_clip(hub, 1024), inline=False)
         if requester.owner == job.owner or requester.is_admin:
             tail = _log_tail(Path(job.spec.output_dir) / LOG_FILE_NAME)
             if tail:
