@@ -23,6 +23,7 @@ QUICK_RETRIES = HubConfig(max_attempts=3, backoff_s=0.05, max_backoff_s=0.2)
 
 @pytest.fixture(name="fake_hub")
 def fake_hub_fixture(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    import huggingface_hub
     from huggingface_hub import constants
 
     # conftest sets HF_HUB_DISABLE_XET=1 before huggingface_hub is imported: Xet cannot be faked.
@@ -34,6 +35,9 @@ def fake_hub_fixture(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
     try:
         yield hub
     finally:
+        # Drop the client's pooled connections to this server now, not in an atexit hook that logs
+        # through whatever handlers other tests left on the root logger.
+        huggingface_hub.close_session()
         hub.stop()
 
 
