@@ -1,7 +1,7 @@
 """Serving benchmark: a random-init Llama-2-7B shape in 4-bit with four r=16 all-linear adapters.
 
 Measures, on one GPU and in one run: adapter cold-load time, switch time between resident adapters,
-memory per resident adapter (peft on the 4-bit base, the calls trainer/serving makes), then through the
+memory per resident adapter (the serve engine's own Residency and LoRA bank), then through the
 real serve worker (`python -m trainer.serve`, spoken to by the bot's ServeClient): time to first token
 and tokens/s without and with an adapter, and four asks for four different adapters run one after
 another versus sent together (one mixed batch). Prints a table, writes bench/out/serve.json and appends
@@ -90,40 +90,41 @@ def build_model_and_adapters(work: Path) -> tuple[Path, list[Path]]:
 
 
 def measure_adapter_residency(model_dir: Path, adapter_dirs: list[Path]) -> dict[str, float]:
-    """Cold load, switch time and memory per adapter, with the peft calls the serve engine makes."""
+    """Cold load, switch time and memory per adapter, through the serve engine's own Residency."""
     import torch
-    from peft import PeftModel
 
-    from trainer.model_loading import load_quantized_model
+    from trainer.serving.models import Residency
 
-    base = load_quantized_model(str(model_dir), None)
-    base.eval()
+    residency = Residency(max_adapters=8, max_adapter_mb=4096)
+    base = residency.base(str(model_dir), lambda: None)
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
-    model = PeftModel.from_pretrained(base, str(adapter_dirs[0]), adapter_name="a0")
-    loads, memory = [], [torch.cuda.memory_allocated() - before]
-    for index, folder in enumerate(adapter_dirs[1:], start=1):
+    loads = []
+    for folder in adapter_dirs:
         torch.cuda.synchronize()
-        allocated = torch.cuda.memory_allocated()
         started = time.perf_counter()
-        model.load_adapter(str(folder), adapter_name=f"a{index}")
+        residency.adapter(base, str(folder), lambda: None)
         torch.cuda.synchronize()
         loads.append(time.perf_counter() - started)
-        memory.append(torch.cuda.memory_allocated() - allocated)
+    memory = (torch.cuda.memory_allocated() - before) / len(adapter_dirs)
+    # A switch is all that changes when the next request names another resident adapter: the LRU lookup
+    # (with its folder checks) and the row's slot written where the decode step reads it.
+    slots = torch.zeros(1, dtype=torch.long, device="cuda")
     switches = []
     for turn in range(200):
-        name = f"a{turn % ADAPTERS}"
         torch.cuda.synchronize()
         started = time.perf_counter()
-        model.set_adapter(name)
+        resident = residency.adapter(base, str(adapter_dirs[turn % ADAPTERS]), lambda: None)
+        slots.copy_(torch.tensor([resident.slot], device="cuda"))
         torch.cuda.synchronize()
         switches.append(time.perf_counter() - started)
-    del model, base
+    del base, residency
     torch.cuda.empty_cache()
     return {
-        "cold_load_ms": statistics.median(loads) * 1000,
+        "cold_load_ms": statistics.median(loads[1:]) * 1000,  # the first also sets up the LoRA bank
+        "first_load_ms": loads[0] * 1000,
         "switch_ms": statistics.median(switches[ADAPTERS:]) * 1000,
-        "adapter_mib": statistics.median(memory) / 2**20,
+        "adapter_mib": memory / 2**20,
     }
 
 
@@ -180,7 +181,8 @@ def report(results: dict[str, float], environment: dict[str, str]) -> str:
     speedup = results["mixed_batch_tokens_per_s"] / results["sequential_tokens_per_s"]
     r = results
     rows = [
-        ("adapter cold load", f"{r['cold_load_ms']:.0f} ms", "< 300 ms", r["cold_load_ms"] < 300),
+        ("adapter cold load", f"{r['cold_load_ms']:.0f} ms (first {r['first_load_ms']:.0f} ms)", "< 300 ms",
+         max(r["cold_load_ms"], r["first_load_ms"]) < 300),
         ("switch between resident adapters", f"{r['switch_ms']:.2f} ms", "< 5 ms", r["switch_ms"] < 5),
         ("memory per resident adapter", f"{r['adapter_mib']:.0f} MiB", "", None),
         ("time to first token, base", f"{r['ttft_base_ms']:.0f} ms", "", None),

@@ -1,33 +1,31 @@
-"""Answer one batch of requests with one generate() call, streaming and finishing each row on its own.
+"""Answer one batch of requests in one decoding session, streaming and finishing each row on its own.
 
 Each request ends with one Finished per row (adapter, and base for compare) or exactly one Failed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import torch
-from transformers import StoppingCriteriaList
 
 from trainer.errors import UserError
 from trainer.serve_protocol import Failed, Finished, Generate, Loading, ServeEvent, Stats, Token, Variant
 from trainer.serving.models import BaseModel, Residency
 from trainer.serving.prompts import prompt_ids, stop_ids
 from trainer.serving.queue import Ask
-from trainer.serving.streaming import IncrementalDecoder, RowState, RowStopper, RowStreamer, StopReason
+from trainer.serving.sampling import RowSampler
+from trainer.serving.streaming import IncrementalDecoder, RowState, StopReason, run_rows
 
 log = logging.getLogger(__name__)
 
-BASE_ROW = "__base__"  # peft's name for "no adapter" in generate(adapter_names=[...])
 OOM_HINT = "ask for fewer new tokens or a shorter prompt, or ask again when fewer answers are running"
 
 
@@ -39,7 +37,8 @@ class _Plan:
     prompt: list[int]
     tokenizer: Any
     stops: frozenset[int]
-    adapter: str | None  # peft adapter name; None asks the base model alone
+    adapter: str | None  # the resident adapter's folder; None asks the base model alone
+    slot: int | None  # its slot in the base's LoRA bank
     max_new_tokens: int  # the request's, within the model's context
 
 
@@ -47,7 +46,7 @@ class _Plan:
 class _Row:
     plan: _Plan
     variant: Variant
-    adapter: str | None
+    slot: int | None
 
 
 class Engine:
@@ -64,10 +63,11 @@ class Engine:
         *,
         max_adapters: int = 8,
         max_adapter_mb: float = 2048.0,
+        cuda_graphs: bool = True,
     ) -> None:
         self.emit = emit
         self.stopping = stopping  # set at shutdown: running rows end as cancelled
-        self.residency = Residency(max_adapters, max_adapter_mb)
+        self.residency = Residency(max_adapters, max_adapter_mb, cuda_graphs=cuda_graphs)
 
     def run_batch(self, batch: list[Ask]) -> None:
         """Load what the batch needs, then answer it. A failure is reported per request, never raised."""
@@ -88,11 +88,6 @@ class Engine:
                 plans.append(self._plan(base, ask, loaded))
             except Exception as error:
                 self._fail(ask, error)
-            if base.model is None:
-                # A failed first adapter load drops the base (models.py says why): the failed request is
-                # closed; the others start over on a fresh copy.
-                self.run_batch([ask for ask in asks if not ask.closed])
-                return
         evicted = self.residency.evict(base, keep={plan.adapter for plan in plans if plan.adapter})
         if loaded or evicted:
             self.emit(self.stats())
@@ -126,11 +121,16 @@ class Engine:
         request = ask.request
         _check_settings(request)
         if request.adapter is None:
-            tokenizer, template, adapter = base.tokenizer, base.template, None
+            tokenizer, template, adapter, slot = base.tokenizer, base.template, None, None
         else:
             announce = partial(self._announce, [ask], "adapter", request.adapter, loaded)
             resident = self.residency.adapter(base, request.adapter, announce)
-            tokenizer, template, adapter = resident.tokenizer, resident.template, resident.name
+            tokenizer, template, adapter, slot = (
+                resident.tokenizer,
+                resident.template,
+                resident.path,
+                resident.slot,
+            )
         ids = prompt_ids(tokenizer, template, request)
         # A raw prompt was trained without the template: only EOS (and the model's own end ids) stop it.
         stops = stop_ids(tokenizer, template if request.messages is not None else None, base.model_eos)
@@ -141,7 +141,7 @@ class Engine:
             )
         # An answer ends (stop_reason "length") where the model's context does, rather than being refused.
         max_new_tokens = min(request.max_new_tokens, limit - len(ids))
-        return _Plan(ask, ids, tokenizer, stops, adapter, max_new_tokens)
+        return _Plan(ask, ids, tokenizer, stops, adapter, slot, max_new_tokens)
 
     def _announce(self, asks: list[Ask], what: Any, name: str, loaded: list[str]) -> None:
         loaded.append(name)
@@ -153,7 +153,7 @@ class Engine:
     def _generate(self, base: BaseModel, plans: list[_Plan]) -> None:
         rows = []
         for plan in plans:
-            rows.append(_Row(plan, "adapter" if plan.adapter else "base", plan.adapter))
+            rows.append(_Row(plan, "adapter" if plan.adapter else "base", plan.slot))
             if plan.adapter and plan.ask.request.compare:
                 rows.append(_Row(plan, "base", None))  # same prompt ids: the comparison is like for like
         states = [
@@ -175,33 +175,17 @@ class Engine:
         def on_end(index: int) -> None:
             self._row_ended(rows[index], states[index], open_rows)
 
-        # Left padding keeps every row's next token at the end of the batch; the attention mask hides it.
-        width = max(len(plan.prompt) for plan in plans)
-        pad = base.tokenizer.pad_token_id
         device = next(base.model.parameters()).device
-        prompts = [row.plan.prompt for row in rows]
-        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompts], device=device)
-        attention_mask = torch.tensor(
-            [[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=device
-        )
-        kwargs: dict[str, Any] = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "max_new_tokens": max(state.max_new_tokens for state in states),  # rows stop at their own
-            "stopping_criteria": StoppingCriteriaList([RowStopper(states, width)]),
-            "streamer": RowStreamer(states, on_text, on_end),
-            # Stops are per row (RowStopper): one shared EOS list would end a row at another row's
-            # end-of-turn token, and a batched answer must equal the same answer alone.
-            "eos_token_id": None,
-            "pad_token_id": pad,
-            "use_cache": True,
-            **_decoding(plans[0].ask.request),
-        }
-        first = plans[0].ask.request
-        if first.temperature > 0 and first.seed is not None:
-            torch.manual_seed(first.seed)  # one seed per batch, its first request's (queue.batch_key says)
-        with torch.inference_mode(), _adapters_selected(base, [row.adapter for row in rows], kwargs):
-            base.model.generate(**kwargs)
+        samplers = []
+        for row in rows:
+            request = row.plan.ask.request
+            samplers.append(RowSampler(request.temperature, request.top_p, request.seed, device))
+        length = max(len(row.plan.prompt) + row.plan.max_new_tokens for row in rows)
+        with torch.inference_mode():
+            session = base.decoder.start(
+                [row.plan.prompt for row in rows], [row.slot for row in rows], length
+            )
+            run_rows(session, states, samplers, on_text, on_end)
 
     def _row_ended(self, row: _Row, state: RowState, open_rows: dict[int, int]) -> None:
         ask = row.plan.ask
@@ -285,27 +269,3 @@ def _check_settings(request: Generate) -> None:
         problems.append("compare needs an adapter to compare the base model with")
     if problems:
         raise UserError("invalid request: " + "; ".join(problems), "change the settings named above")
-
-
-def _decoding(request: Generate) -> dict[str, Any]:
-    """Greedy or sampling settings. None overrides what the model's generation_config would add."""
-    if request.temperature <= 0:
-        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-    return {"do_sample": True, "temperature": request.temperature, "top_p": request.top_p, "top_k": None}
-
-
-@contextlib.contextmanager
-def _adapters_selected(base: BaseModel, adapters: list[str | None], kwargs: dict[str, Any]) -> Iterator[None]:
-    """Make the model answer each row with its adapter (None: the base model)."""
-    distinct = set(adapters)
-    if not base.has_peft:  # no adapter was ever loaded on this base: every row asks the base model
-        yield
-    elif distinct == {None}:
-        with base.model.disable_adapter():
-            yield
-    elif len(distinct) == 1:
-        base.model.set_adapter(adapters[0], inference_mode=True)
-        yield
-    else:  # peft's mixed-adapter batch: each row runs its own LoRA on the shared 4-bit base
-        kwargs["adapter_names"] = [name or BASE_ROW for name in adapters]
-        yield

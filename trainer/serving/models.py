@@ -1,6 +1,5 @@
-"""What is resident: each base model once in 4-bit with its tokenizer, and an LRU of LoRA adapters on it.
-
-Adapters share one PeftModel per base, named by a hash of their folder; never merged into the 4-bit base.
+"""What is resident: each base model once in 4-bit with its tokenizer and decoder, and an LRU of LoRA
+adapters on it, each in a slot of the base's LoRA bank (lora.py); never merged into the 4-bit base.
 """
 
 from __future__ import annotations
@@ -13,13 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from peft import PeftModel
 from transformers import AutoTokenizer
 
 from trainer.chat_template import choose_chat_template
 from trainer.errors import UserError
 from trainer.model_loading import load_quantized_model, load_tokenizer
+from trainer.serving.decoders import Decoder, HfDecoder
+from trainer.serving.lora import LoraBank
+from trainer.serving.static_decoder import StaticDecoder, unsupported_reason
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ ADAPTER_HINT = "check the adapter path (/adapters lists the adapters this bot tr
 @dataclass(eq=False)
 class ResidentAdapter:
     path: str  # the resolved folder: the LRU key
-    name: str  # peft's adapter name
+    slot: int  # its slot in the base's LoRA bank
     tokenizer: Any  # the adapter folder's tokenizer: it carries the chat template trained with
     template: str
     nbytes: int
@@ -38,14 +38,13 @@ class ResidentAdapter:
 @dataclass(eq=False)
 class BaseModel:
     name: str
-    model: Any  # a transformers model until the first adapter arrives, then the PeftModel around it
+    model: Any  # the transformers model, its decoder's linear layers wrapped by the bank
     tokenizer: Any
     template: str
+    bank: LoraBank
+    decoder: Decoder
     adapters: OrderedDict[str, ResidentAdapter] = field(default_factory=OrderedDict)  # oldest use first
-
-    @property
-    def has_peft(self) -> bool:
-        return isinstance(self.model, PeftModel)
+    tokenizers: dict[str, Any] = field(default_factory=dict)  # adapters' tokenizers by their files' hash
 
     @property
     def model_eos(self) -> Any:
@@ -65,9 +64,10 @@ def model_key(name: str) -> str:
 class Residency:
     """The loaded base models and their adapters. Used by the generation thread only."""
 
-    def __init__(self, max_adapters: int, max_adapter_mb: float) -> None:
+    def __init__(self, max_adapters: int, max_adapter_mb: float, *, cuda_graphs: bool = True) -> None:
         self.max_adapters = max(1, max_adapters)
         self.max_adapter_bytes = int(max_adapter_mb * 2**20)
+        self.cuda_graphs = cuda_graphs
         self.bases: dict[str, BaseModel] = {}
 
     def base(self, name: str, announce: Callable[[], None]) -> BaseModel:
@@ -80,7 +80,15 @@ class Residency:
             model.config.use_cache = True  # the loader turns it off for training
             model.eval()
             model.requires_grad_(False)
-            self.bases[key] = BaseModel(name, model, tokenizer, choose_chat_template(tokenizer)[0])
+            bank = LoraBank(model, model.get_input_embeddings().weight.dtype, self.max_adapters + 1)
+            reason = unsupported_reason(model)
+            if reason is None:
+                decoder: Decoder = StaticDecoder(model, bank.routing, use_graphs=self.cuda_graphs)
+            else:
+                log.info("%s decodes through transformers' forward: %s", name, reason)
+                decoder = HfDecoder(model, bank.routing)
+            template = choose_chat_template(tokenizer)[0]
+            self.bases[key] = BaseModel(name, model, tokenizer, template, bank, decoder)
             log.info("loaded base model %s", name)
         return self.bases[key]
 
@@ -97,49 +105,41 @@ class Residency:
         tokenizer = _adapter_tokenizer(folder, base)
         own = getattr(tokenizer, "chat_template", None)
         template = own if isinstance(own, str) and own.strip() else base.template
-        name = "a" + hashlib.sha1(key.encode()).hexdigest()[:12]  # peft names must not contain dots
+        device = next(base.model.parameters()).device
         try:
-            _attach(base, folder, name)
-        except Exception as error:
-            if base.model is None:
-                del self.bases[model_key(base.name)]
-            if not isinstance(error, (OSError, ValueError, RuntimeError, KeyError)):
-                raise
+            weights = base.bank.read(folder, device)  # checked whole before a slot is touched
+        except UserError:
+            raise
+        except Exception as error:  # a damaged file: safetensors, JSON or I/O errors
             log.warning("loading adapter %s failed", key, exc_info=True)
-            # Mostly an adapter of another base model (shape mismatch) or a damaged folder.
             lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-            reason = " ".join(lines[:2]) or type(error).__name__  # torch puts the mismatch on line 2
+            reason = " ".join(lines[:2])[:300] or type(error).__name__
             raise UserError(
-                f"could not load adapter {path} on {base.name}: {reason[:300]}",
+                f"could not load adapter {path} on {base.name}: {reason}",
                 "check that the adapter was trained on this base model and that its folder is complete",
             ) from None
-        nbytes = sum(
-            p.numel() * p.element_size() for n, p in base.model.named_parameters() if f".{name}." in n
-        )
-        resident = ResidentAdapter(key, name, tokenizer, template, nbytes)
+        slot = base.bank.add(weights)
+        nbytes = weights.nbytes
+        resident = ResidentAdapter(key, slot, tokenizer, template, nbytes)
         base.adapters[key] = resident
-        log.info("loaded adapter %s as %s (%.3f MB)", key, name, nbytes / 2**20)
+        log.info("loaded adapter %s into slot %d (%.3f MB)", key, slot, nbytes / 2**20)
         return resident
 
     def evict(self, base: BaseModel, keep: Iterable[str]) -> list[str]:
-        """Delete least recently used adapters of `base` (never those in `keep`, peft names) until the caps
-        hold. Returns the evicted folders."""
+        """Drop least recently used adapters of `base` (never the folders in `keep`) until the caps hold.
+        Returns the evicted folders."""
         keep = set(keep)
         evicted = []
         while self._over_caps(base):
-            victim = next((a for a in base.adapters.values() if a.name not in keep), None)
-            # peft cannot generate with zero adapters on a PeftModel, so the last one always stays.
-            if victim is None or len(base.adapters) == 1:
+            victim = next((a for a in base.adapters.values() if a.path not in keep), None)
+            if victim is None:
                 break
-            if victim.name in base.model.active_adapters:
-                # Switch first: deleting the active adapter makes peft pick one and warn about it.
-                base.model.set_adapter(next(a.name for a in base.adapters.values() if a is not victim))
-            base.model.delete_adapter(victim.name)
+            base.bank.remove(victim.slot)
             del base.adapters[victim.path]
             evicted.append(victim.path)
             log.info("evicted adapter %s", victim.path)
-        if evicted and torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        in_use = {id(adapter.tokenizer) for adapter in base.adapters.values()}
+        base.tokenizers = {key: t for key, t in base.tokenizers.items() if id(t) in in_use}
         return evicted
 
     def _over_caps(self, base: BaseModel) -> bool:
@@ -170,29 +170,32 @@ def _checked_adapter_folder(path: str, base_name: str) -> Path:
     return folder.resolve()
 
 
+# The files a saved tokenizer may consist of; equal bytes mean an equal tokenizer.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "tokenizer.model",
+)
+
+
 def _adapter_tokenizer(folder: Path, base: BaseModel) -> Any:
+    """The tokenizer saved with the adapter. Adapters of one base usually carry identical files: parsing a
+    large tokenizer takes longer than loading the adapter's weights, so equal files share one instance."""
     if not (folder / "tokenizer_config.json").is_file():
         return base.tokenizer  # adapters saved by other tools may come without one
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def _attach(base: BaseModel, folder: Path, name: str) -> None:
-    if base.has_peft:
-        try:
-            base.model.load_adapter(str(folder), adapter_name=name, is_trainable=False)
-        except Exception:
-            if name in base.model.peft_config and len(base.model.peft_config) > 1:
-                base.model.delete_adapter(name)  # half-loaded: never leave it to answer later requests
-            raise
-        return
-    try:
-        base.model = PeftModel.from_pretrained(base.model, str(folder), adapter_name=name, is_trainable=False)
-    except Exception:
-        # from_pretrained injects LoRA layers into the base model in place before loading weights: after a
-        # failure the base cannot be trusted to answer as itself, so it is dropped and reloaded when asked.
-        base.model = None
-        raise
-    base.model.eval()
+    digest = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        path = folder / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    key = digest.hexdigest()
+    if key not in base.tokenizers:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        base.tokenizers[key] = tokenizer
+    return base.tokenizers[key]

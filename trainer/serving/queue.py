@@ -41,15 +41,9 @@ class Ask:
 
 
 def batch_key(request: Generate) -> Hashable:
-    """Requests with equal keys can share one generate() call: same model, same decoding settings.
-
-    Greedy rows batch with any greedy rows. Sampled rows need the same temperature and top_p (generate
-    takes one of each); the batch is seeded with its first request's seed, so a sampled answer depends on
-    what it was batched with.
-    """
-    if request.temperature <= 0:
-        return (request.base_model, "greedy")
-    return (request.base_model, "sample", request.temperature, request.top_p)
+    """Requests with equal keys can share one decoding session: the same base model. Greedy and sampled
+    rows mix freely: each row samples with its own temperature, top_p and seeded generator."""
+    return request.base_model
 
 
 class RequestQueue:

@@ -1,7 +1,7 @@
-"""Per-row bookkeeping inside one batched `generate`: when each row stops, and its text as it arrives.
+"""Decode a batch row by row: when each row stops, and its text as it arrives.
 
-`RowStopper` (a StoppingCriteria) decides, `RowStreamer` (a BaseStreamer) decodes and reports; both share
-one `RowState` per batch row, so rows of one batch stop independently (EOS, length, cancel, timeout).
+`run_rows` drives a decoder session one step at a time; each batch row has its own `RowState`, so rows of
+one batch stop independently (stop token, length, cancel, timeout) while the others go on.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import torch
-from transformers import StoppingCriteria
-from transformers.generation.streamers import BaseStreamer
+from trainer.serving.decoders import Session
+from trainer.serving.sampling import RowSampler, next_tokens
 
 StopReason = Literal["eos", "length", "cancelled", "timeout"]
 
@@ -73,79 +72,50 @@ class RowState:
     first_token_at: float | None = None
 
 
-class RowStopper(StoppingCriteria):
-    """Marks rows finished. Runs each step after the new tokens are appended and before they are streamed."""
+def run_rows(
+    session: Session,
+    rows: Sequence[RowState],
+    samplers: Sequence[RowSampler],
+    on_text: Callable[[int, str], None],
+    on_end: Callable[[int], None],
+) -> None:
+    """Decode until every row has ended. `on_text(index, text)` gets each non-empty piece of a row's answer;
+    `on_end(index)` is called once per row, after its last piece, with its `stop_reason` set.
 
-    def __init__(self, rows: Sequence[RowState], prompt_length: int) -> None:
-        self.rows = rows
-        self.prompt_length = prompt_length  # the padded length: every row's answer starts there
-
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        generated = input_ids.shape[1] - self.prompt_length
-        last = input_ids[:, -1].tolist()
-        for row, token in zip(self.rows, last, strict=True):
-            if row.stop_reason is None:
-                row.stop_reason = row.interrupted() or _natural_stop(row, token, generated)
-        done = [row.stop_reason is not None for row in self.rows]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
-
-
-def _natural_stop(row: RowState, token: int, generated: int) -> StopReason | None:
-    if token in row.stop_ids:
-        return "eos"
-    if generated >= row.max_new_tokens:
-        return "length"
-    return None
-
-
-class RowStreamer(BaseStreamer):
-    """Receives each step's (batch,) new token ids; reports text and ends row by row.
-
-    `on_text(index, text)` gets each non-empty piece, `on_end(index)` is called once per row, after the
-    row's last piece, with the row's `stop_reason` set.
+    A stop token, a cancel or a timeout adds nothing to the answer; a row's last allowed token does.
     """
-
-    def __init__(
-        self,
-        rows: Sequence[RowState],
-        on_text: Callable[[int, str], None],
-        on_end: Callable[[int], None],
-    ) -> None:
-        self.rows = rows
-        self.on_text = on_text
-        self.on_end = on_end
-        self._prompt_seen = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self._prompt_seen:  # generate() first pushes the whole (batch, prompt) input
-            self._prompt_seen = True
-            return
+    logits = session.logits
+    while True:
+        tokens = next_tokens(logits, samplers)
         now = time.monotonic()
-        for index, (row, token) in enumerate(zip(self.rows, value.reshape(-1).tolist(), strict=True)):
+        for index, (row, token) in enumerate(zip(rows, tokens.tolist(), strict=True)):
             if row.closed:
-                continue  # a finished row keeps being computed in the batch: ignore its tokens
-            if row.stop_reason in (None, "length"):  # a stop token, a cancel or a timeout adds nothing
+                continue
+            row.stop_reason = row.interrupted()
+            if row.stop_reason is None and token in row.stop_ids:
+                row.stop_reason = "eos"
+            if row.stop_reason is None:
                 row.tokens += 1
                 if row.first_token_at is None:
                     row.first_token_at = now
                 piece = row.decoder.push(token)
                 if piece:
-                    self.on_text(index, piece)
+                    on_text(index, piece)
+                if row.tokens >= row.max_new_tokens:
+                    row.stop_reason = "length"
             if row.stop_reason is not None:
-                self.close(index)
+                _close(row, index, on_text, on_end)
+        if all(row.closed for row in rows):
+            return
+        logits = session.step(tokens, [not row.closed for row in rows])
 
-    def end(self) -> None:
-        """generate() returned: a row still open ran into the batch's overall limit."""
-        for index, row in enumerate(self.rows):
-            if not row.closed:
-                row.stop_reason = row.stop_reason or "length"
-                self.close(index)
 
-    def close(self, index: int) -> None:
-        row = self.rows[index]
-        row.closed = True
-        if row.stop_reason in ("eos", "length"):
-            rest = row.decoder.finish()
-            if rest:
-                self.on_text(index, rest)
-        self.on_end(index)
+def _close(
+    row: RowState, index: int, on_text: Callable[[int, str], None], on_end: Callable[[int], None]
+) -> None:
+    row.closed = True
+    if row.stop_reason in ("eos", "length"):
+        rest = row.decoder.finish()
+        if rest:
+            on_text(index, rest)
+    on_end(index)
