@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--max-adapter-mb", type=_positive(float), default=2048.0, help="their parameter memory per base"
     )
-    parser.add_argument("--max-batch", type=_positive(int), default=4, help="rows in one generate() call")
+    parser.add_argument("--max-batch", type=_positive(int), default=4, help="rows decoded together")
     return parser.parse_args(argv)
 
 
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda _signum, _frame: queue.request_stop())
 
-    from trainer.serving.engine import Engine  # torch, transformers, peft: seconds to import
+    from trainer.serving.engine import Engine  # torch, transformers: seconds to import
 
     engine = Engine(emit, queue.stopping, max_adapters=args.max_adapters, max_adapter_mb=args.max_adapter_mb)
     emit(Ready(pid=os.getpid()))

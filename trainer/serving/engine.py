@@ -52,8 +52,8 @@ class _Row:
 class Engine:
     """Owns the models; `run_batch` is called by one thread only (generation is global model state).
 
-    Timings are per row from the start of its batch's generate(): `seconds` spans the whole answer (so
-    tokens_per_s is decoding speed) and `time_to_first_token_s` includes the prompt's prefill.
+    Timings are per row from the start of its batch's decoding session: `seconds` spans the whole answer,
+    prefill included, and `time_to_first_token_s` is the prompt's prefill and first step.
     """
 
     def __init__(

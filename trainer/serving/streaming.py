@@ -66,7 +66,7 @@ class RowState:
     max_new_tokens: int
     interrupted: Callable[[], StopReason | None]  # cancel/timeout of the row's request, asked every step
     stop_reason: StopReason | None = None
-    closed: bool = False  # the streamer has reported the end
+    closed: bool = False  # run_rows has reported its end
     tokens: int = 0
     started_at: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
