@@ -222,7 +222,8 @@ async def test_after_a_restart_the_same_status_message_continues(fake_discord, t
     fake = fake_discord
     config = bot_config(tmp_path, fake, base_models=(FAKE_MODEL,))
     async with running_bot(fake, config) as (_bot, service):
-        await _finetune(fake, "steps=80;step_s=0.05;checkpoint_every=5")
+        # 10 s of training: the first process must be gone long before the job could end (CI is slow).
+        await _finetune(fake, "steps=200;step_s=0.05;checkpoint_every=5")
         await wait_until(lambda: service.store.last_event(1, "checkpoint"))
         status = status_message(fake, 1)
         versions_before = len(status.versions)
