@@ -15,6 +15,18 @@ from pathlib import Path
 LOG_FILE_NAME = "qlora-bot.log"
 _URL_TOKENS = re.compile(r"(/(?:interactions/\d+|webhooks/\d+)/)[A-Za-z0-9_.\-]+")
 _AUTH_HEADER = re.compile(r"(Bot\s+)[A-Za-z0-9_.\-]{20,}")
+_HF_TOKEN_SHAPE = re.compile(r"hf_[A-Za-z0-9]{8,}")
+
+
+def redact_secrets(text: str, secrets: Iterable[str | None]) -> str:
+    """`text` with the given secrets, Hub-token-shaped strings and tokens in Discord URLs and
+    Authorization headers masked. The one masking rule for log lines and for messages we store or show."""
+    text = _URL_TOKENS.sub(r"\1[token]", text)
+    text = _AUTH_HEADER.sub(r"\1[token]", text)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[secret]")
+    return _HF_TOKEN_SHAPE.sub("[secret]", text)
 
 
 class RedactSecrets(logging.Filter):
@@ -24,10 +36,7 @@ class RedactSecrets(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        redacted = _URL_TOKENS.sub(r"\1[token]", message)
-        redacted = _AUTH_HEADER.sub(r"\1[token]", redacted)
-        for secret in self.secrets:
-            redacted = redacted.replace(secret, "[secret]")
+        redacted = redact_secrets(message, self.secrets)
         if redacted != message:
             record.msg, record.args = redacted, None
         return True

@@ -6,10 +6,10 @@ echo request headers or server text), and every message is scrubbed of the token
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-_TOKEN_SHAPE = re.compile(r"hf_[A-Za-z0-9]{8,}")
+from bot.logging_setup import redact_secrets
+
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
@@ -21,9 +21,7 @@ class HubFailure:
 
 
 def redact(text: str, token: str | None) -> str:
-    if token:
-        text = text.replace(token, "[secret]")
-    return _TOKEN_SHAPE.sub("[secret]", text)
+    return redact_secrets(text, [token])
 
 
 def classify(
