@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,11 @@ BASE_SLOT = 0
 _PEFT_PREFIX = "base_model.model."
 _KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
 REPAIR_HINT = "check that the adapter was trained on this base model and that its folder is complete"
+
+
+def slot_ids(slots: Sequence[int | None]) -> list[int]:
+    """Each row's slot, the zero slot for a base-model row (None)."""
+    return [BASE_SLOT if slot is None else slot for slot in slots]
 
 
 class LoraRouting:
@@ -50,7 +56,7 @@ class LoraRouting:
         if len(distinct) == 1:
             self.slot = slots[0]
         else:
-            self.row_slots = torch.tensor([BASE_SLOT if s is None else s for s in slots], device=device)
+            self.row_slots = torch.tensor(slot_ids(slots), device=device)
 
     def clear(self) -> None:
         self.slot, self.row_slots = None, None

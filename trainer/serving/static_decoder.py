@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.serving.decoders import Session
-from trainer.serving.lora import BASE_SLOT, LoraRouting
+from trainer.serving.lora import BASE_SLOT, LoraRouting, slot_ids
 
 log = logging.getLogger(__name__)
 
@@ -258,9 +258,7 @@ class _StaticSession:
         self.route: Route = MIXED if len(distinct) > 1 else slots[0]
         padding = [BASE_SLOT] * (arena.rows - self.count)  # unused rows of the arena decode a dummy token
         device = decoder.device
-        arena.slots.copy_(
-            torch.tensor([BASE_SLOT if s is None else s for s in slots] + padding, device=device)
-        )
+        arena.slots.copy_(torch.tensor(slot_ids(slots) + padding, device=device))
         arena.tokens.zero_()
         arena.positions.copy_(torch.tensor([len(ids) for ids in prompts] + [0] * len(padding), device=device))
         self.logits = torch.cat(
