@@ -27,15 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-LLAMA2_7B = {
-    "hidden_size": 4096,
-    "intermediate_size": 11008,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 32,
-    "vocab_size": 32000,
-    "max_position_embeddings": 4096,
-}
+from bench.random_llama import LLAMA2_7B, build_random_llama  # noqa: E402
+
 ADAPTERS = 4
 # Words of the benchmark's own word-level vocabulary: one word is one token, none unknown.
 PROMPT = " ".join(f"w{i}" for i in range(100, 164))
@@ -45,8 +38,7 @@ def build_model_and_adapters(work: Path) -> tuple[Path, list[Path]]:
     """A random bf16 Llama-2-7B shape saved as safetensors, and four random r=16 all-linear adapters."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir = work / "llama-2-7b-random"
     adapter_dirs = [work / f"adapter-{i}" for i in range(ADAPTERS)]
@@ -54,18 +46,9 @@ def build_model_and_adapters(work: Path) -> tuple[Path, list[Path]]:
         (d / "adapter_config.json").exists() for d in adapter_dirs
     ):
         return model_dir, adapter_dirs
-    config = LlamaConfig(**LLAMA2_7B, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM._from_config(config, dtype=torch.bfloat16)
-    model.save_pretrained(model_dir, safe_serialization=True)
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2} | {f"w{i}": i for i in range(3, config.vocab_size)}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
-    tokenizer.save_pretrained(model_dir)
+    build_random_llama(model_dir, LLAMA2_7B)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, device_map="cuda")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     lora = LoraConfig(
         r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM"
     )
