@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import math
 import os
@@ -38,6 +37,8 @@ sys.path.insert(0, str(ROOT))
 from bench.random_llama import FIRST_WORD, SHAPES, build_random_llama, word  # noqa: E402
 
 RECIPES = ("2023", "qlora-bot", "unsloth")
+# The default run: qlora-bot twice, as configured and in its 16 GiB memory mode (a 24 GB card).
+DEFAULT_RUN = ("2023", "qlora-bot", "qlora-bot:memory_limit_gib=16", "unsloth")
 MEDIAN_TOKENS, MAX_TOKENS = 350, 2000
 
 
@@ -63,22 +64,28 @@ def main() -> int:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="7b")
     parser.add_argument("--steps", type=int, default=12, help="optimizer steps per recipe")
     parser.add_argument("--warmup", type=int, default=3, help="steps left out of the steady-state rate")
-    parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated subset")
-    parser.add_argument("--child", choices=RECIPES, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--recipes",
+        default=",".join(DEFAULT_RUN),
+        help="comma-separated; qlora-bot:FIELD=VALUE[:FIELD=VALUE] sets TrainingSpec fields (an attempt)",
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     model_dir = build_random_llama(args.work / f"llama-{args.shape}-random", SHAPES[args.shape])
     data = synthetic_dataset(args.work / "synthetic.jsonl", SHAPES[args.shape]["vocab_size"], rows=2000)
     if args.child:
-        result = CHILDREN[args.child](model_dir, data, args)
+        name, *overrides = args.child.split(":")
+        args.overrides = dict(_parse_override(item) for item in overrides)
+        result = CHILDREN[name](model_dir, data, args)
         args.out.write_text(json.dumps(result))
         return 0
     results = {}
     for recipe in args.recipes.split(","):
         results[recipe] = run_recipe(recipe, args)
         print(f"{recipe}: {results[recipe]}", flush=True)
-    environment = describe_environment(args)
+    environment = describe_environment(args, results.get("unsloth", {}).get("versions"))
     table = report(results, environment)
     print(table)
     out = ROOT / "bench" / "out"
@@ -92,30 +99,53 @@ def main() -> int:
     return 0
 
 
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, _, value = item.partition("=")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def run_recipe(recipe: str, args: argparse.Namespace) -> dict[str, Any]:
-    if recipe == "unsloth" and importlib.util.find_spec("unsloth") is None:
-        return {"status": "absent"}
+    env = dict(os.environ)
+    if recipe == "unsloth":
+        # Unsloth pins older trl and datasets than qlora-bot: its site folder goes first (bench/README.md).
+        site = os.environ.get("QLORA_BOT_UNSLOTH_SITE")
+        if site:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [site, env.get("PYTHONPATH")]))
+        # Fail rather than quietly train on the CPU; keep Unsloth's generated code out of the repository.
+        env["UNSLOTH_DISABLE_CPU_FALLBACK"] = "1"
+        env.setdefault("UNSLOTH_COMPILE_LOCATION", str(args.work / "unsloth_compiled_cache"))
+        probe = [
+            sys.executable,
+            "-c",
+            "import importlib.util, sys; sys.exit(not importlib.util.find_spec('unsloth'))",
+        ]
+        if subprocess.run(probe, env=env).returncode != 0:
+            return {"status": "absent"}
     out = args.work / f"{recipe}.json"
     out.unlink(missing_ok=True)
     command = [sys.executable, __file__, "--child", recipe, "--out", str(out), "--work", str(args.work)]
     command += ["--shape", args.shape, "--steps", str(args.steps), "--warmup", str(args.warmup)]
     log = args.work / f"{recipe}.log"
     with log.open("w") as log_file:
-        code = subprocess.run(command, stdout=log_file, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(command, stdout=log_file, stderr=subprocess.STDOUT, env=env).returncode
     if code != 0 or not out.exists():
         return {"status": f"failed (exit {code}, see {log})"}
     return {"status": "ok", **json.loads(out.read_text())}
 
 
-def describe_environment(args: argparse.Namespace) -> dict[str, str]:
+def describe_environment(args: argparse.Namespace, unsloth_versions: str | None) -> dict[str, str]:
     import torch
 
     versions = {}
-    for name in ("torch", "transformers", "peft", "trl", "bitsandbytes", "unsloth", "liger_kernel"):
+    for name in ("torch", "transformers", "peft", "trl", "bitsandbytes", "liger_kernel"):
         try:
             versions[name] = __import__(name).__version__
         except ImportError:
             versions[name] = "absent"
+    versions["unsloth"] = unsloth_versions or "absent"
     return {
         "date": datetime.date.today().isoformat(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU",
@@ -136,19 +166,20 @@ def report(results: dict[str, dict[str, Any]], environment: dict[str, str]) -> s
         f"{environment['liger_kernel']}; random-init Llama, {environment['shape']} shape, NF4 base, "
         f"synthetic text (median {MEDIAN_TOKENS} tokens), {environment['steps']} optimizer steps.",
         "",
-        "| recipe | tokens/s (steady) | vs 2023 | vs Unsloth | peak GiB | start to first step |",
-        "|---|---|---|---|---|---|",
+        "| recipe | tokens/s (steady) | vs 2023 | vs Unsloth | peak GiB | start to first step "
+        "| checkpointing |",
+        "|---|---|---|---|---|---|---|",
     ]
     for recipe, result in results.items():
         if result.get("status") != "ok":
-            lines.append(f"| {recipe} | {result.get('status')} |  |  |  |  |")
+            lines.append(f"| {recipe} | {result.get('status')} |  |  |  |  |  |")
             continue
         rate = result["tokens_per_s"]
         versus_old = f"{rate / old:.1f}x" if old else ""
         versus_unsloth = f"{rate / unsloth:.2f}x" if unsloth else ""
         lines.append(
             f"| {recipe} | {rate:,.0f} | {versus_old} | {versus_unsloth} | {result['peak_gib']:.1f} | "
-            f"{result['first_step_s']:.0f} s |"
+            f"{result['first_step_s']:.0f} s | {result.get('checkpointing', '')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -210,7 +241,7 @@ def run_2023(model_dir: Path, data: Path, args: argparse.Namespace) -> dict[str,
         processing_class=tokenizer,
         args=config,
     )
-    return _measured(trainer, args)
+    return {**_measured(trainer, args), "checkpointing": "on"}
 
 
 def run_unsloth(model_dir: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -256,7 +287,12 @@ def run_unsloth(model_dir: Path, data: Path, args: argparse.Namespace) -> dict[s
         processing_class=tokenizer,
         args=config,
     )
-    return _measured(trainer, args)
+    import datasets
+    import trl
+    import unsloth
+
+    versions = f"{unsloth.__version__} (its trl {trl.__version__}, datasets {datasets.__version__})"
+    return {**_measured(trainer, args), "versions": versions, "checkpointing": "unsloth (offloaded)"}
 
 
 def _measured(trainer: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -290,7 +326,7 @@ def _measured(trainer: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 def run_qlora_bot(model_dir: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The default JobSpec through the real worker; its progress events carry the token count."""
-    from trainer.protocol import DatasetSpec, JobSpec, Progress, TrainingSpec, decode_event
+    from trainer.protocol import DatasetSpec, JobSpec, Phase, Progress, TrainingSpec, decode_event
 
     job = args.work / "out-qlora-bot"
     job.mkdir(parents=True, exist_ok=True)
@@ -298,7 +334,7 @@ def run_qlora_bot(model_dir: Path, data: Path, args: argparse.Namespace) -> dict
         base_model=str(model_dir),
         dataset=DatasetSpec(source=str(data)),
         output_dir=str(job),
-        training=TrainingSpec(max_steps=args.steps, checkpoint_steps=10_000),
+        training=TrainingSpec(max_steps=args.steps, checkpoint_steps=10_000, **args.overrides),
     )
     (job / "spec.json").write_text(spec.to_json())
     env = {
@@ -314,12 +350,14 @@ def run_qlora_bot(model_dir: Path, data: Path, args: argparse.Namespace) -> dict
     )
     assert worker.stdout is not None
     marks: list[tuple[float, int]] = []
-    peak = 0.0
+    peak, plan = 0.0, ""
     for line in worker.stdout:
         event = decode_event(line.decode())
         if isinstance(event, Progress):
             marks.append((time.monotonic(), event.tokens_seen))
             peak = max(peak, event.gpu_mem_gib or 0.0)
+        elif isinstance(event, Phase) and (event.message or "").startswith("gradient checkpointing"):
+            plan = event.message.removeprefix("gradient checkpointing ")
     if worker.wait() != 0:
         raise SystemExit(f"the worker failed; see {job / 'worker.log'}")
     return {
@@ -327,6 +365,7 @@ def run_qlora_bot(model_dir: Path, data: Path, args: argparse.Namespace) -> dict
         "peak_gib": peak,
         "first_step_s": marks[0][0] - PROCESS_START,
         "tokens": marks[-1][1],
+        "checkpointing": plan,
     }
 
 

@@ -59,7 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, help="random seed")
     train.add_argument("--no-packing", action="store_true", help="one example per row")
     train.add_argument(
-        "--no-gradient-checkpointing", action="store_true", help="keep activations (faster, more memory)"
+        "--gradient-checkpointing",
+        choices=("auto", "on", "off"),
+        help="recompute activations in the backward pass (default auto: on only when memory needs it)",
+    )
+    train.add_argument(
+        "--no-gradient-checkpointing", action="store_true", help="same as --gradient-checkpointing off"
+    )
+    train.add_argument(
+        "--memory-limit-gib",
+        type=float,
+        help="plan for at most this much GPU memory (16 fits a 7B job on a 24 GB card)",
     )
     train.add_argument(
         "--output", type=Path, help="job folder (default: a new folder under the data directory)"

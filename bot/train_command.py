@@ -63,10 +63,18 @@ def build_spec(args: argparse.Namespace, config: Config) -> JobSpec:
             "checkpoint_steps": args.checkpoint_steps,
             "seed": args.seed,
             "packing": False if args.no_packing else None,
-            "gradient_checkpointing": False if args.no_gradient_checkpointing else None,
+            "gradient_checkpointing": _checkpointing_choice(args),
+            "memory_limit_gib": args.memory_limit_gib,
         },
         resume_from=str(args.resume.expanduser().resolve()) if args.resume else None,
     )
+
+
+def _checkpointing_choice(args: argparse.Namespace) -> bool | str | None:
+    """None leaves the configured default; --no-gradient-checkpointing predates --gradient-checkpointing."""
+    if args.no_gradient_checkpointing:
+        return False
+    return {"on": True, "off": False, "auto": "auto", None: None}[args.gradient_checkpointing]
 
 
 def _local_or_remote(source: str) -> str:

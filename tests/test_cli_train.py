@@ -12,14 +12,16 @@ import sys
 import time
 from pathlib import Path
 
+from bot.cli import build_parser
 from bot.config import Config, PathsConfig
 from bot.jobs.executor import LocalExecutor
 from bot.jobs.scheduler import build_slots
 from bot.jobs.service import JobService, Requester
 from bot.jobs.service_lock import RunnerLock
+from bot.train_command import build_spec
 from storage.store import Store
 from tests.worker_helpers import worker_env, write_chat_dataset
-from trainer.protocol import DatasetSpec, JobSpec
+from trainer.protocol import DatasetSpec, JobSpec, TrainingSpec
 
 
 def cli(*args: str, home: Path, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -98,6 +100,18 @@ def test_invalid_flags_are_refused_before_any_worker_starts(tmp_path, data_home)
         and "lora.r: must be at least 1" in result.stderr
     )
     assert not (data_home / "jobs").exists()
+
+
+def test_checkpointing_and_memory_flags_reach_the_spec():
+    def spec(*flags: str) -> TrainingSpec:
+        args = build_parser().parse_args(["train", "--base-model", "m", "--dataset", "d", *flags])
+        return build_spec(args, Config()).training
+
+    assert spec().gradient_checkpointing == "auto" and spec().memory_limit_gib is None
+    assert spec("--gradient-checkpointing", "on").gradient_checkpointing is True
+    assert spec("--gradient-checkpointing", "off").gradient_checkpointing is False
+    assert spec("--no-gradient-checkpointing").gradient_checkpointing is False
+    assert spec("--memory-limit-gib", "16").memory_limit_gib == 16.0
 
 
 def test_a_bad_config_file_is_refused_naming_the_key(tmp_path, data_home):

@@ -120,7 +120,13 @@ def test_spec_problems_name_the_field():
         dataset=DatasetSpec(source="d"),
         output_dir="o",
         lora=LoraSpec(r=0, dropout=1.5),
-        training=TrainingSpec(learning_rate=0, eval_fraction=0.9, scheduler="zigzag"),
+        training=TrainingSpec(
+            learning_rate=0,
+            eval_fraction=0.9,
+            scheduler="zigzag",
+            gradient_checkpointing="sometimes",
+            memory_limit_gib=0,
+        ),
     )
     problems = spec_problems(spec)
     for field in (
@@ -129,7 +135,20 @@ def test_spec_problems_name_the_field():
         "training.learning_rate",
         "training.eval_fraction",
         "training.scheduler",
+        "training.gradient_checkpointing",
+        "training.memory_limit_gib",
     ):
         assert any(problem.startswith(field + ":") for problem in problems), field
     good = JobSpec(base_model="m", dataset=DatasetSpec(source="d"), output_dir="o")
     assert spec_problems(good) == []
+
+
+def test_gradient_checkpointing_is_true_false_or_auto_in_json():
+    base = json.loads(JobSpec(base_model="m", dataset=DatasetSpec(source="d"), output_dir="o").to_json())
+    assert base["training"]["gradient_checkpointing"] == "auto"
+    for value in (True, False, "auto"):
+        base["training"]["gradient_checkpointing"] = value
+        assert JobSpec.from_json(json.dumps(base)).training.gradient_checkpointing == value
+    base["training"]["gradient_checkpointing"] = 1
+    with pytest.raises(ProtocolError, match=r"gradient_checkpointing: expected true or false or a string"):
+        JobSpec.from_json(json.dumps(base))

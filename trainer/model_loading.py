@@ -78,14 +78,19 @@ def resolved_revision(model: Any) -> str | None:
     return getattr(model.config, "_commit_hash", None)
 
 
-def add_lora(model: Any, lora: LoraSpec, gradient_checkpointing: bool) -> Any:
+def add_lora(model: Any, lora: LoraSpec) -> Any:
+    """Freeze the base and attach LoRA. Gradient checkpointing is the trainer's to switch on (its memory plan
+    needs the adapter's size, known only from here on)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    model = prepare_model_for_kbit_training(
-        model,
-        use_gradient_checkpointing=gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-    )
+    if compute_dtype() == torch.float16:
+        # The 2023 recipe's upcast of norms and embeddings to float32 keeps fp16 training stable.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    else:
+        # In bf16 (and float32 on the CPU) the upcast buys nothing: the frozen norm weights would turn every
+        # norm output float32, doubling those activations and each LoRA dropout copy of them. peft freezes
+        # the base itself.
+        model.requires_grad_(False)
     config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.resolved_alpha,

@@ -66,7 +66,12 @@ class TrainingSpec:
     grad_accum: int = 4
     max_length: int = 2048  # tokens per packed row; longer examples are dropped and reported
     packing: bool = True
-    gradient_checkpointing: bool = True
+    # "auto": off when a micro-batch's activations fit in free GPU memory (trainer/memory_plan.py).
+    gradient_checkpointing: bool | str = "auto"
+    # Plan for at most this much GPU memory (e.g. 16 on a 24 GB card); None plans for what is free.
+    memory_limit_gib: float | None = None
+    # liger-kernel's fused RMSNorm, SwiGLU, RoPE and linear + cross-entropy, where installed (CUDA only).
+    fused_kernels: bool = True
     max_grad_norm: float = 0.3
     weight_decay: float = 0.0
     eval_fraction: float = 0.0  # held-out share of the rows for eval loss; 0 disables eval
@@ -139,6 +144,15 @@ def spec_problems(spec: JobSpec) -> list[str]:
         (training.grad_accum < 1, "training.grad_accum: must be at least 1"),
         (training.max_length < 16, f"training.max_length: must be at least 16 (got {training.max_length})"),
         (training.max_grad_norm <= 0, "training.max_grad_norm: must be > 0"),
+        (
+            training.gradient_checkpointing not in (True, False, "auto"),
+            f'training.gradient_checkpointing: must be true, false or "auto" '
+            f"(got {training.gradient_checkpointing!r})",
+        ),
+        (
+            training.memory_limit_gib is not None and training.memory_limit_gib <= 0,
+            f"training.memory_limit_gib: must be > 0 GiB (got {training.memory_limit_gib})",
+        ),
         (not 0 <= training.eval_fraction <= 0.5, "training.eval_fraction: must be in [0, 0.5]"),
         (training.logging_steps < 1, "training.logging_steps: must be at least 1"),
         (training.checkpoint_steps < 1, "training.checkpoint_steps: must be at least 1"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,15 @@ from trainer.tokenization import TokenizedRows
 from trainer.training_events import EventCallback, TokenCounter
 
 
+def fused_kernels_available() -> bool:
+    """liger-kernel's Triton kernels need a CUDA GPU, Triton and the package itself."""
+    return (
+        torch.cuda.is_available()
+        and importlib.util.find_spec("liger_kernel") is not None
+        and importlib.util.find_spec("triton") is not None
+    )
+
+
 def build_trainer(
     spec: JobSpec,
     model: Any,
@@ -26,7 +36,10 @@ def build_trainer(
     eval_rows: TokenizedRows | None,
     emit: Callable[[Event], None],
     cancel: CancelFlag,
+    checkpointing: bool,
+    fused_kernels: bool,
 ) -> tuple[SFTTrainer, TokenCounter, EventCallback]:
+    """checkpointing and fused_kernels: decided by the worker (memory plan, fused_kernels_available)."""
     training = spec.training
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()
@@ -45,7 +58,8 @@ def build_trainer(
         per_device_train_batch_size=training.batch_size,
         per_device_eval_batch_size=training.batch_size,
         gradient_accumulation_steps=training.grad_accum,
-        **_checkpointing_args(training.gradient_checkpointing),
+        **_checkpointing_args(checkpointing),
+        use_liger_kernel=fused_kernels,
         bf16=bf16,
         fp16=cuda and not bf16,
         use_cpu=not cuda,

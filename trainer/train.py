@@ -23,6 +23,7 @@ from trainer.data_sources import read_records
 from trainer.errors import Cancelled, UserError
 from trainer.event_stream import take_stdout_for_events
 from trainer.formats import ChatExample, to_examples
+from trainer.memory_plan import GIB, CheckpointingPlan, ModelShape, TrainingLoad, plan_checkpointing
 from trainer.protocol import (
     LOG_FILE_NAME,
     Done,
@@ -119,6 +120,8 @@ def run(spec: JobSpec, emit: Any, cancel: CancelFlag) -> int:
         runtime_description,
     )
 
+    from transformers import set_seed
+
     tokenizer = load_tokenizer(spec.base_model, spec.base_revision)
     chat_template, template_source = choose_chat_template(tokenizer)
     rows = tokenize_examples(examples, tokenizer, chat_template, spec.training.max_length, records.where)
@@ -128,13 +131,23 @@ def run(spec: JobSpec, emit: Any, cancel: CancelFlag) -> int:
     # --- loading_model
     emit(Phase(name="loading_model", message=spec.base_model))
     model = load_quantized_model(spec.base_model, spec.base_revision)
-    model = add_lora(model, spec.lora, spec.training.gradient_checkpointing)
+    # The trainer seeds itself only after LoRA is attached; without this the adapter's random
+    # initialisation, and with it the whole run, would change from one attempt to the next.
+    set_seed(spec.training.seed)
+    model = add_lora(model, spec.lora)
+    from trainer.sft import build_trainer, fused_kernels_available
+
+    fused = spec.training.fused_kernels and fused_kernels_available()
+    if spec.training.fused_kernels and not fused:
+        log.info("fused kernels off: they need a CUDA GPU and liger-kernel (pip install 'qlora-bot[liger]')")
+    checkpointing = _plan_checkpointing(spec, model, fused)
+    emit(Phase(name="loading_model", message=checkpointing.message))
 
     # --- tokenizing: trl builds labels from our masks and packs rows into max_length sequences.
     emit(Phase(name="tokenizing"))
-    from trainer.sft import build_trainer
-
-    trainer, tokens, callback = build_trainer(spec, model, tokenizer, train_rows, eval_rows, emit, cancel)
+    trainer, tokens, callback = build_trainer(
+        spec, model, tokenizer, train_rows, eval_rows, emit, cancel, checkpointing.enabled, fused
+    )
     emit(
         Phase(
             name="tokenizing",
@@ -182,7 +195,11 @@ def run(spec: JobSpec, emit: Any, cancel: CancelFlag) -> int:
         "data_format": data_format,
         "prompt_style": "raw" if _is_plain(examples) else "chat",  # chats are asked through the template
         "chat_template_source": template_source,
-        "runtime": runtime_description(trainer.args),
+        "runtime": {
+            **runtime_description(trainer.args),
+            "gradient_checkpointing": checkpointing.enabled,
+            "fused_kernels": fused,
+        },
     }
     _write_json(adapter_dir / "qlora_bot.json", record)
     _write_json(job_dir / "metrics.json", metrics)
@@ -191,6 +208,34 @@ def run(spec: JobSpec, emit: Any, cancel: CancelFlag) -> int:
     )
     emit(Done(adapter_dir=str(adapter_dir), metrics=metrics))
     return 0
+
+
+def _plan_checkpointing(spec: JobSpec, model: Any, fused_loss: bool) -> CheckpointingPlan:
+    """The spec's choice, or with "auto" the memory plan's from this GPU's free memory right now."""
+    import torch
+
+    choice = spec.training.gradient_checkpointing
+    if isinstance(choice, bool):
+        return CheckpointingPlan(choice, "as the job asks", 0)
+    if not torch.cuda.is_available():
+        # CPU runs are tests and tiny models: RAM is not what limits them, and no GPU memory is planned.
+        return CheckpointingPlan(False, "a CPU run keeps its activations", 0)
+    free, _total = torch.cuda.mem_get_info()
+    limit = spec.training.memory_limit_gib
+    plan = plan_checkpointing(
+        ModelShape.of(model.config),
+        TrainingLoad(
+            tokens_per_micro_batch=spec.training.batch_size * spec.training.max_length,
+            trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+            lora_dropout=spec.lora.dropout > 0,
+            fused_loss=fused_loss,
+        ),
+        allocated_bytes=torch.cuda.memory_allocated(),
+        free_bytes=free,
+        limit_bytes=None if limit is None else int(limit * GIB),
+    )
+    log.info("%s (predicted peak %.1f GiB)", plan.message, plan.predicted_peak_bytes / GIB)
+    return plan
 
 
 def _split(rows: TokenizedRows, fraction: float, seed: int) -> tuple[TokenizedRows, TokenizedRows | None]:

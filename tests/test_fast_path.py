@@ -1,0 +1,55 @@
+"""The fast training path learns what the plain path learns: same data, same seed, the same loss curve.
+
+On the CPU the fast path differs from the plain one by its memory plan (no gradient checkpointing); on a
+GPU also by liger's fused kernels. Both must only change speed and memory, never the losses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.worker_helpers import run_worker, tiny_spec, write_chat_dataset
+from trainer.protocol import Done, Phase
+
+
+def _train(model_dir: Path, dataset: Path, job: Path, **training: object) -> tuple[list[float], dict, list]:
+    events, code = run_worker(tiny_spec(model_dir, dataset, job, max_steps=6, **training))
+    assert code == 0, events[-1]
+    assert isinstance(events[-1], Done)
+    history = json.loads((job / "loss_history.json").read_text())["train"]
+    runtime = json.loads((Path(events[-1].adapter_dir) / "qlora_bot.json").read_text())["runtime"]
+    return [point["loss"] for point in history], runtime, events
+
+
+def test_without_checkpointing_the_loss_curve_is_the_plain_paths(tiny_model_dir, tmp_path):
+    dataset = write_chat_dataset(tmp_path / "chat.jsonl")
+    plain, plain_runtime, _ = _train(tiny_model_dir, dataset, tmp_path / "plain", gradient_checkpointing=True)
+    fast, fast_runtime, events = _train(tiny_model_dir, dataset, tmp_path / "fast")  # "auto": off on the CPU
+    assert plain_runtime["gradient_checkpointing"] is True
+    assert fast_runtime["gradient_checkpointing"] is False
+    assert fast_runtime["fused_kernels"] is False  # no liger on the CPU
+    messages = [event.message for event in events if isinstance(event, Phase) and event.message]
+    assert "gradient checkpointing off: a CPU run keeps its activations" in messages
+    assert len(plain) == len(fast) == 6
+    assert plain[0] != plain[-1]  # it learned something, so equal curves are not two flat lines
+    assert fast == pytest.approx(plain, rel=1e-4)
+
+
+@pytest.mark.gpu
+def test_fused_kernels_keep_the_loss_curve(tiny_model_dir, tmp_path):
+    from trainer.sft import fused_kernels_available
+
+    if not fused_kernels_available():
+        pytest.skip("liger-kernel is not installed")
+    dataset = write_chat_dataset(tmp_path / "chat.jsonl")
+    plain, plain_runtime, _ = _train(
+        tiny_model_dir, dataset, tmp_path / "plain", fused_kernels=False, gradient_checkpointing=True
+    )
+    fast, fast_runtime, _ = _train(tiny_model_dir, dataset, tmp_path / "fast")
+    assert plain_runtime["fused_kernels"] is False and fast_runtime["fused_kernels"] is True
+    assert fast_runtime["gradient_checkpointing"] is False  # a tiny model fits any GPU
+    # bf16 compute: fused and unfused kernels round differently, so the curves agree to about 1%.
+    assert fast == pytest.approx(plain, rel=2e-2)
+    assert plain[0] != plain[-1]
