@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import json
 import math
 import os
@@ -142,8 +143,8 @@ def describe_environment(args: argparse.Namespace, unsloth_versions: str | None)
     versions = {}
     for name in ("torch", "transformers", "peft", "trl", "bitsandbytes", "liger_kernel"):
         try:
-            versions[name] = __import__(name).__version__
-        except ImportError:
+            versions[name] = importlib.metadata.version(name.replace("_", "-"))
+        except importlib.metadata.PackageNotFoundError:
             versions[name] = "absent"
     versions["unsloth"] = unsloth_versions or "absent"
     return {

@@ -24,6 +24,7 @@ from trainer.errors import Cancelled, UserError
 from trainer.event_stream import take_stdout_for_events
 from trainer.formats import ChatExample, to_examples
 from trainer.memory_plan import GIB, CheckpointingPlan, ModelShape, TrainingLoad, plan_checkpointing
+from trainer.packed_attention import use_packed_attention
 from trainer.protocol import (
     LOG_FILE_NAME,
     Done,
@@ -112,6 +113,8 @@ def run(spec: JobSpec, emit: Any, cancel: CancelFlag) -> int:
     emit(Phase(name="validating"))
     records = read_records(spec.dataset, job_dir / "data", spec.limits)
     data_format, examples = to_examples(records, spec.dataset.format)
+    from transformers import set_seed
+
     from trainer.model_loading import (
         add_lora,
         load_quantized_model,
@@ -119,8 +122,6 @@ def run(spec: JobSpec, emit: Any, cancel: CancelFlag) -> int:
         resolved_revision,
         runtime_description,
     )
-
-    from transformers import set_seed
 
     tokenizer = load_tokenizer(spec.base_model, spec.base_revision)
     chat_template, template_source = choose_chat_template(tokenizer)
@@ -135,6 +136,9 @@ def run(spec: JobSpec, emit: Any, cancel: CancelFlag) -> int:
     # initialisation, and with it the whole run, would change from one attempt to the next.
     set_seed(spec.training.seed)
     model = add_lora(model, spec.lora)
+    if spec.training.packing:
+        # Packed rows arrive padding-free: attention follows each document's bounds (packed_attention.py).
+        use_packed_attention(model)
     from trainer.sft import build_trainer, fused_kernels_available
 
     fused = spec.training.fused_kernels and fused_kernels_available()
