@@ -161,7 +161,7 @@ def profile_trainer(model_dir: Path, work: Path, vocab: int) -> int:
     averages = profiler.key_averages()
     if torch.cuda.is_available():
         print(averages.table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
-    print(averages.table(sort_by="cpu_time_total", row_limit=25, max_name_column_width=60))
+    print(averages.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
     return 0
 
 

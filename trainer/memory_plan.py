@@ -1,4 +1,4 @@
-"""Decide gradient checkpointing from the GPU's free memory and the model's shape.
+"""Decide gradient checkpointing and the micro-step size from the GPU's free memory and the model's shape.
 
 Checkpointing recomputes every decoder layer in the backward pass: about a third more compute for a
 fraction of the activation memory (FACTS.md: 11,750 vs ~8,000 tokens/s, 20.4 vs 7.6 GiB on a 7B model).
@@ -52,22 +52,29 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class TrainingLoad:
-    tokens_per_micro_batch: int
+    rows: int  # packed rows per micro-step, as the job asks (batch_size)
+    row_tokens: int  # max_length
+    accumulation: int  # micro-steps per optimizer step, as the job asks (grad_accum)
     trainable_params: int
     lora_dropout: bool  # each adapted layer then keeps a dropped copy of its input and a mask
-    fused_loss: bool  # liger's fused linear + cross-entropy never holds the full logits
+    fused_loss: bool  # the loss never holds the full (tokens, vocab) logits
 
 
 @dataclass(frozen=True)
-class CheckpointingPlan:
-    enabled: bool
+class MemoryPlan:
+    checkpointing: bool
+    rows: int  # packed rows per micro-step; rows * accumulation is always the job's own product
+    accumulation: int
     reason: str
     predicted_peak_bytes: int  # of the chosen setting, model included
 
     @property
     def message(self) -> str:
-        state = "on" if self.enabled else "off"
-        return f"gradient checkpointing {state}: {self.reason}"
+        state = "on" if self.checkpointing else "off"
+        return (
+            f"gradient checkpointing {state}, {self.rows} rows per micro-step x {self.accumulation} "
+            f"accumulated: {self.reason}"
+        )
 
 
 def activation_bytes_per_token(shape: ModelShape, lora_dropout: bool) -> int:
@@ -82,45 +89,80 @@ def activation_bytes_per_token(shape: ModelShape, lora_dropout: bool) -> int:
     return kept
 
 
-def plan_checkpointing(
+def plan_memory(
     shape: ModelShape | None,
     load: TrainingLoad,
     allocated_bytes: int,
     free_bytes: int,
     limit_bytes: int | None = None,
-) -> CheckpointingPlan:
-    """Checkpointing off when a micro-batch's activations fit in the memory left; on otherwise.
+    checkpointing: bool | None = None,
+) -> MemoryPlan:
+    """The fastest setting whose activations fit in the memory left.
 
-    allocated_bytes: what this process holds now (the 4-bit model); free_bytes: the device's free memory
-    now; limit_bytes: a cap on this job's total (memory_limit_gib), None for the whole free memory."""
-    room = free_bytes
-    if limit_bytes is not None:
-        room = min(room, limit_bytes - allocated_bytes)
+    Speed comes first from keeping activations (checkpointing off: a third less compute), then from
+    larger micro-steps: each micro-step pays a fixed cost (the 4-bit weights dequantised twice, thousands
+    of kernel launches), so accumulated micro-steps are merged into one, keeping the tokens per optimizer
+    step, up to MAX_MICRO_TOKENS. checkpointing: the job's choice, None to decide. allocated_bytes: what
+    this process holds now (the 4-bit model); free_bytes: the device's free memory now; limit_bytes: a cap
+    on this job's total (memory_limit_gib), None for the whole free memory."""
+    room = free_bytes if limit_bytes is None else min(free_bytes, limit_bytes - allocated_bytes)
+    budget = "the memory limit" if limit_bytes is not None and room < free_bytes else "free GPU memory"
     if shape is None:
-        return CheckpointingPlan(True, "the model's shape is unknown, so memory is saved", allocated_bytes)
-    tokens = load.tokens_per_micro_batch
+        chosen = True if checkpointing is None else checkpointing
+        reason = "the model's shape is unknown"
+        return MemoryPlan(chosen, load.rows, load.accumulation, reason, allocated_bytes)
+    choices = [False, True] if checkpointing is None else [checkpointing]
+    for keep in choices:
+        for merged in _merges(load):
+            rows = load.rows * merged
+            needed = _needed_bytes(shape, load, rows * load.row_tokens, keep)
+            if needed * (1 + RELATIVE_MARGIN) + FIXED_MARGIN <= room:
+                return MemoryPlan(
+                    keep,
+                    rows,
+                    load.accumulation // merged,
+                    f"{_gib(needed)} GiB of activations and optimizer state fit in {_gib(room)} GiB "
+                    f"of {budget}",
+                    allocated_bytes + int(needed),
+                )
+    # Nothing fits: the least memory there is, and the job finds out (an out-of-memory error with a hint).
+    last = choices[-1]
+    needed = _needed_bytes(shape, load, load.rows * load.row_tokens, last)
+    return MemoryPlan(
+        last,
+        load.rows,
+        load.accumulation,
+        f"even so {_gib(needed)} GiB of activations may not fit in {_gib(room)} GiB of {budget}",
+        allocated_bytes + int(needed),
+    )
+
+
+# Past this many tokens per micro-step the fixed costs are amortised (measured on an H200, bench/RESULTS.md)
+# and larger steps only take memory.
+MAX_MICRO_TOKENS = 8192
+
+
+def _merges(load: TrainingLoad) -> list[int]:
+    """How many accumulated micro-steps may become one: divisors of the accumulation, largest first, within
+    MAX_MICRO_TOKENS (always 1, the job as asked)."""
+    fitting = [
+        k
+        for k in range(load.accumulation, 0, -1)
+        if load.accumulation % k == 0 and load.rows * k * load.row_tokens <= MAX_MICRO_TOKENS
+    ]
+    return fitting or [1]
+
+
+def _needed_bytes(shape: ModelShape, load: TrainingLoad, tokens: int, checkpointing: bool) -> float:
     per_layer = activation_bytes_per_token(shape, load.lora_dropout)
     # fp32 LoRA weights and gradients, and 8-bit AdamW's two moments.
     optimizer = load.trainable_params * (4 + 4 + 2)
     # Unfused: bf16 logits, their fp32 copy for the loss and its gradient.
     logits = 0 if load.fused_loss else tokens * shape.vocab * (BF16 + 4 + 4)
-    without = optimizer + logits + tokens * shape.layers * per_layer
-    # With checkpointing each layer keeps only its input, plus one layer recomputed at a time.
-    with_checkpointing = optimizer + logits + tokens * (shape.layers * BF16 * shape.hidden + per_layer)
-    peak_without, peak_with = allocated_bytes + without, allocated_bytes + with_checkpointing
-    needed = without * (1 + RELATIVE_MARGIN) + FIXED_MARGIN
-    budget = "the memory limit" if limit_bytes is not None and room < free_bytes else "free GPU memory"
-    if needed <= room:
-        return CheckpointingPlan(
-            False,
-            f"{_gib(needed)} GiB of activations and optimizer state fit in {_gib(room)} GiB of {budget}",
-            peak_without,
-        )
-    return CheckpointingPlan(
-        True,
-        f"{_gib(needed)} GiB of activations would not fit in {_gib(room)} GiB of {budget}",
-        peak_with,
-    )
+    if checkpointing:
+        # Each layer keeps only its input, plus one layer recomputed at a time.
+        return optimizer + logits + tokens * (shape.layers * BF16 * shape.hidden + per_layer)
+    return optimizer + logits + tokens * shape.layers * per_layer
 
 
 def _gib(size: float) -> str:

@@ -51,6 +51,18 @@ def document_bounds(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
     return bounds, int((bounds[1:] - bounds[:-1]).max())
 
 
+_last_bounds: tuple[torch.Tensor, torch.Tensor, int] | None = None
+
+
+def _bounds_of(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """document_bounds, once per forward: every layer gets the same position_ids tensor, and each
+    computation costs a device-to-host copy that stalls the queue of kernels."""
+    global _last_bounds
+    if _last_bounds is None or _last_bounds[0] is not position_ids:
+        _last_bounds = (position_ids, *document_bounds(position_ids))
+    return _last_bounds[1], _last_bounds[2]
+
+
 def packed_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -69,7 +81,7 @@ def packed_attention(
             "packed attention needs padding-free rows with position_ids and no attention mask (packing on)"
         )
     batch, heads, length, dim = query.shape
-    bounds, longest = document_bounds(position_ids)
+    bounds, longest = _bounds_of(position_ids)
     # (batch, heads, length, dim) -> (tokens, heads, dim): no document crosses a row, so rows concatenate.
     q, k, v = (t.transpose(1, 2).reshape(batch * length, t.shape[1], dim) for t in (query, key, value))
     if k.shape[1] != heads:  # grouped-query attention: share each kv head with its group of query heads

@@ -7,6 +7,7 @@ outcome, failures included, leaves as a protocol event on stdout; tracebacks go 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from trainer.data_sources import read_records
 from trainer.errors import Cancelled, UserError
 from trainer.event_stream import take_stdout_for_events
 from trainer.formats import ChatExample, to_examples
-from trainer.memory_plan import GIB, CheckpointingPlan, ModelShape, TrainingLoad, plan_checkpointing
+from trainer.memory_plan import GIB, MemoryPlan, ModelShape, TrainingLoad, plan_memory
 from trainer.packed_attention import use_packed_attention
 from trainer.protocol import (
     LOG_FILE_NAME,
@@ -144,13 +145,17 @@ def run(spec: JobSpec, emit: Any, cancel: CancelFlag) -> int:
     fused = spec.training.fused_kernels and fused_kernels_available()
     if spec.training.fused_kernels and not fused:
         log.info("fused kernels off: they need a CUDA GPU and liger-kernel (pip install 'qlora-bot[liger]')")
-    checkpointing = _plan_checkpointing(spec, model, fused)
-    emit(Phase(name="loading_model", message=checkpointing.message))
+    plan = _plan_memory(spec, model, fused)
+    emit(Phase(name="loading_model", message=plan.message))
 
     # --- tokenizing: trl builds labels from our masks and packs rows into max_length sequences.
     emit(Phase(name="tokenizing"))
+    # The plan may merge accumulated micro-steps; tokens per optimizer step stay the job's.
+    planned = spec.replace(
+        training=dataclasses.replace(spec.training, batch_size=plan.rows, grad_accum=plan.accumulation)
+    )
     trainer, tokens, callback = build_trainer(
-        spec, model, tokenizer, train_rows, eval_rows, emit, cancel, checkpointing.enabled, fused
+        planned, model, tokenizer, train_rows, eval_rows, emit, cancel, plan.checkpointing, fused
     )
     emit(
         Phase(
@@ -201,7 +206,8 @@ def run(spec: JobSpec, emit: Any, cancel: CancelFlag) -> int:
         "chat_template_source": template_source,
         "runtime": {
             **runtime_description(trainer.args),
-            "gradient_checkpointing": checkpointing.enabled,
+            "gradient_checkpointing": plan.checkpointing,
+            "micro_step": f"{plan.rows} rows x {plan.accumulation} accumulated",
             "fused_kernels": fused,
         },
     }
@@ -214,22 +220,25 @@ def run(spec: JobSpec, emit: Any, cancel: CancelFlag) -> int:
     return 0
 
 
-def _plan_checkpointing(spec: JobSpec, model: Any, fused_loss: bool) -> CheckpointingPlan:
-    """The spec's choice, or with "auto" the memory plan's from this GPU's free memory right now."""
+def _plan_memory(spec: JobSpec, model: Any, fused_loss: bool) -> MemoryPlan:
+    """Checkpointing and the micro-step size for this GPU's free memory right now (memory_plan.py)."""
     import torch
 
-    choice = spec.training.gradient_checkpointing
-    if isinstance(choice, bool):
-        return CheckpointingPlan(choice, "as the job asks", 0)
+    training = spec.training
+    choice = training.gradient_checkpointing
+    forced = choice if isinstance(choice, bool) else None
     if not torch.cuda.is_available():
         # CPU runs are tests and tiny models: RAM is not what limits them, and no GPU memory is planned.
-        return CheckpointingPlan(False, "a CPU run keeps its activations", 0)
+        reason = "as the job asks" if forced is not None else "a CPU run keeps its activations"
+        return MemoryPlan(bool(forced), training.batch_size, training.grad_accum, reason, 0)
     free, _total = torch.cuda.mem_get_info()
-    limit = spec.training.memory_limit_gib
-    plan = plan_checkpointing(
+    limit = training.memory_limit_gib
+    plan = plan_memory(
         ModelShape.of(model.config),
         TrainingLoad(
-            tokens_per_micro_batch=spec.training.batch_size * spec.training.max_length,
+            rows=training.batch_size,
+            row_tokens=training.max_length,
+            accumulation=training.grad_accum,
             trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
             lora_dropout=spec.lora.dropout > 0,
             fused_loss=fused_loss,
@@ -237,6 +246,7 @@ def _plan_checkpointing(spec: JobSpec, model: Any, fused_loss: bool) -> Checkpoi
         allocated_bytes=torch.cuda.memory_allocated(),
         free_bytes=free,
         limit_bytes=None if limit is None else int(limit * GIB),
+        checkpointing=forced,
     )
     log.info("%s (predicted peak %.1f GiB)", plan.message, plan.predicted_peak_bytes / GIB)
     return plan
