@@ -109,7 +109,8 @@ def main() -> int:
 
 
 def profile_trainer(model_dir: Path, work: Path, vocab: int) -> int:
-    """The worker's steps (trainer/train.py) up to trainer.train(); a profiler over optimizer steps 3-4."""
+    """The worker's steps (trainer/train.py) up to trainer.train(), at the job's own micro-step size and
+    without checkpointing (no memory plan); a profiler over optimizer steps 3-4."""
     import torch
     from transformers import TrainerCallback
 
@@ -119,6 +120,7 @@ def profile_trainer(model_dir: Path, work: Path, vocab: int) -> int:
     from trainer.data_sources import read_records
     from trainer.formats import to_examples
     from trainer.model_loading import add_lora, load_quantized_model, load_tokenizer
+    from trainer.packed_attention import use_packed_attention
     from trainer.protocol import DatasetSpec, JobSpec, Limits, TrainingSpec
     from trainer.sft import build_trainer, fused_kernels_available
     from trainer.tokenization import tokenize_examples
@@ -136,6 +138,7 @@ def profile_trainer(model_dir: Path, work: Path, vocab: int) -> int:
     template, _ = choose_chat_template(tokenizer)
     rows = tokenize_examples(examples, tokenizer, template, spec.training.max_length, records.where)
     model = add_lora(load_quantized_model(spec.base_model, None), spec.lora)
+    use_packed_attention(model)
     trainer, _, _ = build_trainer(
         spec, model, tokenizer, rows, None, lambda event: None, CancelFlag(), False, fused_kernels_available()
     )

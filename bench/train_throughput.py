@@ -4,8 +4,10 @@ Builds a random-init Llama-2-7B shape (4-bit NF4 base when loaded) and a synthet
 one token; lognormal lengths, median 350, cap 2000), then runs each recipe in its own process, one after
 another: (1) the 2023 recipe as the seed guide wrote it, on today's APIs (fp16 compute, batch 1 x
 accumulation 4, q/v LoRA r16, gradient checkpointing, 8-bit AdamW, max length 1024, no packing);
-(2) qlora-bot's default, through `python -m trainer.train` with a default JobSpec; (3) Unsloth, when it
-is importable (all-linear r16, its own checkpointing, packing to qlora-bot's length), else "absent".
+(2) qlora-bot's default, through `python -m trainer.train` with a default JobSpec, and again in its 16 GiB
+mode (`qlora-bot:memory_limit_gib=16`; `--recipes` takes any `qlora-bot:FIELD=VALUE[:...]` attempt);
+(3) Unsloth, when it is importable (all-linear r16, its own checkpointing, packing to qlora-bot's
+length; QLORA_BOT_UNSLOTH_SITE names a folder put first on its path), else "absent".
 Reports real (non-padding) tokens/s in steady state (after the warm-up steps), peak GPU memory and time
 from process start to the first optimizer step; prints a table, writes bench/out/train_throughput.json
 and appends the table to bench/RESULTS.md.
@@ -13,8 +15,8 @@ and appends the table to bench/RESULTS.md.
     python bench/train_throughput.py [--steps 12] [--warmup 3] [--work /tmp/bench-train]
     python bench/train_throughput.py --shape tiny --steps 4 --warmup 1   # plumbing check on a CPU
 
-Needs trl, bitsandbytes and datasets beside torch/transformers/peft (bench/README.md: wheels for a GPU
-machine without network); Unsloth likewise.
+Needs trl, bitsandbytes, datasets and liger-kernel beside torch/transformers/peft, and Unsloth for (3):
+bench/README.md packs them for a GPU machine without network.
 """
 
 from __future__ import annotations

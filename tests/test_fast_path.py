@@ -58,3 +58,13 @@ def test_fused_kernels_keep_the_loss_curve(tiny_model_dir, tmp_path):
     # bf16 compute: fused and unfused kernels round differently, so the curves agree to about 1%.
     assert fast == pytest.approx(plain, rel=2e-2)
     assert plain[0] != plain[-1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="float32 CPU equality")
+def test_merged_micro_steps_learn_what_accumulated_ones_learn(tiny_model_dir, tmp_path):
+    """What the memory plan does on a large GPU: 2 rows x 2 accumulated become 4 rows x 1, same step."""
+    dataset = write_chat_dataset(tmp_path / "chat.jsonl")
+    accumulated, _, _ = _train(tiny_model_dir, dataset, tmp_path / "accumulated", batch_size=2, grad_accum=2)
+    merged, _, _ = _train(tiny_model_dir, dataset, tmp_path / "merged", batch_size=4, grad_accum=1)
+    assert accumulated[0] != accumulated[-1]
+    assert merged == pytest.approx(accumulated, rel=1e-4)
