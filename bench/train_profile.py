@@ -138,7 +138,7 @@ def profile_trainer(model_dir: Path, work: Path, vocab: int) -> int:
     template, _ = choose_chat_template(tokenizer)
     rows = tokenize_examples(examples, tokenizer, template, spec.training.max_length, records.where)
     model = add_lora(load_quantized_model(spec.base_model, None), spec.lora)
-    use_packed_attention(model)
+    use_packed_attention(model, spec.training.max_length)
     trainer, _, _ = build_trainer(
         spec, model, tokenizer, rows, None, lambda event: None, CancelFlag(), False, fused_kernels_available()
     )

@@ -71,7 +71,7 @@ def test_packed_attention_equals_the_block_mask_and_its_gradients(tiny_model_dir
     bounds, longest = document_bounds(inputs["position_ids"])
     assert bounds.tolist() == [0, 6, 11, 19] and longest == 8
     reference, reference_grads = _logits_and_grads(model, inputs)
-    use_packed_attention(model)
+    assert use_packed_attention(model, row_tokens=128) is None
     assert model.config._attn_implementation == NAME
     packed, packed_grads = _logits_and_grads(model, inputs)
     torch.testing.assert_close(packed, reference, atol=1e-5, rtol=1e-4)
@@ -84,7 +84,7 @@ def test_packed_attention_refuses_padded_batches(tiny_model_dir):
     from trainer.packed_attention import use_packed_attention
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    use_packed_attention(model)
+    use_packed_attention(model, row_tokens=128)
     with pytest.raises(ValueError, match="padding-free rows"):
         model(input_ids=torch.tensor([[1, 5, 6]]), attention_mask=torch.tensor([[1, 1, 0]]), use_cache=False)
 
@@ -103,3 +103,18 @@ def test_varlen_flash_attention_matches_the_masked_path_on_the_gpu(tiny_model_di
     flash = packed_attention._varlen_attn(q, k, v, bounds, bounds, 300, 300, **packed_attention._CAUSAL)
     masked = packed_attention._masked_attention(q, k, v, bounds, None, 0.0)
     torch.testing.assert_close(flash, masked, atol=2e-2, rtol=2e-2)
+
+
+def test_packed_attention_declines_soft_capping_and_short_sliding_windows(tiny_model_dir):
+    from trainer.packed_attention import use_packed_attention
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    default = model.config._attn_implementation
+    model.config.sliding_window = 64
+    assert use_packed_attention(model, row_tokens=128) == (
+        "its sliding window (64) is shorter than a packed row (128)"
+    )
+    model.config.sliding_window = None
+    model.config.attn_logit_softcapping = 50.0
+    assert use_packed_attention(model, row_tokens=128) == "its attention soft-caps logits"
+    assert model.config._attn_implementation == default

@@ -27,18 +27,27 @@ except ImportError:  # pragma: no cover - older PyTorch: the masked path below
     _varlen_attn = None
 
 
-def use_packed_attention(model: Any) -> None:
-    """Make `model` (a transformers model, or a peft model around one) attend per packed document.
+def use_packed_attention(model: Any, row_tokens: int) -> str | None:
+    """Make `model` (a transformers model, or a peft model around one) attend per packed document, for
+    padding-free rows of at most `row_tokens`; returns why not when the model needs more than causal
+    attention (logit soft-capping, a sliding window shorter than a row), None when installed.
 
-    For packed, padding-free rows. Padding cannot be expressed by document bounds, so a padded batch is
-    refused: the mask step is flash attention's, which passes a padding mask on and nothing else."""
+    Padding cannot be expressed by document bounds, so a padded batch is refused: the mask step is flash
+    attention's, which passes a padding mask on and nothing else."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
 
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base.config, "text_config", None) or base.config
+    if getattr(config, "attn_logit_softcapping", None) is not None:
+        return "its attention soft-caps logits"
+    window = getattr(config, "sliding_window", None)
+    if window is not None and getattr(config, "use_sliding_window", True) and window < row_tokens:
+        return f"its sliding window ({window}) is shorter than a packed row ({row_tokens})"
     AttentionInterface.register(NAME, packed_attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, flash_attention_mask)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
     base.config._attn_implementation = NAME
+    return None
 
 
 def document_bounds(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -72,6 +81,8 @@ def packed_attention(
     scaling: float | None = None,
     dropout: float = 0.0,
     position_ids: torch.Tensor | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
     **_: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention signature: query (batch, heads, length, dim), key/value with kv heads;
@@ -82,6 +93,9 @@ def packed_attention(
         )
     batch, heads, length, dim = query.shape
     bounds, longest = _bounds_of(position_ids)
+    # use_packed_attention declines such models; never compute a different attention silently.
+    if softcap is not None or (sliding_window is not None and longest > sliding_window):
+        raise ValueError("packed attention is plain causal attention: no soft-capping, no sliding window")
     # (batch, heads, length, dim) -> (tokens, heads, dim): no document crosses a row, so rows concatenate.
     q, k, v = (t.transpose(1, 2).reshape(batch * length, t.shape[1], dim) for t in (query, key, value))
     if k.shape[1] != heads:  # grouped-query attention: share each kv head with its group of query heads

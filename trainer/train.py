@@ -139,7 +139,9 @@ def run(spec: JobSpec, emit: Any, cancel: CancelFlag) -> int:
     model = add_lora(model, spec.lora)
     if spec.training.packing:
         # Packed rows arrive padding-free: attention follows each document's bounds (packed_attention.py).
-        use_packed_attention(model)
+        declined = use_packed_attention(model, spec.training.max_length)
+        if declined:
+            log.info("packed rows keep transformers' block-diagonal mask: %s", declined)
     from trainer.sft import build_trainer, fused_kernels_available
 
     fused = spec.training.fused_kernels and fused_kernels_available()
