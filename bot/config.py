@@ -139,6 +139,10 @@ class Config:
     def logs_dir(self) -> Path:
         return self.data_dir() / "logs"
 
+    def cache_dir(self) -> Path:
+        """Derived data the workers share between jobs (tokenized datasets); deleting it loses nothing."""
+        return self.data_dir() / "cache"
+
     def hub_cache_dir(self) -> Path:
         """Where adapters asked for by Hub id are downloaded to."""
         return self.data_dir() / "hub-cache"

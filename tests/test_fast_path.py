@@ -15,8 +15,11 @@ from tests.worker_helpers import run_worker, tiny_spec, write_chat_dataset
 from trainer.protocol import Done, Phase
 
 
-def _train(model_dir: Path, dataset: Path, job: Path, **training: object) -> tuple[list[float], dict, list]:
-    events, code = run_worker(tiny_spec(model_dir, dataset, job, max_steps=6, **training))
+def _train(
+    model_dir: Path, dataset: Path, job: Path, cache: Path | None = None, **training: object
+) -> tuple[list[float], dict, list]:
+    spec = tiny_spec(model_dir, dataset, job, max_steps=6, **training)
+    events, code = run_worker(spec.replace(cache_dir=str(cache) if cache else None))
     assert code == 0, events[-1]
     assert isinstance(events[-1], Done)
     history = json.loads((job / "loss_history.json").read_text())["train"]
@@ -24,15 +27,25 @@ def _train(model_dir: Path, dataset: Path, job: Path, **training: object) -> tup
     return [point["loss"] for point in history], runtime, events
 
 
+def _messages(events: list) -> list[str]:
+    return [event.message for event in events if isinstance(event, Phase) and event.message]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="float32 CPU equality; the GPU test below is bf16")
 def test_without_checkpointing_the_loss_curve_is_the_plain_paths(tiny_model_dir, tmp_path):
     dataset = write_chat_dataset(tmp_path / "chat.jsonl")
-    plain, plain_runtime, _ = _train(tiny_model_dir, dataset, tmp_path / "plain", gradient_checkpointing=True)
-    fast, fast_runtime, events = _train(tiny_model_dir, dataset, tmp_path / "fast")  # "auto": off on the CPU
+    cache = tmp_path / "cache"
+    plain, plain_runtime, first_events = _train(
+        tiny_model_dir, dataset, tmp_path / "plain", cache, gradient_checkpointing=True
+    )
+    fast, fast_runtime, events = _train(tiny_model_dir, dataset, tmp_path / "fast", cache)  # "auto": off
+    # The second job reuses the first one's tokens (trainer/tokenization_cache.py) and learns the same.
+    assert not any("reused" in message for message in _messages(first_events))
+    assert any("tokenized before, reused" in message for message in _messages(events))
     assert plain_runtime["gradient_checkpointing"] is True
     assert fast_runtime["gradient_checkpointing"] is False
     assert fast_runtime["fused_kernels"] is False  # no liger on the CPU
-    messages = [event.message for event in events if isinstance(event, Phase) and event.message]
+    messages = _messages(events)
     assert (
         "gradient checkpointing off, 2 rows per micro-step x 4 accumulated: a CPU run keeps its activations"
         in messages

@@ -97,6 +97,7 @@ class JobSpec:
     base_revision: str | None = None  # Hub revision to pin; None takes the default branch
     resume_from: str | None = None  # a checkpoint folder written by an earlier attempt
     name: str | None = None  # adapter name shown to people
+    cache_dir: str | None = None  # derived data shared between jobs (tokenized datasets); None: no cache
 
     def to_json(self) -> str:
         return json.dumps(to_dict(self), indent=2, sort_keys=True)

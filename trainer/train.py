@@ -38,6 +38,7 @@ from trainer.protocol import (
     spec_problems,
 )
 from trainer.tokenization import TokenizedRows, tokenize_examples
+from trainer.tokenization_cache import cache_key, tokenized
 
 log = logging.getLogger("trainer.train")
 
@@ -126,9 +127,16 @@ def run(spec: JobSpec, emit: Any, cancel: CancelFlag) -> int:
 
     tokenizer = load_tokenizer(spec.base_model, spec.base_revision)
     chat_template, template_source = choose_chat_template(tokenizer)
-    rows = tokenize_examples(examples, tokenizer, chat_template, spec.training.max_length, records.where)
+    max_length = spec.training.max_length
+    key = cache_key(records.rows, data_format, tokenizer, chat_template, max_length)
+    rows, reused = tokenized(
+        spec.cache_dir,
+        key,
+        lambda: tokenize_examples(examples, tokenizer, chat_template, max_length, records.where),
+    )
     train_rows, eval_rows = _split(rows, spec.training.eval_fraction, spec.training.seed)
-    emit(Phase(name="validating", message=f"{records.origin}: format {data_format}; {rows.summary()}"))
+    summary = f"{records.origin}: format {data_format}; {rows.summary()}"
+    emit(Phase(name="validating", message=summary + ("; tokenized before, reused" if reused else "")))
 
     # --- loading_model
     emit(Phase(name="loading_model", message=spec.base_model))

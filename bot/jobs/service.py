@@ -143,7 +143,7 @@ class JobService:
 
         def spec_for_id(job_id: int) -> JobSpec:
             folder = job_dir or jobs_dir / str(job_id)
-            placed = spec.replace(output_dir=str(folder))
+            placed = spec.replace(output_dir=str(folder), cache_dir=str(self.config.cache_dir()))
             if incoming is None:
                 return placed
             dataset_path = folder / UPLOAD_DIR / f"dataset{incoming.suffix}"
