@@ -1,7 +1,8 @@
 """The fast training path learns what the plain path learns: same data, same seed, the same loss curve.
 
-On the CPU the fast path differs from the plain one by its memory plan (no gradient checkpointing); on a
-GPU also by liger's fused kernels. Both must only change speed and memory, never the losses."""
+On the CPU the fast path differs from the plain one by what its memory plan chooses (no gradient
+checkpointing, merged micro-steps); on a GPU also by liger's fused kernels and flash attention per packed
+document (tests/test_packing.py compares that attention exactly). They change speed and memory only."""
 
 from __future__ import annotations
 
@@ -32,24 +33,27 @@ def _messages(events: list) -> list[str]:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="float32 CPU equality; the GPU test below is bf16")
-def test_without_checkpointing_the_loss_curve_is_the_plain_paths(tiny_model_dir, tmp_path):
+def test_the_fast_path_learns_what_the_plain_path_learns(tiny_model_dir, tmp_path):
+    """Plain: checkpointing, 2 rows x 4 accumulated. Fast: activations kept and the four micro-steps
+    merged into one of 8 rows, as the memory plan does on a large GPU; the tokens come from the cache."""
     dataset = write_chat_dataset(tmp_path / "chat.jsonl")
     cache = tmp_path / "cache"
     plain, plain_runtime, first_events = _train(
         tiny_model_dir, dataset, tmp_path / "plain", cache, gradient_checkpointing=True
     )
-    fast, fast_runtime, events = _train(tiny_model_dir, dataset, tmp_path / "fast", cache)  # "auto": off
-    # The second job reuses the first one's tokens (trainer/tokenization_cache.py) and learns the same.
+    fast, fast_runtime, events = _train(
+        tiny_model_dir, dataset, tmp_path / "fast", cache, batch_size=8, grad_accum=1
+    )
+    assert (plain_runtime["gradient_checkpointing"], fast_runtime["gradient_checkpointing"]) == (True, False)
+    assert fast_runtime["fused_kernels"] is False  # no liger on the CPU
+    assert fast_runtime["micro_step"] == "8 rows x 1 accumulated"
+    assert (
+        "gradient checkpointing off, 8 rows per micro-step x 1 accumulated: a CPU run keeps its activations"
+        in _messages(events)
+    )
+    # The second job reuses the first one's tokens (trainer/tokenization_cache.py).
     assert not any("reused" in message for message in _messages(first_events))
     assert any("tokenized before, reused" in message for message in _messages(events))
-    assert plain_runtime["gradient_checkpointing"] is True
-    assert fast_runtime["gradient_checkpointing"] is False
-    assert fast_runtime["fused_kernels"] is False  # no liger on the CPU
-    messages = _messages(events)
-    assert (
-        "gradient checkpointing off, 2 rows per micro-step x 4 accumulated: a CPU run keeps its activations"
-        in messages
-    )
     assert len(plain) == len(fast) == 6
     assert plain[0] != plain[-1]  # it learned something, so equal curves are not two flat lines
     assert fast == pytest.approx(plain, rel=1e-4)
@@ -71,13 +75,3 @@ def test_fused_kernels_keep_the_loss_curve(tiny_model_dir, tmp_path):
     # bf16 compute: fused and unfused kernels round differently, so the curves agree to about 1%.
     assert fast == pytest.approx(plain, rel=2e-2)
     assert plain[0] != plain[-1]
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="float32 CPU equality")
-def test_merged_micro_steps_learn_what_accumulated_ones_learn(tiny_model_dir, tmp_path):
-    """What the memory plan does on a large GPU: 2 rows x 2 accumulated become 4 rows x 1, same step."""
-    dataset = write_chat_dataset(tmp_path / "chat.jsonl")
-    accumulated, _, _ = _train(tiny_model_dir, dataset, tmp_path / "accumulated", batch_size=2, grad_accum=2)
-    merged, _, _ = _train(tiny_model_dir, dataset, tmp_path / "merged", batch_size=4, grad_accum=1)
-    assert accumulated[0] != accumulated[-1]
-    assert merged == pytest.approx(accumulated, rel=1e-4)
