@@ -70,6 +70,7 @@ def test_packed_attention_equals_the_block_mask_and_its_gradients(tiny_model_dir
     inputs = _packed_batch([[1, 17, 42, 99, 23, 5], [1, 88, 7, 300, 2], [1, 64, 65, 66, 67, 68, 69, 2]])
     bounds, longest = document_bounds(inputs["position_ids"])
     assert bounds.tolist() == [0, 6, 11, 19] and longest == 8
+    assert document_bounds(torch.tensor([[3, 4, 0, 1, 2]]))[0].tolist() == [0, 2, 5]
     reference, reference_grads = _logits_and_grads(model, inputs)
     assert use_packed_attention(model, row_tokens=128) is None
     assert model.config._attn_implementation == NAME

@@ -54,7 +54,9 @@ def document_bounds(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Cumulative document starts (int32, with the total at the end) and the longest document, from
     positions that restart at 0 where a document starts (every row of the batch starts one)."""
     flat = position_ids.reshape(-1)
-    starts = torch.nonzero(flat == 0).flatten()
+    is_start = flat == 0
+    is_start[0] = True  # a row that opens mid-document still opens a span
+    starts = torch.nonzero(is_start).flatten()
     total = torch.tensor([flat.numel()], device=flat.device)
     bounds = torch.cat([starts, total]).to(torch.int32)
     return bounds, int((bounds[1:] - bounds[:-1]).max())
@@ -127,7 +129,7 @@ def _masked_attention(
 
 
 def _causal_argument() -> dict[str, Any]:
-    """varlen_attn took `is_causal` in PyTorch 2.10-2.11 and a `window_size` since."""
+    """Earlier releases of varlen_attn take `is_causal`; PyTorch 2.13's takes a `window_size`."""
     if _varlen_attn is None:
         return {}
     parameters = inspect.signature(_varlen_attn).parameters

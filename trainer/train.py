@@ -25,7 +25,6 @@ from trainer.errors import Cancelled, UserError
 from trainer.event_stream import take_stdout_for_events
 from trainer.formats import ChatExample, to_examples
 from trainer.memory_plan import GIB, MemoryPlan, ModelShape, TrainingLoad, plan_memory
-from trainer.packed_attention import use_packed_attention
 from trainer.protocol import (
     LOG_FILE_NAME,
     Done,
@@ -38,7 +37,6 @@ from trainer.protocol import (
     spec_problems,
 )
 from trainer.tokenization import TokenizedRows, tokenize_examples
-from trainer.tokenization_cache import cache_key, tokenized
 
 log = logging.getLogger("trainer.train")
 
@@ -124,6 +122,8 @@ def run(spec: JobSpec, emit: Any, cancel: CancelFlag) -> int:
         resolved_revision,
         runtime_description,
     )
+    from trainer.packed_attention import use_packed_attention  # torch: only once the data is known good
+    from trainer.tokenization_cache import cache_key, tokenized
 
     tokenizer = load_tokenizer(spec.base_model, spec.base_revision)
     chat_template, template_source = choose_chat_template(tokenizer)
@@ -155,7 +155,7 @@ def run(spec: JobSpec, emit: Any, cancel: CancelFlag) -> int:
     fused = spec.training.fused_kernels and fused_kernels_available()
     if spec.training.fused_kernels and not fused:
         log.info("fused kernels off: they need a CUDA GPU and liger-kernel (pip install 'qlora-bot[liger]')")
-    plan = _plan_memory(spec, model, fused)
+    plan = _plan_memory(spec, model)
     emit(Phase(name="loading_model", message=plan.message))
 
     # --- tokenizing: trl builds labels from our masks and packs rows into max_length sequences.
@@ -230,7 +230,7 @@ def run(spec: JobSpec, emit: Any, cancel: CancelFlag) -> int:
     return 0
 
 
-def _plan_memory(spec: JobSpec, model: Any, fused_loss: bool) -> MemoryPlan:
+def _plan_memory(spec: JobSpec, model: Any) -> MemoryPlan:
     """Checkpointing and the micro-step size for this GPU's free memory right now (memory_plan.py)."""
     import torch
 
@@ -251,7 +251,8 @@ def _plan_memory(spec: JobSpec, model: Any, fused_loss: bool) -> MemoryPlan:
             accumulation=training.grad_accum,
             trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
             lora_dropout=spec.lora.dropout > 0,
-            fused_loss=fused_loss,
+            # trl (>= 1.16) computes the loss through its chunked LM head, never the full logits.
+            fused_loss=True,
         ),
         allocated_bytes=torch.cuda.memory_allocated(),
         free_bytes=free,
