@@ -109,21 +109,15 @@ def main() -> int:
 
 
 def profile_trainer(model_dir: Path, work: Path, vocab: int) -> int:
-    """The worker's steps (trainer/train.py) up to trainer.train(), at the job's own micro-step size and
-    without checkpointing (no memory plan); a profiler over optimizer steps 3-4."""
+    """The worker's own path up to trainer.train() (trainer.train.prepare: memory plan, packed attention,
+    fused kernels as a default job gets them); a profiler over optimizer steps 3-4."""
     import torch
     from transformers import TrainerCallback
 
     from bench.train_throughput import synthetic_dataset
     from trainer.cancellation import CancelFlag
-    from trainer.chat_template import choose_chat_template
-    from trainer.data_sources import read_records
-    from trainer.formats import to_examples
-    from trainer.model_loading import add_lora, load_quantized_model, load_tokenizer
-    from trainer.packed_attention import use_packed_attention
-    from trainer.protocol import DatasetSpec, JobSpec, Limits, TrainingSpec
-    from trainer.sft import build_trainer, fused_kernels_available
-    from trainer.tokenization import tokenize_examples
+    from trainer.protocol import DatasetSpec, JobSpec, TrainingSpec
+    from trainer.train import prepare
 
     data = synthetic_dataset(work / f"synthetic-{vocab}.jsonl", vocab, rows=2000)
     spec = JobSpec(
@@ -132,16 +126,7 @@ def profile_trainer(model_dir: Path, work: Path, vocab: int) -> int:
         output_dir=str(work / "out-profile"),
         training=TrainingSpec(max_steps=5, checkpoint_steps=10_000),
     )
-    records = read_records(spec.dataset, work / "out-profile" / "data", Limits())
-    _, examples = to_examples(records, "auto")
-    tokenizer = load_tokenizer(spec.base_model, None)
-    template, _ = choose_chat_template(tokenizer)
-    rows = tokenize_examples(examples, tokenizer, template, spec.training.max_length, records.where)
-    model = add_lora(load_quantized_model(spec.base_model, None), spec.lora)
-    use_packed_attention(model, spec.training.max_length)
-    trainer, _, _ = build_trainer(
-        spec, model, tokenizer, rows, None, lambda event: None, CancelFlag(), False, fused_kernels_available()
-    )
+    trainer = prepare(spec, lambda event: print(event), CancelFlag()).trainer
     profiler = torch.profiler.profile(
         activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     )

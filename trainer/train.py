@@ -15,6 +15,7 @@ import random
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,13 +101,30 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
-def run(spec: JobSpec, emit: Any, cancel: CancelFlag) -> int:
-    problems = spec_problems(spec)
-    if problems:
-        raise UserError("invalid job settings: " + "; ".join(problems), "change the settings named above")
+@dataclass
+class PreparedRun:
+    """Everything between a job spec and trainer.train(), as the worker builds it."""
+
+    trainer: Any
+    tokens: Any  # TokenCounter
+    callback: Any  # EventCallback
+    model: Any
+    tokenizer: Any
+    chat_template: str
+    template_source: str
+    data_format: str
+    prompt_style: str  # "raw" or "chat": how asks reach the adapter
+    train_rows: TokenizedRows
+    eval_rows: TokenizedRows | None
+    plan: MemoryPlan
+    fused: bool
+
+
+def prepare(spec: JobSpec, emit: Any, cancel: CancelFlag) -> PreparedRun:
+    """Validate and tokenize the data, load the 4-bit base, attach LoRA, plan memory, build the trainer.
+    The worker's path up to training; bench/train_profile.py profiles exactly this."""
     job_dir = Path(spec.output_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
-    started_at = time.monotonic()
 
     # --- validating: the dataset is read, checked and tokenized before any weight is loaded. The data
     # modules are stdlib-only, so a bad file is reported before torch has even been imported.
@@ -115,13 +133,7 @@ def run(spec: JobSpec, emit: Any, cancel: CancelFlag) -> int:
     data_format, examples = to_examples(records, spec.dataset.format)
     from transformers import set_seed
 
-    from trainer.model_loading import (
-        add_lora,
-        load_quantized_model,
-        load_tokenizer,
-        resolved_revision,
-        runtime_description,
-    )
+    from trainer.model_loading import add_lora, load_quantized_model, load_tokenizer
     from trainer.packed_attention import use_packed_attention  # torch: only once the data is known good
     from trainer.tokenization_cache import cache_key, tokenized
 
@@ -173,6 +185,32 @@ def run(spec: JobSpec, emit: Any, cancel: CancelFlag) -> int:
             message=f"{len(trainer.train_dataset)} packed rows of up to {spec.training.max_length} tokens",
         )
     )
+    return PreparedRun(
+        trainer=trainer,
+        tokens=tokens,
+        callback=callback,
+        model=model,
+        tokenizer=tokenizer,
+        chat_template=chat_template,
+        template_source=template_source,
+        data_format=data_format,
+        prompt_style="raw" if _is_plain(examples) else "chat",
+        train_rows=train_rows,
+        eval_rows=eval_rows,
+        plan=plan,
+        fused=fused,
+    )
+
+
+def run(spec: JobSpec, emit: Any, cancel: CancelFlag) -> int:
+    problems = spec_problems(spec)
+    if problems:
+        raise UserError("invalid job settings: " + "; ".join(problems), "change the settings named above")
+    job_dir = Path(spec.output_dir)
+    started_at = time.monotonic()
+    prepared = prepare(spec, emit, cancel)
+    trainer, callback, plan = prepared.trainer, prepared.callback, prepared.plan
+    from trainer.model_loading import resolved_revision, runtime_description
 
     # --- training
     emit(Phase(name="training"))
@@ -186,39 +224,39 @@ def run(spec: JobSpec, emit: Any, cancel: CancelFlag) -> int:
         )
         return EXIT_CANCELLED
     eval_loss = None
-    if eval_rows is not None:
+    if prepared.eval_rows is not None:
         eval_loss = trainer.evaluate().get("eval_loss")
 
     # --- saving: the adapter, its tokenizer and chat template, and what produced it.
     emit(Phase(name="saving"))
     adapter_dir = job_dir / "adapter"
-    model.save_pretrained(adapter_dir, safe_serialization=True)
-    tokenizer.chat_template = chat_template
-    tokenizer.save_pretrained(adapter_dir)
+    prepared.model.save_pretrained(adapter_dir, safe_serialization=True)
+    prepared.tokenizer.chat_template = prepared.chat_template
+    prepared.tokenizer.save_pretrained(adapter_dir)
     metrics = {
         "train_loss": result.training_loss,
         "final_loss": callback.loss_history[-1]["loss"] if callback.loss_history else None,
         "eval_loss": eval_loss,
         "steps": trainer.state.global_step,
         "epochs": trainer.state.epoch,
-        "tokens": tokens.tokens,
+        "tokens": prepared.tokens.tokens,
         "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 3),
         "total_runtime_s": round(time.monotonic() - started_at, 3),
-        "examples": len(train_rows.input_ids),
-        "eval_examples": len(eval_rows.input_ids) if eval_rows else 0,
+        "examples": len(prepared.train_rows.input_ids),
+        "eval_examples": len(prepared.eval_rows.input_ids) if prepared.eval_rows else 0,
     }
     record = {
         "spec": json.loads(
-            spec.replace(base_revision=spec.base_revision or resolved_revision(model)).to_json()
+            spec.replace(base_revision=spec.base_revision or resolved_revision(prepared.model)).to_json()
         ),
-        "data_format": data_format,
-        "prompt_style": "raw" if _is_plain(examples) else "chat",  # chats are asked through the template
-        "chat_template_source": template_source,
+        "data_format": prepared.data_format,
+        "prompt_style": prepared.prompt_style,  # chats are asked through the template
+        "chat_template_source": prepared.template_source,
         "runtime": {
             **runtime_description(trainer.args),
             "gradient_checkpointing": plan.checkpointing,
             "micro_step": f"{plan.rows} rows x {plan.accumulation} accumulated",
-            "fused_kernels": fused,
+            "fused_kernels": prepared.fused,
         },
     }
     _write_json(adapter_dir / "qlora_bot.json", record)
