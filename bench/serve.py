@@ -80,6 +80,7 @@ def measure_adapter_residency(model_dir: Path, adapter_dirs: list[Path]) -> dict
 
     residency = Residency(max_adapters=8, max_adapter_mb=4096)
     base = residency.base(str(model_dir), lambda: None)
+    kernels = getattr(base.decoder, "kernels", None) is not None
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
     loads = []
@@ -108,6 +109,7 @@ def measure_adapter_residency(model_dir: Path, adapter_dirs: list[Path]) -> dict
         "first_load_ms": loads[0] * 1000,
         "switch_ms": statistics.median(switches[ADAPTERS:]) * 1000,
         "adapter_mib": memory / 2**20,
+        "kernels": kernels,
     }
 
 
@@ -139,6 +141,7 @@ async def measure_generation(model_dir: Path, adapter_dirs: list[Path], new_toke
     try:
         for adapter in [None, *adapter_dirs]:  # warm-up: load everything, compile nothing twice
             await run(request(adapter))
+        await asyncio.gather(*(run(request(adapter)) for adapter in adapter_dirs))  # and the batch's graph
         base = [await run(request(None)) for _ in range(3)]
         tuned = [await run(request(adapter_dirs[0])) for _ in range(3)]
         started = time.perf_counter()
@@ -180,7 +183,9 @@ def report(results: dict[str, float], environment: dict[str, str]) -> str:
         f"### Serving, {environment['date']}: {environment['gpu']}",
         "",
         f"torch {environment['torch']}, transformers {environment['transformers']}, "
-        f"peft {environment['peft']}, bitsandbytes {environment['bitsandbytes']}; random-init Llama-2-7B "
+        f"peft {environment['peft']}, bitsandbytes {environment['bitsandbytes']}, "
+        f"triton {environment['triton']} "
+        f"(serving kernels {'on' if r['kernels'] else 'off'}); random-init Llama-2-7B "
         f"shape, NF4 double-quant, bf16 compute, {ADAPTERS} r=16 all-linear adapters, greedy, "
         f"{environment['new_tokens']} new tokens.",
         "",
@@ -215,6 +220,7 @@ def main() -> int:
         "transformers": transformers.__version__,
         "peft": peft.__version__,
         "bitsandbytes": bitsandbytes.__version__,
+        "triton": _version("triton"),
         "new_tokens": str(args.new_tokens),
     }
     table = report(results, environment)
@@ -225,6 +231,15 @@ def main() -> int:
     with (ROOT / "bench" / "RESULTS.md").open("a") as results_file:
         results_file.write("\n" + table)
     return 0
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "absent"
 
 
 if __name__ == "__main__":

@@ -103,6 +103,18 @@ def test_a_mixed_batch_answers_each_row_as_alone_in_both_decoders(served):
 
 
 @cpu_exact
+def test_prompts_prefilled_in_several_forwards_answer_as_in_one(served, monkeypatch):
+    from trainer.serving import static_decoder
+
+    rows = [served.prompts[1], served.prompts[0], served.prompts[2]]
+    slots = [served.slots[0], None, served.slots[1]]
+    together = greedy(served.base.decoder, rows, slots)
+    # A cap below two rows' padded length: every prompt gets its own forward.
+    monkeypatch.setattr(static_decoder, "PREFILL_TOKENS", max(len(prompt) for prompt in rows))
+    assert greedy(served.base.decoder, rows, slots) == together
+
+
+@cpu_exact
 def test_the_generic_decoder_matches_the_static_one(served):
     from trainer.serving.decoders import HfDecoder
 

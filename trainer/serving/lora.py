@@ -119,9 +119,32 @@ class LoraBank:
         self.dtype = dtype
         self.usual_slots = usual_slots  # the cap on resident adapters, plus the zero slot
         self.layers: dict[str, LoraLinear] = _wrap_decoder_linears(model, self.routing)
+        # Layers reading one input share stacked tensors (each layer's are views): the serving kernels run
+        # a group's LoRA as one product. Every layer starts alone.
+        self.groups: dict[str, tuple[str, ...]] = {name: (name,) for name in self.layers}
+        self.stacks: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}  # group -> (A^T's, B^T's)
+        self.kernel_rank = False  # ranks rounded up to a power of two >= 16, as the kernels tile them
         self.capacity = 1  # slots allocated in every stacked tensor, the zero slot included
         self.rank = 0
         self._free: list[int] = []  # allocated slots no adapter holds
+
+    def join(self, groups: Sequence[Sequence[str]]) -> None:
+        """Store each group's layers (one input, one input size) side by side, and size ranks for the
+        kernels. Called before any adapter is loaded."""
+        if self.stacks:
+            raise RuntimeError("LoRA groups are set before the first adapter is loaded")
+        for group in groups:
+            members = tuple(group)
+            if len({self.layers[name].in_features for name in members}) != 1:
+                raise ValueError(f"layers of a LoRA group must share their input size: {members}")
+            for name in members:
+                self.groups[name] = members
+        self.kernel_rank = True
+
+    def stack(self, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The stacked (slots, in, members * rank) A^T's and (slots, rank, total out) B^T's of the group
+        holding layer `name`, or None while no adapter targets that group."""
+        return self.stacks.get(self.groups[name])
 
     def read(self, folder: Path, device: torch.device) -> AdapterWeights:
         """An adapter's matrices checked against this model; raises UserError naming what does not fit."""
@@ -174,6 +197,8 @@ class LoraBank:
         if not self._free:
             capacity = max(self.capacity + 1, min(self.capacity * 2, self.usual_slots))
         rank = max(self.rank, weights.rank)
+        if self.kernel_rank:
+            rank = max(16, 1 << (rank - 1).bit_length())
         new_layers = [name for name in weights.matrices if self.layers[name].lora_a is None]
         if capacity != self.capacity or rank != self.rank or new_layers:
             self._grow(capacity, rank, new_layers)
@@ -197,16 +222,26 @@ class LoraBank:
     def _grow(self, capacity: int, rank: int, new_layers: list[str]) -> None:
         """Reallocate the stacked tensors with more slots or a larger rank, keeping what is there; give
         `new_layers` (targeted for the first time) their own, zero for the adapters already resident."""
-        for name, layer in self.layers.items():
-            if layer.lora_a is None and name not in new_layers:
-                continue  # no adapter targets it: its forward stays the base layer's alone
-            device = _device_of(layer.base)
-            a = torch.zeros(capacity, layer.in_features, rank, dtype=self.dtype, device=device)
-            b = torch.zeros(capacity, rank, layer.out_features, dtype=self.dtype, device=device)
-            if layer.lora_a is not None and layer.lora_b is not None:
-                a[: self.capacity, :, : self.rank].copy_(layer.lora_a)
-                b[: self.capacity, : self.rank].copy_(layer.lora_b)
-            layer.lora_a, layer.lora_b = a, b
+        for group in dict.fromkeys(self.groups.values()):
+            layers = [self.layers[name] for name in group]
+            if all(layer.lora_a is None for layer in layers) and not set(group) & set(new_layers):
+                continue  # no adapter targets it: its forward stays the base layers' alone
+            device = _device_of(layers[0].base)
+            total_out = sum(layer.out_features for layer in layers)
+            a = torch.zeros(
+                capacity, layers[0].in_features, len(group) * rank, dtype=self.dtype, device=device
+            )
+            b = torch.zeros(capacity, rank, total_out, dtype=self.dtype, device=device)
+            start = 0
+            for index, layer in enumerate(layers):
+                a_view = a[:, :, index * rank : (index + 1) * rank]
+                b_view = b[:, :, start : start + layer.out_features]
+                if layer.lora_a is not None and layer.lora_b is not None:
+                    a_view[: self.capacity, :, : self.rank].copy_(layer.lora_a)
+                    b_view[: self.capacity, : self.rank].copy_(layer.lora_b)
+                layer.lora_a, layer.lora_b = a_view, b_view
+                start += layer.out_features
+            self.stacks[group] = (a, b)
         self._free = sorted([*self._free, *range(self.capacity, capacity)])
         self.capacity, self.rank = capacity, rank
         self.routing.version += 1

@@ -83,7 +83,7 @@ class Residency:
             bank = LoraBank(model, model.get_input_embeddings().weight.dtype, self.max_adapters + 1)
             reason = unsupported_reason(model)
             if reason is None:
-                decoder: Decoder = StaticDecoder(model, bank.routing, use_graphs=self.cuda_graphs)
+                decoder: Decoder = StaticDecoder(model, bank, use_graphs=self.cuda_graphs)
             else:
                 log.info("%s decodes through transformers' forward: %s", name, reason)
                 decoder = HfDecoder(model, bank.routing)

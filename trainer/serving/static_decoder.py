@@ -4,8 +4,8 @@ Eager decoding of a 4-bit 7B model is launch-bound: ~16 tokens/s on an H200, tho
 and bitsandbytes' Python wrappers per token, and an unmerged LoRA adds hundreds more. A captured graph
 replays the whole step from the GPU's own queue. The step is written here, on the model's own modules
 (norms, projections, MLP, rotary tables), because transformers' mask and cache code syncs with the host
-and cannot be captured. Prompts are prefilled one row at a time, so a row's prompt is computed exactly as
-it would be alone.
+and cannot be captured. A batch's prompts are prefilled together, right-padded. On a GPU with Triton the
+decode step's linear layers run through kernel_layers.py (few-row 4-bit kernels, LoRA fused).
 """
 
 from __future__ import annotations
@@ -19,14 +19,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from trainer.serving import kernel_layers
 from trainer.serving.decoders import Session
-from trainer.serving.lora import BASE_SLOT, LoraRouting, slot_ids
+from trainer.serving.lora import BASE_SLOT, LoraBank, slot_ids
+from trainer.serving.nf4_matmul import MAX_ROWS
 
 log = logging.getLogger(__name__)
 
 FAMILIES = ("llama", "mistral", "qwen2")  # decoder layers of the same shape: norm, attention, norm, MLP
 STATIC_ROPE = ("default", "linear", "llama3", "yarn")  # rotary tables that do not depend on the length
 MIN_LENGTH = 256  # shortest cache: fewer, reusable graphs
+PREFILL_TOKENS = 8192  # padded prompt tokens per prefill forward (activations grow with rows x length)
 MIXED = "mixed"
 Route = int | str | None  # how a step's rows reach their adapters (see _StaticSession)
 
@@ -75,9 +78,10 @@ class _Arena:
 
 
 class StaticDecoder:
-    def __init__(self, model: Any, routing: LoraRouting, *, use_graphs: bool, max_arenas: int = 4) -> None:
+    def __init__(self, model: Any, bank: LoraBank, *, use_graphs: bool, max_arenas: int = 4) -> None:
         self.model = model
-        self.routing = routing
+        self.bank = bank
+        self.routing = bank.routing
         inner = model.model
         self.embed, self.layers, self.norm, self.head = (
             inner.embed_tokens,
@@ -97,6 +101,9 @@ class StaticDecoder:
         self.use_graphs = use_graphs and self.device.type == "cuda"
         self.max_arenas = max_arenas
         self.arenas: OrderedDict[tuple[int, int], _Arena] = OrderedDict()  # least recently used first
+        # On a GPU with Triton, decode steps of up to MAX_ROWS rows run the linear layers through the
+        # few-row 4-bit kernels with LoRA fused (kernel_layers.py); None: the modules alone.
+        self.kernels = kernel_layers.build(model, bank) if self.use_graphs else None
 
     def start(self, prompts: Sequence[Sequence[int]], slots: Sequence[int | None], length: int) -> Session:
         rows = 1 << (len(prompts) - 1).bit_length()
@@ -104,24 +111,39 @@ class StaticDecoder:
         size = max(length, min(size, self.max_positions))
         return _StaticSession(self, self._arena(rows, size), prompts, slots)
 
-    def prefill(self, arena: _Arena, row: int, ids: Sequence[int], slot: int | None) -> torch.Tensor:
-        """Run one row's prompt, fill its cache; the logits (1, vocab) of its last position."""
-        count = len(ids)
-        tokens = torch.tensor([list(ids)], device=self.device)
-        cos, sin = arena.cos[:count].view(1, 1, count, -1), arena.sin[:count].view(1, 1, count, -1)
-        self.routing.route([slot], self.device)
+    def prefill(
+        self, arena: _Arena, prompts: Sequence[Sequence[int]], slots: Sequence[int | None]
+    ) -> torch.Tensor:
+        """Run the rows' prompts and fill their cache; the logits (rows, vocab) of each row's last position.
+
+        Rows go through together, right-padded to the longest (at most PREFILL_TOKENS padded tokens per
+        forward): causal attention keeps the padding out of every real position, and a row's first decode
+        step writes over its padded cache entries before any step can see them."""
+        chunks = _chunks([len(ids) for ids in prompts], PREFILL_TOKENS)
+        return torch.cat(
+            [self._prefill_rows(arena, rows.start, prompts[rows], slots[rows]) for rows in chunks]
+        )
+
+    def _prefill_rows(
+        self, arena: _Arena, first: int, prompts: Sequence[Sequence[int]], slots: Sequence[int | None]
+    ) -> torch.Tensor:
+        count, longest = len(prompts), max(len(ids) for ids in prompts)
+        tokens = torch.tensor([[*ids, *[0] * (longest - len(ids))] for ids in prompts], device=self.device)
+        cos, sin = arena.cos[:longest].view(1, 1, longest, -1), arena.sin[:longest].view(1, 1, longest, -1)
+        self.routing.route(list(slots), self.device)
         try:
             hidden = self.embed(tokens)
             for index, layer in enumerate(self.layers):
                 x = layer.input_layernorm(hidden)
                 q, k, v = self._project(layer.self_attn, x, cos, sin)
-                arena.keys[index][row : row + 1, :, :count].copy_(k)
-                arena.values[index][row : row + 1, :, :count].copy_(v)
+                arena.keys[index][first : first + count, :, :longest].copy_(k)
+                arena.values[index][first : first + count, :, :longest].copy_(v)
                 out = F.scaled_dot_product_attention(
                     q, k, v, is_causal=True, scale=self.scaling, enable_gqa=self.kv_heads != self.heads
                 )
                 hidden = self._finish_layer(layer, hidden, out)
-            return self.head(self.norm(hidden[:, -1:]))[:, -1].float()
+            last = torch.tensor([len(ids) - 1 for ids in prompts], device=self.device)
+            return self.head(self.norm(hidden[torch.arange(count, device=self.device), last])).float()
         finally:
             self.routing.clear()
 
@@ -166,25 +188,47 @@ class StaticDecoder:
         sin = arena.sin.index_select(0, positions).view(rows, 1, 1, -1)
         visible = (arena.key_index.view(1, -1) <= positions.view(-1, 1)).view(rows, 1, 1, arena.length)
         where = positions.view(rows, 1, 1, 1).expand(rows, self.kv_heads, 1, self.head_dim)
+        kernels = self.kernels if rows <= MAX_ROWS else None
+        routed = self.routing.slot is not None or self.routing.row_slots is not None
+        slots = arena.slots if routed else None
         for index, layer in enumerate(self.layers):
             x = layer.input_layernorm(hidden)
-            q, k, v = self._project(layer.self_attn, x, cos, sin)
+            if kernels is None:
+                q, k, v = self._project(layer.self_attn, x, cos, sin)
+            else:
+                q, k, v = kernels.run(index, 0, self.bank, x.view(rows, -1), slots)
+                q, k, v = self._heads(q.view(rows, 1, -1), k.view(rows, 1, -1), v.view(rows, 1, -1), cos, sin)
             keys, values = arena.keys[index], arena.values[index]
             keys.scatter_(2, where, k)
             values.scatter_(2, where, v)
             out = F.scaled_dot_product_attention(
                 q, keys, values, attn_mask=visible, scale=self.scaling, enable_gqa=self.kv_heads != self.heads
             )
-            hidden = self._finish_layer(layer, hidden, out)
+            if kernels is None:
+                hidden = self._finish_layer(layer, hidden, out)
+                continue
+            (attended,) = kernels.run(index, 1, self.bank, out.transpose(1, 2).reshape(rows, -1), slots)
+            hidden = hidden + attended.view(rows, 1, -1)
+            gate, up = kernels.run(
+                index, 2, self.bank, layer.post_attention_layernorm(hidden).view(rows, -1), slots
+            )
+            (down,) = kernels.run(index, 3, self.bank, layer.mlp.act_fn(gate) * up, slots)
+            hidden = hidden + down.view(rows, 1, -1)
         return self.head(self.norm(hidden))[:, -1]
 
     def _project(
         self, attention: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        rows, count, _ = x.shape
-        q = attention.q_proj(x).view(rows, count, self.heads, self.head_dim).transpose(1, 2)
-        k = attention.k_proj(x).view(rows, count, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = attention.v_proj(x).view(rows, count, self.kv_heads, self.head_dim).transpose(1, 2)
+        return self._heads(attention.q_proj(x), attention.k_proj(x), attention.v_proj(x), cos, sin)
+
+    def _heads(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rows, count, features) projections -> rotated (rows, heads, count, head_dim) ones."""
+        rows, count, _ = q.shape
+        q = q.view(rows, count, self.heads, self.head_dim).transpose(1, 2)
+        k = k.view(rows, count, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(rows, count, self.kv_heads, self.head_dim).transpose(1, 2)
         return _rotate(q, cos, sin), _rotate(k, cos, sin), v
 
     def _finish_layer(self, layer: Any, hidden: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
@@ -261,12 +305,7 @@ class _StaticSession:
         arena.slots.copy_(torch.tensor(slot_ids(slots) + padding, device=device))
         arena.tokens.zero_()
         arena.positions.copy_(torch.tensor([len(ids) for ids in prompts] + [0] * len(padding), device=device))
-        self.logits = torch.cat(
-            [
-                decoder.prefill(arena, row, ids, slot)
-                for row, (ids, slot) in enumerate(zip(prompts, slots, strict=True))
-            ]
-        )
+        self.logits = decoder.prefill(arena, prompts, slots)
 
     def step(self, tokens: torch.Tensor, active: Sequence[bool]) -> torch.Tensor:
         arena, count = self.arena, self.count
@@ -279,6 +318,18 @@ class _StaticSession:
         arena.positions.add_(advance)
         self.logits = logits[:count].float()
         return self.logits
+
+
+def _chunks(lengths: Sequence[int], cap: int) -> list[slice]:
+    """Consecutive rows whose count times their longest length stays within `cap` (one row at least)."""
+    chunks, start = [], 0
+    while start < len(lengths):
+        end = start + 1
+        while end < len(lengths) and (end + 1 - start) * max(lengths[start : end + 1]) <= cap:
+            end += 1
+        chunks.append(slice(start, end))
+        start = end
+    return chunks
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,188 @@
+"""A Llama-family decoder layer's linear layers as the decode step runs them on a GPU with Triton.
+
+Layers that read one input (q/k/v, gate/up) are joined into one 4-bit weight and run by the few-row kernel
+with their LoRA fused (nf4_matmul.py), or by bitsandbytes where it times faster at load; a layer alone
+(o, down) keeps bitsandbytes' product, faster than ours on 4096-wide outputs (bench/nf4_matmul.py), and
+gets its LoRA from the kernels' shrink and in-place expand. Prefill and batches over MAX_ROWS rows use the
+modules as they are. The groups are timed with rank-16 adapters; a larger rank compiles its kernels when
+its first decode step is captured.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+
+from trainer.serving import nf4_matmul
+from trainer.serving.lora import LoraBank
+
+log = logging.getLogger(__name__)
+
+# Within a decoder layer: the groups of linear layers that read one input, in the order the step runs them.
+QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+OUT = ("self_attn.o_proj",)
+GATE_UP = ("mlp.gate_proj", "mlp.up_proj")
+DOWN = ("mlp.down_proj",)
+GROUPS = (QKV, OUT, GATE_UP, DOWN)
+# Which product is faster depends on the GPU, the shape and the rows: each group times the candidates below
+# against bitsandbytes at load, in CUDA graphs as the decode step replays them, and keeps the fastest. On an
+# H200 with 7B shapes (bench/nf4_matmul.py, us per call with LoRA) q/k/v take the kernel (1 row 30 vs 56,
+# 4 rows 63 vs 130), gate/up the kernel for 4 rows (122 vs 178) but bitsandbytes' one-row GEMV (47 vs 59
+# without LoRA). The lone o and down layers (4096 outputs: too few tiles for the kernel, o 10.5 vs 17 us
+# and down 23 vs 42 at one row) are not joined and stay on bitsandbytes, their LoRA on the kernels.
+CANDIDATES = (
+    nf4_matmul.KernelConfig(block_n=32, block_k=256, warps=4, stages=2),
+    nf4_matmul.KernelConfig(block_n=16, block_k=256, warps=2, stages=2),
+    nf4_matmul.KernelConfig(block_n=32, block_k=256, warps=4, stages=2, wide=True),
+    nf4_matmul.KernelConfig(block_n=16, block_k=256, warps=4, stages=2, wide=True),
+)
+WARM_ROWS = (1, 2, 4)  # the arena sizes of a decode step with up to MAX_ROWS rows
+Choice = nf4_matmul.KernelConfig | None  # a kernel tile, or None: bitsandbytes' product
+
+
+@dataclass(eq=False)
+class _Group:
+    names: tuple[str, ...]  # the bank's names of the group's layers
+    modules: list[Any]  # their LoraLinear wrappers
+    packed: nf4_matmul.PackedWeight | None  # joined weight, or None: bitsandbytes runs the base product
+    sizes: list[int]
+    choices: dict[tuple[int, bool], Choice] = field(default_factory=dict)  # (rows, LoRA) -> the fastest
+
+    def __call__(self, bank: LoraBank, x: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
+        """x (rows, in) -> (rows, total out); with each row's adapter when `slots` is given."""
+        lora = None
+        if slots is not None:
+            stack = bank.stack(self.names[0])
+            if stack is not None:
+                lora = nf4_matmul.GroupLora(stack[0], stack[1], bank.rank, slots)
+        return self._run(x, lora, self.choices.get((x.shape[0], lora is not None)))
+
+    def _run(self, x: torch.Tensor, lora: nf4_matmul.GroupLora | None, choice: Choice) -> torch.Tensor:
+        if choice is not None and self.packed is not None:
+            return nf4_matmul.matmul(x, self.packed, lora, choice)
+        outs = [module.base(x) for module in self.modules]
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+        if lora is not None:
+            nf4_matmul.add_lora(x, out, lora, tuple(self.sizes))
+        return out
+
+    def tune(self, rank: int) -> None:
+        """Pick the fastest product for every row count, with and without LoRA. Running each candidate also
+        compiles it now: Triton compiles on first use, which would stall a first mixed batch by seconds."""
+        k = self.modules[0].in_features
+        device = self.modules[0].base.weight.device
+        dtype = self.modules[0].base.weight.quant_state.dtype
+        a = torch.randn(2, k, rank * len(self.sizes), dtype=dtype, device=device) * 0.01
+        b = torch.randn(2, rank, sum(self.sizes), dtype=dtype, device=device) * 0.01
+        options: list[Choice] = [None]
+        if self.packed is not None:
+            options += [c for c in CANDIDATES if self.packed.tiles_align(c.block_n) and k % c.block_k == 0]
+        for rows in WARM_ROWS:
+            x = torch.randn(rows, k, dtype=dtype, device=device)
+            lora = nf4_matmul.GroupLora(a, b, rank, torch.ones(rows, dtype=torch.long, device=device))
+            for with_lora in (False, True):
+                chosen = lora if with_lora else None
+                if device.type != "cuda" or len(options) == 1:  # nothing to time: compile what will run
+                    self._run(x, chosen, options[-1])
+                    self.choices[(rows, with_lora)] = options[-1]
+                    continue
+                timings = {}
+                for option in options:
+                    try:
+                        timings[option] = _graph_us(partial(self._run, x, chosen, option))
+                    except Exception as error:  # a tile this GPU cannot fit (shared memory, registers)
+                        if option is None:
+                            raise
+                        log.info("tile %s skipped: %s", option, str(error).splitlines()[0][:200])
+                best = min(timings, key=lambda option: timings[option])
+                self.choices[(rows, with_lora)] = best
+                name = "+".join(name.rsplit(".", 1)[-1] for name in self.names)
+                log.info(
+                    "%s, %d rows%s: %s (%.1f us; bitsandbytes %.1f us)", name, rows,
+                    " with LoRA" if with_lora else "", best or "bitsandbytes", timings[best], timings[None],
+                )  # fmt: skip
+
+
+def _graph_us(run: Callable[[], Any], calls: int = 8, replays: int = 3) -> float:
+    """Microseconds per call of `run`, replayed from a CUDA graph as the decode step runs it."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            run()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) * 1000 / (calls * replays)
+
+
+class KernelLayers:
+    """Every decoder layer's groups, built once per base model (the weights are joined in place)."""
+
+    def __init__(self, groups: list[list[_Group]]) -> None:
+        self.layers = groups
+
+    def run(self, index: int, group: int, bank: LoraBank, x: torch.Tensor, slots: torch.Tensor | None):
+        """Group `group` (an index into GROUPS) of layer `index`, split back into its layers' outputs."""
+        entry = self.layers[index][group]
+        out = entry(bank, x, slots)
+        return out.split(entry.sizes, dim=-1) if len(entry.sizes) > 1 else (out,)
+
+
+def build(model: Any, bank: LoraBank) -> KernelLayers | None:
+    """Join the decoder's 4-bit layers for the kernels, or None (with the reason logged) when this model or
+    machine cannot run them; the bank then keeps every layer's LoRA on its own."""
+    device = model.get_input_embeddings().weight.device
+    if not nf4_matmul.available(device):
+        return None
+    names = [name for name in bank.layers]
+    prefixes = sorted(
+        {name.rsplit(".", 2)[0] for name in names if ".layers." in f".{name}"}, key=_layer_order
+    )
+    plans = []
+    for prefix in prefixes:
+        plan = []
+        for group in GROUPS:
+            full = tuple(f"{prefix}.{member}" for member in group)
+            if any(name not in bank.layers for name in full):
+                log.info("serving kernels off: %s lacks %s", prefix, full)
+                return None
+            modules = [bank.layers[name] for name in full]
+            reason = nf4_matmul.unpackable_reason([module.base for module in modules])
+            if reason is not None:
+                log.info("serving kernels off: %s", reason)
+                return None
+            plan.append((full, modules))
+        plans.append(plan)
+    layers = []
+    for plan in plans:
+        layer = []
+        for full, modules in plan:
+            packed = nf4_matmul.pack_linears([m.base for m in modules]) if len(modules) > 1 else None
+            layer.append(_Group(full, modules, packed, [m.out_features for m in modules]))
+        layers.append(layer)
+    bank.join([group.names for layer in layers for group in layer])
+    for position, group in enumerate(layers[0]):  # every layer has the same shapes: one is timed for all
+        group.tune(rank=16)
+        for layer in layers[1:]:
+            layer[position].choices = group.choices
+    log.info("serving kernels on: %d decoder layers, q/k/v and gate/up joined", len(layers))
+    return KernelLayers(layers)
+
+
+def _layer_order(prefix: str) -> Sequence[Any]:
+    return [int(part) if part.isdigit() else part for part in prefix.split(".")]

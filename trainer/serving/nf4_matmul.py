@@ -1,0 +1,221 @@
+"""Few-row matmuls on bitsandbytes 4-bit weights through nf4_kernels.py, with the rows' LoRA fused in.
+
+`pack_linears` joins the 4-bit layers that read one input (q/k/v, gate/up) into one weight, so a decode
+step launches one kernel per group instead of one per layer; the layers keep working on their own, as
+views of the joined bytes (no second copy of the weights). `matmul` runs up to MAX_ROWS rows.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+MAX_ROWS = 4  # rows the kernel accumulates separately; more go through bitsandbytes (prefill)
+SHRINK_BLOCK_K = 256
+
+
+def available(device: torch.device) -> bool:
+    """Whether the Triton kernels can run here: a CUDA device and Triton installed."""
+    if device.type != "cuda":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    block_n: int
+    block_k: int
+    warps: int
+    stages: int
+    wide: bool = False  # per-column partial sums, reduced once at the end (more registers, less shuffling)
+
+
+def default_config(rows: int, n: int, k: int) -> KernelConfig:
+    """A tile for a shape when the caller names none (the serve worker times candidates instead): from
+    bench/nf4_matmul.py's sweep on an H200 with 7B shapes, 32-wide tiles up to 12288 outputs, 16-wide
+    with two warps on wider ones (22016: gate/up)."""
+    if n <= 16384:
+        return KernelConfig(block_n=32, block_k=256, warps=4, stages=2)
+    return KernelConfig(block_n=16, block_k=256, warps=2, stages=2)
+
+
+@dataclass(eq=False)
+class PackedWeight:
+    """One or more 4-bit linear layers sharing an input, as one (N, K) weight."""
+
+    codes: torch.Tensor  # (N, K // 2) uint8, bitsandbytes' bytes
+    scales: torch.Tensor  # (N * K // group,) float16: every block's scale, double quantization undone
+    pairs: torch.Tensor  # (256,) int32: each byte's two code values as bfloat16 bits (high nibble first)
+    group: int
+    members: tuple[int, ...]  # each layer's output size, in order
+
+    @property
+    def n(self) -> int:
+        return self.codes.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.codes.shape[1] * 2
+
+    def rank_offsets(self, block_n: int, rank: int) -> torch.Tensor:
+        return rank_offsets(self.members, block_n, rank, self.codes.device)
+
+    def tiles_align(self, block_n: int) -> bool:
+        return all(size % block_n == 0 for size in self.members)
+
+
+@functools.cache
+def rank_offsets(members: tuple[int, ...], block_n: int, rank: int, device: torch.device) -> torch.Tensor:
+    """(tiles,) int32: for each N tile of the joined outputs, where its layer's LoRA rows start in the
+    group's shrink (layer index * rank). Every layer's size is a multiple of block_n."""
+    owner = [index * rank for index, size in enumerate(members) for _ in range(size // block_n)]
+    return torch.tensor(owner, dtype=torch.int32, device=device)
+
+
+def unpackable_reason(modules: Sequence[Any]) -> str | None:
+    """Why these layers cannot be joined and run by the kernels, or None."""
+    first = getattr(getattr(modules[0], "weight", None), "quant_state", None)
+    for module in modules:
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if state is None:
+            return f"{type(module).__name__} is not a bitsandbytes 4-bit layer"
+        if getattr(module, "bias", None) is not None:
+            return "a linear layer with a bias"
+        n, k = state.shape
+        if n % 64:
+            return f"output size {n} is not a multiple of 64"
+        if k % 256:
+            return f"input size {k} is not a multiple of 256"
+        if state.blocksize not in (32, 64, 128, 256):
+            return f"quantization block {state.blocksize} (the kernels take 32 to 256)"
+        if state.dtype not in (torch.bfloat16, torch.float16):
+            return f"compute dtype {state.dtype} (the kernels take bfloat16 or float16 inputs)"
+        if state.shape[1] != first.shape[1] or state.blocksize != first.blocksize:
+            return "layers of one group differ in input size or quantization block"
+        if not torch.equal(state.code, first.code):
+            return "layers of one group use different 4-bit code books"
+    return None
+
+
+def pack_linears(modules: Sequence[Any]) -> PackedWeight:
+    """Join bitsandbytes Linear4bit layers with one input into one weight. Each layer's own weight becomes
+    a view of the joined bytes: bitsandbytes' forward (prefill) keeps working, nothing is held twice."""
+    import bitsandbytes.functional as bnb_functional
+
+    states = [module.weight.quant_state for module in modules]
+    members = tuple(int(state.shape[0]) for state in states)
+    k = int(states[0].shape[1])
+    device = modules[0].weight.device
+    codes = torch.empty(sum(members), k // 2, dtype=torch.uint8, device=device)
+    scales = []
+    row = 0
+    for module, state, size in zip(modules, states, members, strict=True):
+        codes[row : row + size].copy_(module.weight.data.view(size, k // 2))
+        module.weight.data = codes[row : row + size].view(-1, 1)
+        absmax = state.absmax
+        if state.nested:
+            absmax = bnb_functional.dequantize_blockwise(state.absmax, state.state2) + state.offset
+        scales.append(absmax.float().to(torch.float16))
+        row += size
+    return PackedWeight(codes, torch.cat(scales), code_pairs(states[0].code), states[0].blocksize, members)
+
+
+def code_pairs(code: torch.Tensor) -> torch.Tensor:
+    """(256,) int32: for every byte, bfloat16 bits of its high nibble's value << 16 | its low nibble's."""
+    bits = code.float().to(torch.bfloat16).view(torch.int16).to(torch.int64) & 0xFFFF
+    byte = torch.arange(256, device=code.device)
+    pairs = (bits[byte >> 4] << 16) | bits[byte & 15]
+    return torch.where(pairs >= 2**31, pairs - 2**32, pairs).to(torch.int32)
+
+
+@dataclass(frozen=True)
+class GroupLora:
+    """The stacked LoRA matrices of a group's layers and the rows' slots, as the kernels read them."""
+
+    a: torch.Tensor  # (slots, K, members * rank): every layer's A^T side by side
+    b: torch.Tensor  # (slots, rank, N): every layer's B^T (scaled) side by side
+    rank: int  # a power of two, at least 16
+    slots: torch.Tensor  # (rows,) int64, a slot per row (the zero slot adds nothing)
+
+
+def matmul(
+    x: torch.Tensor,
+    weight: PackedWeight,
+    lora: GroupLora | None = None,
+    config: KernelConfig | None = None,
+) -> torch.Tensor:
+    """x (rows <= MAX_ROWS, K) @ W^T, plus each row's LoRA; (rows, N) in x's dtype."""
+    from trainer.serving import nf4_kernels
+
+    rows, k = x.shape
+    n = weight.n
+    if rows > MAX_ROWS or k != weight.k:
+        raise ValueError(f"nf4 matmul takes up to {MAX_ROWS} rows of {weight.k} values, got {tuple(x.shape)}")
+    config = config or default_config(rows, n, k)
+    if k % config.block_k or config.block_k % weight.group or n % config.block_n:
+        raise ValueError(f"tile {config} does not divide the weight ({n}, {k}, group {weight.group})")
+    x = x.contiguous()
+    out = torch.empty(rows, n, dtype=x.dtype, device=x.device)
+    partial, b, slots, offsets, split, total, rank = out, out, out, out, 0, 0, 16
+    if lora is not None:
+        partial, split = _shrink(x, lora)
+        b, slots, offsets, total, rank = (
+            lora.b,
+            lora.slots,
+            weight.rank_offsets(config.block_n, lora.rank),
+            lora.a.shape[2],
+            lora.rank,
+        )
+    arguments = (
+        x, x.stride(0), weight.codes, weight.scales, weight.pairs, out, out.stride(0),
+        partial, b, b.stride(0), slots, offsets, rows, n, k, split, total,
+    )  # fmt: skip
+    nf4_kernels.nf4_matmul_kernel[(n // config.block_n,)](
+        *arguments, ROWS=rows, R=rank, GROUP=weight.group, LORA=lora is not None, BLOCK_N=config.block_n,
+        BLOCK_K=config.block_k, WIDE=config.wide, num_warps=config.warps, num_stages=config.stages,
+    )  # fmt: skip
+    return out
+
+
+def add_lora(x: torch.Tensor, out: torch.Tensor, lora: GroupLora, members: tuple[int, ...]) -> None:
+    """out (rows, N) += each row's LoRA product of x (rows, K), in place, for layers (output sizes
+    `members`, side by side in `out`) whose base product bitsandbytes made."""
+    from trainer.serving import nf4_kernels
+
+    x = x.contiguous()
+    rows, n = out.shape
+    partial, split = _shrink(x, lora)
+    block_n = 64
+    offsets = rank_offsets(members, block_n, lora.rank, out.device)
+    nf4_kernels.lora_expand_kernel[(n // block_n, rows)](
+        out, out.stride(0), partial, lora.b, lora.b.stride(0), lora.slots, offsets, rows, n, split,
+        lora.a.shape[2], R=lora.rank, BLOCK_N=block_n, num_warps=4,
+    )  # fmt: skip
+
+
+def _shrink(x: torch.Tensor, lora: GroupLora) -> tuple[torch.Tensor, int]:
+    """Per K slice partial products x @ A[slot] of every row: (splits, rows, members * rank) float32."""
+    from trainer.serving import nf4_kernels
+
+    rows, k = x.shape
+    total = lora.a.shape[2]
+    split = -(-k // SHRINK_BLOCK_K)
+    partial = torch.empty(split, rows, total, dtype=torch.float32, device=x.device)
+    nf4_kernels.lora_shrink_kernel[(split, rows)](
+        x, x.stride(0), lora.a, lora.a.stride(0), lora.slots, partial, rows, k,
+        RT=total, RT_PAD=_pow2(total), BLOCK_K=SHRINK_BLOCK_K, num_warps=4,
+    )  # fmt: skip
+    return partial, split
+
+
+@functools.cache
+def _pow2(value: int) -> int:
+    return 1 << (value - 1).bit_length()
