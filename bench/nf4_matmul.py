@@ -29,31 +29,6 @@ SLOTS = 5
 LAYERS = 32
 
 
-def graph_us(run, calls: int = 20, replays: int = 10) -> float:
-    """Microseconds per call of `run`: `calls` launches captured in one graph, replayed `replays` times."""
-    import torch
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            run()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            run()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(replays):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1000 / (calls * replays)
-
-
 def relative_error(actual, expected) -> float:
     return ((actual.float() - expected.float()).abs().max() / expected.float().abs().max()).item()
 
@@ -108,6 +83,10 @@ def measure_group(name: str, members: tuple[int, ...], k: int, tiles: list, per_
     import torch
 
     from trainer.serving import nf4_matmul
+    from trainer.serving.kernel_layers import graph_us
+
+    def timed(run) -> float:  # more calls than the worker's load-time timing: steadier figures
+        return graph_us(run, calls=20, replays=10)
 
     layers = random_layers(members, k)
     weight = nf4_matmul.pack_linears(layers)
@@ -116,14 +95,14 @@ def measure_group(name: str, members: tuple[int, ...], k: int, tiles: list, per_
     for rows in (1, 2, 4):
         x = torch.randn(rows, k, dtype=torch.bfloat16, device="cuda")
         reference = x.float() @ dense.float().T
-        bnb_us = graph_us(lambda: [layer(x) for layer in layers])  # noqa: B023 (timed inside this iteration)
+        bnb_us = timed(lambda: [layer(x) for layer in layers])  # noqa: B023 (timed inside this iteration)
         sweep = []
         for config in tiles:
             if not weight.tiles_align(config.block_n) or k % config.block_k:
                 continue
             try:
                 error = relative_error(nf4_matmul.matmul(x, weight, config=config), reference)
-                us = graph_us(lambda c=config: nf4_matmul.matmul(x, weight, config=c))  # noqa: B023
+                us = timed(lambda c=config: nf4_matmul.matmul(x, weight, config=c))  # noqa: B023
             except Exception as exc:  # a tile that does not fit (shared memory, registers) is skipped
                 print(f"  {name} rows={rows} {config}: {type(exc).__name__} {str(exc)[:80]}")
                 continue
@@ -141,12 +120,12 @@ def measure_group(name: str, members: tuple[int, ...], k: int, tiles: list, per_
         b = torch.randn(SLOTS, RANK, weight.n, dtype=torch.bfloat16, device="cuda") * 0.02
         slots = torch.arange(1, rows + 1, device="cuda") % SLOTS  # a different adapter per row
         lora = nf4_matmul.GroupLora(a, b, RANK, slots)
-        lora_us = graph_us(lambda: nf4_matmul.matmul(x, weight, lora, config=best))  # noqa: B023
+        lora_us = timed(lambda: nf4_matmul.matmul(x, weight, lora, config=best))  # noqa: B023
         lora_error = relative_error(
             nf4_matmul.matmul(x, weight, lora, config=best),
             expected_with_lora(reference, x, a, b, slots, members),
         )
-        torch_us = graph_us(lambda: torch_lora(layers, members, x, a, b, slots))  # noqa: B023
+        torch_us = timed(lambda: torch_lora(layers, members, x, a, b, slots))  # noqa: B023
         print(
             f"        + LoRA: kernel {lora_us:6.1f} us (max rel err {lora_error:.1e}), "
             f"bnb + torch {torch_us:6.1f} us"

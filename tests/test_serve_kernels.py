@@ -178,35 +178,11 @@ def _relative_error(actual, expected) -> float:
 
 def _small_llama_with_adapters(root: Path) -> Path:
     """A 2-layer Llama 256 wide (the kernels need inputs in multiples of 256) and two random adapters."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tests.tiny_model import build_tiny_llama
 
-    from tests.tiny_model import build_tokenizer
-
-    tokenizer = build_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
-    model_dir = root / "small"
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    model_dir = build_tiny_llama(root / "small", width=256)
     for seed in (1, 2):
-        torch.manual_seed(seed)
-        lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
-        get_peft_model(LlamaForCausalLM.from_pretrained(model_dir), lora).save_pretrained(
-            model_dir / f"a{seed}"
-        )
+        build_adapter(model_dir, model_dir / f"a{seed}", seed=seed)
     return model_dir
 
 

@@ -47,16 +47,18 @@ def build_tokenizer(chat_template: str | None = CHAT_TEMPLATE):
     return fast
 
 
-def build_tiny_llama(directory: Path, *, chat_template: str | None = CHAT_TEMPLATE, seed: int = 0) -> Path:
-    """Save a 2-layer, 64-wide random Llama and its tokenizer as safetensors under `directory`."""
+def build_tiny_llama(
+    directory: Path, *, chat_template: str | None = CHAT_TEMPLATE, seed: int = 0, width: int = 64
+) -> Path:
+    """Save a 2-layer random Llama (64 wide unless told) and its tokenizer as safetensors in `directory`."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = build_tokenizer(chat_template)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=width,
+        intermediate_size=2 * width,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,

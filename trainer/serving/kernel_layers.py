@@ -94,7 +94,7 @@ class _Group:
                 timings = {}
                 for option in options:
                     try:
-                        timings[option] = _graph_us(partial(self._run, x, chosen, option))
+                        timings[option] = graph_us(partial(self._run, x, chosen, option))
                     except Exception as error:  # a tile this GPU cannot fit (shared memory, registers)
                         if option is None:
                             raise
@@ -108,7 +108,7 @@ class _Group:
                 )  # fmt: skip
 
 
-def _graph_us(run: Callable[[], Any], calls: int = 8, replays: int = 3) -> float:
+def graph_us(run: Callable[[], Any], calls: int = 8, replays: int = 3) -> float:
     """Microseconds per call of `run`, replayed from a CUDA graph as the decode step runs it."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
