@@ -102,7 +102,8 @@ class StaticDecoder:
         self.max_arenas = max_arenas
         self.arenas: OrderedDict[tuple[int, int], _Arena] = OrderedDict()  # least recently used first
         # On a GPU with Triton, decode steps of up to MAX_ROWS rows run the linear layers through the
-        # few-row 4-bit kernels with LoRA fused (kernel_layers.py); None: the modules alone.
+        # few-row 4-bit kernels with LoRA fused (kernel_layers.py); None: the modules alone (also the
+        # case with CUDA graphs switched off, the plainest path for debugging).
         self.kernels = kernel_layers.build(model, bank) if self.use_graphs else None
 
     def start(self, prompts: Sequence[Sequence[int]], slots: Sequence[int | None], length: int) -> Session:
@@ -206,14 +207,8 @@ class StaticDecoder:
             )
             if kernels is None:
                 hidden = self._finish_layer(layer, hidden, out)
-                continue
-            (attended,) = kernels.run(index, 1, self.bank, out.transpose(1, 2).reshape(rows, -1), slots)
-            hidden = hidden + attended.view(rows, 1, -1)
-            gate, up = kernels.run(
-                index, 2, self.bank, layer.post_attention_layernorm(hidden).view(rows, -1), slots
-            )
-            (down,) = kernels.run(index, 3, self.bank, layer.mlp.act_fn(gate) * up, slots)
-            hidden = hidden + down.view(rows, 1, -1)
+            else:
+                hidden = self._finish_layer_by_kernels(kernels, index, layer, hidden, out, slots)
         return self.head(self.norm(hidden))[:, -1]
 
     def _project(
@@ -235,6 +230,24 @@ class StaticDecoder:
         rows, _, count, _ = attended.shape
         hidden = hidden + layer.self_attn.o_proj(attended.transpose(1, 2).reshape(rows, count, -1))
         return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+
+    def _finish_layer_by_kernels(
+        self,
+        kernels: kernel_layers.KernelLayers,
+        index: int,
+        layer: Any,
+        hidden: torch.Tensor,
+        attended: torch.Tensor,
+        slots: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """_finish_layer for one token per row, its linear layers run by the kernels (group order: GROUPS)."""
+        rows = hidden.shape[0]
+        (projected,) = kernels.run(index, 1, self.bank, attended.transpose(1, 2).reshape(rows, -1), slots)
+        hidden = hidden + projected.view(rows, 1, -1)
+        x = layer.post_attention_layernorm(hidden).view(rows, -1)
+        gate, up = kernels.run(index, 2, self.bank, x, slots)
+        (down,) = kernels.run(index, 3, self.bank, layer.mlp.act_fn(gate) * up, slots)
+        return hidden + down.view(rows, 1, -1)
 
     def _capture(self, arena: _Arena, route: Route) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         # Warm-up on a side stream first (cuBLAS and bitsandbytes set up workspaces on first use). The
