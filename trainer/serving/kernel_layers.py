@@ -87,7 +87,7 @@ class _Group:
             lora = nf4_matmul.GroupLora(a, b, rank, torch.ones(rows, dtype=torch.long, device=device))
             for with_lora in (False, True):
                 chosen = lora if with_lora else None
-                if device.type != "cuda" or len(options) == 1:  # nothing to time: compile what will run
+                if len(options) == 1:  # nothing to time: compile what will run
                     self._run(x, chosen, options[-1])
                     self.choices[(rows, with_lora)] = options[-1]
                     continue
@@ -136,9 +136,11 @@ class KernelLayers:
     def __init__(self, groups: list[list[_Group]]) -> None:
         self.layers = groups
 
-    def run(self, index: int, group: int, bank: LoraBank, x: torch.Tensor, slots: torch.Tensor | None):
-        """Group `group` (an index into GROUPS) of layer `index`, split back into its layers' outputs."""
-        entry = self.layers[index][group]
+    def run(
+        self, index: int, group: tuple[str, ...], bank: LoraBank, x: torch.Tensor, slots: torch.Tensor | None
+    ) -> tuple[torch.Tensor, ...]:
+        """Group `group` (one of GROUPS) of layer `index`, split back into its layers' outputs."""
+        entry = self.layers[index][GROUPS.index(group)]
         out = entry(bank, x, slots)
         return out.split(entry.sizes, dim=-1) if len(entry.sizes) > 1 else (out,)
 
@@ -149,9 +151,8 @@ def build(model: Any, bank: LoraBank) -> KernelLayers | None:
     device = model.get_input_embeddings().weight.device
     if not nf4_matmul.available(device):
         return None
-    names = [name for name in bank.layers]
     prefixes = sorted(
-        {name.rsplit(".", 2)[0] for name in names if ".layers." in f".{name}"}, key=_layer_order
+        {name.rsplit(".", 2)[0] for name in bank.layers if ".layers." in f".{name}"}, key=_layer_order
     )
     plans = []
     for prefix in prefixes:

@@ -65,9 +65,6 @@ class PackedWeight:
     def k(self) -> int:
         return self.codes.shape[1] * 2
 
-    def rank_offsets(self, block_n: int, rank: int) -> torch.Tensor:
-        return rank_offsets(self.members, block_n, rank, self.codes.device)
-
     def tiles_align(self, block_n: int) -> bool:
         return all(size % block_n == 0 for size in self.members)
 
@@ -170,7 +167,7 @@ def matmul(
         b, slots, offsets, total, rank = (
             lora.b,
             lora.slots,
-            weight.rank_offsets(config.block_n, lora.rank),
+            rank_offsets(weight.members, config.block_n, lora.rank, x.device),
             lora.a.shape[2],
             lora.rank,
         )

@@ -197,7 +197,7 @@ class StaticDecoder:
             if kernels is None:
                 q, k, v = self._project(layer.self_attn, x, cos, sin)
             else:
-                q, k, v = kernels.run(index, 0, self.bank, x.view(rows, -1), slots)
+                q, k, v = kernels.run(index, kernel_layers.QKV, self.bank, x.view(rows, -1), slots)
                 q, k, v = self._heads(q.view(rows, 1, -1), k.view(rows, 1, -1), v.view(rows, 1, -1), cos, sin)
             keys, values = arena.keys[index], arena.values[index]
             keys.scatter_(2, where, k)
@@ -240,13 +240,15 @@ class StaticDecoder:
         attended: torch.Tensor,
         slots: torch.Tensor | None,
     ) -> torch.Tensor:
-        """_finish_layer for one token per row, its linear layers run by the kernels (group order: GROUPS)."""
+        """_finish_layer for one token per row, its linear layers run by the kernels."""
         rows = hidden.shape[0]
-        (projected,) = kernels.run(index, 1, self.bank, attended.transpose(1, 2).reshape(rows, -1), slots)
+        (projected,) = kernels.run(
+            index, kernel_layers.OUT, self.bank, attended.transpose(1, 2).reshape(rows, -1), slots
+        )
         hidden = hidden + projected.view(rows, 1, -1)
         x = layer.post_attention_layernorm(hidden).view(rows, -1)
-        gate, up = kernels.run(index, 2, self.bank, x, slots)
-        (down,) = kernels.run(index, 3, self.bank, layer.mlp.act_fn(gate) * up, slots)
+        gate, up = kernels.run(index, kernel_layers.GATE_UP, self.bank, x, slots)
+        (down,) = kernels.run(index, kernel_layers.DOWN, self.bank, layer.mlp.act_fn(gate) * up, slots)
         return hidden + down.view(rows, 1, -1)
 
     def _capture(self, arena: _Arena, route: Route) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
