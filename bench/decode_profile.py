@@ -1,5 +1,5 @@
 """Where a decode step's time goes: ms per step by batch rows and LoRA (graph replay), and the top kernels
-of one eager step (torch.profiler). A diagnostic for bench/serve.py's figures; it appends nothing.
+of ten replayed steps (torch.profiler). A diagnostic for bench/serve.py's figures; it appends nothing.
 
     python bench/decode_profile.py [--work /tmp/bench-serve]   # reuses or builds serve.py's model
 """
@@ -46,6 +46,7 @@ def main() -> int:
             (4, slots[:1] * 4),
             (4, slots[:4]),
         ]:
+            base.decoder.start([prompt] * rows, chosen, len(prompt) + args.steps + 8)  # warm
             torch.cuda.synchronize()
             started = time.perf_counter()
             session = base.decoder.start([prompt] * rows, chosen, len(prompt) + args.steps + 8)
@@ -61,14 +62,20 @@ def main() -> int:
             step = (time.perf_counter() - started) / args.steps
             kind = "base" if chosen[0] is None else f"{len(set(chosen))} LoRA"
             print(f"| {rows} | {kind} | {prefill * 1000:.1f} | {step * 1000:.2f} | {rows / step:.0f} |")
-        for rows, chosen in [(1, slots[:1]), (4, slots[:4])]:
-            session = base.decoder.start([prompt] * rows, chosen, len(prompt) + 16)
+        for rows, chosen in [(1, [None]), (1, slots[:1]), (4, slots[:4])]:
+            session = base.decoder.start([prompt] * rows, chosen, len(prompt) + 40)
+            tokens = session.logits.argmax(-1)
+            for _ in range(3):  # captured and warm
+                tokens = session.step(tokens, [True] * rows).argmax(-1)
+            torch.cuda.synchronize()
             with profile(activities=[ProfilerActivity.CUDA]) as trace:
-                base.decoder._routed_step(session.arena, session.route)
+                for _ in range(10):
+                    tokens = session.step(tokens, [True] * rows).argmax(-1)
                 torch.cuda.synchronize()
-            print(f"\nEager step, {rows} rows with LoRA: top kernels by GPU time")
+            kind = "base" if chosen[0] is None else f"{len(set(chosen))} LoRA"
+            print(f"\nTen replayed steps, {rows} rows, {kind}: top kernels by GPU time")
             print(
-                trace.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60)
+                trace.key_averages().table(sort_by="cuda_time_total", row_limit=16, max_name_column_width=70)
             )
     return 0
 

@@ -1,6 +1,6 @@
 """The few-row 4-bit kernels (trainer/serving/nf4_kernels.py) against bitsandbytes, per layer group of a
 Llama-2-7B decoder layer: microseconds per call inside a CUDA graph (as the decode step replays them) for a
-sweep of tiles, and the LoRA-fused kernel against bitsandbytes plus torch matmuls. A diagnostic for
+sweep of tiles, and the kernel with its LoRA beside against bitsandbytes plus torch matmuls. A diagnostic for
 bench/serve.py's figures (the serve worker picks its tiles itself at load, kernel_layers.py); writes
 bench/out/nf4_matmul.json, appends nothing.
 
@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,11 +121,13 @@ def measure_group(name: str, members: tuple[int, ...], k: int, tiles: list, per_
         b = torch.randn(SLOTS, RANK, weight.n, dtype=torch.bfloat16, device="cuda") * 0.02
         slots = torch.arange(1, rows + 1, device="cuda") % SLOTS  # a different adapter per row
         lora = nf4_matmul.GroupLora(a, b, RANK, slots)
-        lora_us = timed(lambda: nf4_matmul.matmul(x, weight, lora, config=best))  # noqa: B023
-        lora_error = relative_error(
-            nf4_matmul.matmul(x, weight, lora, config=best),
-            expected_with_lora(reference, x, a, b, slots, members),
-        )
+
+        def with_lora():
+            product = partial(nf4_matmul.matmul, x, weight, best)  # noqa: B023
+            return nf4_matmul.with_lora_beside(product, x, lora, members)  # noqa: B023
+
+        lora_us = timed(with_lora)
+        lora_error = relative_error(with_lora(), expected_with_lora(reference, x, a, b, slots, members))
         torch_us = timed(lambda: torch_lora(layers, members, x, a, b, slots))  # noqa: B023
         print(
             f"        + LoRA: kernel {lora_us:6.1f} us (max rel err {lora_error:.1e}), "

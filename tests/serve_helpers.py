@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from tests.worker_helpers import worker_env
 from trainer.serve_protocol import Failed, Finished, Generate, Loading, ServeEvent, Stats, Token, encode
 from trainer.serve_protocol import decode_event as decode_serve_event
@@ -21,6 +23,13 @@ SYSTEM_LINE_TEMPLATE = (  # the tiny model's ChatML template with a system turn 
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+# Token-for-token equality holds in float32 on the CPU; bf16 kernels on a GPU differ in the last bits and a
+# near tie can flip a greedy token there, so on a GPU the decoders are compared by their logits instead.
+cpu_exact = pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="exact equality is checked in float32 on the CPU"
 )
 
 

@@ -17,6 +17,7 @@ from tests.serve_helpers import (
     ServeWorker,
     build_adapter,
     build_foreign_adapter,
+    cpu_exact,
     ended,
     first_token,
     stop_all,
@@ -88,9 +89,16 @@ def test_adapters_change_greedy_answers(worker, adapters):
     for outcome, variant in ((out["g-base"], "base"), (out["g-one"], "adapter")):
         assert outcome.streamed(variant) == outcome.text(variant)  # the Tokens add up to the answer
     again = worker.ask(ask(adapters, "g-one-again", adapters.one))["g-one-again"]
-    assert again.text() == one and again.loading == []  # greedy is repeatable; the adapter stayed loaded
+    assert again.loading == []  # the adapter stayed loaded
+    twice = worker.ask(ask(adapters, "g-one-twice", adapters.one))["g-one-twice"]
+    assert twice.text() == again.text()  # greedy is repeatable
+    # Asked alone, as in the batch of three: equal in float32 on the CPU; a GPU's bf16 products differ with
+    # the batch shape in the last bits, which can flip a near tie (test_serve_decoding compares logits).
+    if not __import__("torch").cuda.is_available():
+        assert again.text() == one
 
 
+@cpu_exact
 def test_concurrent_asks_answer_exactly_as_one_by_one(worker, adapters):
     one = worker.ask(ask(adapters, "c1-alone", adapters.one, max_new_tokens=24))["c1-alone"].text()
     two = worker.ask(ask(adapters, "c2-alone", adapters.two, prompt="The quick", messages=None))
@@ -250,6 +258,7 @@ def run_batch(engine, *requests: Generate) -> dict[tuple[str, str], Finished]:
     return {(e.id, e.variant): e for e in emitted if isinstance(e, Finished)}
 
 
+@cpu_exact
 def test_one_batch_answers_each_request_exactly_as_alone(engine, adapters):
     requests = [
         ask(adapters, "b1", adapters.one, max_new_tokens=20),
@@ -356,19 +365,6 @@ def test_each_row_stops_at_its_own_stop_token_or_length(engine, adapters):
     assert (rows[1].stop_reason, rows[1].tokens) == ("length", 7)
     assert rows[1].decoder.ids == free[1].decoder.ids[:7]
     assert pieces == [rows[0].decoder.text, rows[1].decoder.text]
-
-
-def test_incremental_decoding_never_splits_a_character():
-    from tests.tiny_model import build_tokenizer
-    from trainer.serving.streaming import IncrementalDecoder
-
-    tokenizer = build_tokenizer()
-    text = "héllo wörld ✓ 你好 — fine"
-    decoder = IncrementalDecoder(tokenizer)
-    pieces = [decoder.push(token) for token in tokenizer(text, add_special_tokens=False).input_ids]
-    pieces.append(decoder.finish())
-    assert "".join(pieces) == decoder.text == text
-    assert not any("\ufffd" in piece for piece in pieces)
 
 
 def test_prompts_follow_the_adapter_template_and_stop_at_its_end_of_turn(adapters):

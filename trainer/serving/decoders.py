@@ -25,7 +25,8 @@ class Session(Protocol):
 
     def step(self, tokens: torch.Tensor, active: Sequence[bool]) -> torch.Tensor:
         """Feed each row its chosen token ((rows,) int64 on the model's device); the next logits. Rows not
-        `active` have finished: their tokens are ignored."""
+        `active` stay where they are (finished, or at their last token): their tokens are ignored. Ideally
+        returns without waiting for the GPU: run_rows queues a step before reading the previous tokens."""
         ...
 
 

@@ -1,9 +1,9 @@
 """A Llama-family decoder layer's linear layers as the decode step runs them on a GPU with Triton.
 
 Layers that read one input (q/k/v, gate/up) are joined into one 4-bit weight and run by the few-row kernel
-with their LoRA fused (nf4_matmul.py), or by bitsandbytes where it times faster at load; a layer alone
-(o, down) keeps bitsandbytes' product, faster than ours on 4096-wide outputs (bench/nf4_matmul.py), and
-gets its LoRA from the kernels' shrink and in-place expand. Prefill and batches over MAX_ROWS rows use the
+(nf4_matmul.py), or by bitsandbytes where it times faster at load; a layer alone (o, down) keeps
+bitsandbytes' product, faster than ours on 4096-wide outputs (bench/nf4_matmul.py). Every group's LoRA
+runs on a second stream beside its base product. Prefill and batches over MAX_ROWS rows use the
 modules as they are. The groups are timed with rank-16 adapters; a larger rank compiles its kernels when
 its first decode step is captured.
 """
@@ -31,10 +31,10 @@ DOWN = ("mlp.down_proj",)
 GROUPS = (QKV, OUT, GATE_UP, DOWN)
 # Which product is faster depends on the GPU, the shape and the rows: each group times the candidates below
 # against bitsandbytes at load, in CUDA graphs as the decode step replays them, and keeps the fastest. On an
-# H200 with 7B shapes (bench/nf4_matmul.py, us per call with LoRA) q/k/v take the kernel (1 row 30 vs 56,
-# 4 rows 63 vs 130), gate/up the kernel for 4 rows (122 vs 178) but bitsandbytes' one-row GEMV (47 vs 59
-# without LoRA). The lone o and down layers (4096 outputs: too few tiles for the kernel, o 10.5 vs 17 us
-# and down 23 vs 42 at one row) are not joined and stay on bitsandbytes, their LoRA on the kernels.
+# H200 with 7B shapes (us per call, LoRA beside included) q/k/v take the kernel (1 row 28 vs 39, 4 rows 59
+# vs 79), gate/up the kernel for 2 and 4 rows (4 rows 117 vs 144) but bitsandbytes' one-row GEMV (51 vs
+# 60). The lone o and down layers (4096 outputs: too few tiles for the kernel, o 10.5 vs 17 us and down 23
+# vs 42 at one row) are not joined and stay on bitsandbytes, with their LoRA beside.
 CANDIDATES = (
     nf4_matmul.KernelConfig(block_n=32, block_k=256, warps=4, stages=2),
     nf4_matmul.KernelConfig(block_n=16, block_k=256, warps=2, stages=2),
@@ -63,13 +63,16 @@ class _Group:
         return self._run(x, lora, self.choices.get((x.shape[0], lora is not None)))
 
     def _run(self, x: torch.Tensor, lora: nf4_matmul.GroupLora | None, choice: Choice) -> torch.Tensor:
+        """The base product by `choice`, plus the rows' LoRA (if any) made beside it."""
+        if lora is None:
+            return self._product(x, choice)
+        return nf4_matmul.with_lora_beside(partial(self._product, x, choice), x, lora, tuple(self.sizes))
+
+    def _product(self, x: torch.Tensor, choice: Choice) -> torch.Tensor:
         if choice is not None and self.packed is not None:
-            return nf4_matmul.matmul(x, self.packed, lora, choice)
+            return nf4_matmul.matmul(x, self.packed, choice)
         outs = [module.base(x) for module in self.modules]
-        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
-        if lora is not None:
-            nf4_matmul.add_lora(x, out, lora, tuple(self.sizes))
-        return out
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
 
     def tune(self, rank: int) -> None:
         """Pick the fastest product for every row count, with and without LoRA. Running each candidate also
@@ -86,15 +89,10 @@ class _Group:
             x = torch.randn(rows, k, dtype=dtype, device=device)
             lora = nf4_matmul.GroupLora(a, b, rank, torch.ones(rows, dtype=torch.long, device=device))
             for with_lora in (False, True):
-                chosen = lora if with_lora else None
-                if len(options) == 1:  # nothing to time: compile what will run
-                    self._run(x, chosen, options[-1])
-                    self.choices[(rows, with_lora)] = options[-1]
-                    continue
                 timings = {}
                 for option in options:
                     try:
-                        timings[option] = graph_us(partial(self._run, x, chosen, option))
+                        timings[option] = graph_us(partial(self._run, x, lora if with_lora else None, option))
                     except Exception as error:  # a tile this GPU cannot fit (shared memory, registers)
                         if option is None:
                             raise

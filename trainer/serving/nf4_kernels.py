@@ -1,18 +1,18 @@
-"""Triton kernels for decoding with a few rows on a 4-bit base: weights read once for every row, LoRA fused.
+"""Triton kernels for decoding a few rows on a 4-bit base: each weight byte read once for every row.
 
-bitsandbytes has a fast kernel for exactly one row (`gemv_4bit`); for 2-16 rows it dequantizes the whole
-weight to bf16 and calls cuBLAS, so a batch of four decodes at half the speed of one row per row. These
-kernels read each packed weight byte once for up to 16 rows (a 16-row `tl.dot`: decoding is bound by the
-weight bytes, the padded rows cost no bandwidth) and add each row's LoRA product in the same kernel, so an
-adapter costs one small extra kernel per group of layers sharing an input instead of two matmuls and a
-split-K reduction per layer.
+bitsandbytes has a fast kernel for exactly one row (`gemv_4bit`); for more rows it dequantizes the whole
+weight to bf16 and calls cuBLAS, so a batch of four decodes at half the speed of one row per row.
+`nf4_matmul_kernel` keeps one accumulator per row (1 to 4) and shares the dequantized tile between them.
+The rows' LoRA is two small kernels (shrink, then expand) that the decode step runs beside the base product
+on a second stream (kernel_layers.py): fusing the expand into the base kernel was slower (bench/RESULTS.md).
 
 The weights stay in bitsandbytes' own layout: row-major (N, K) 4-bit codes, two per byte, the even column
 in the high nibble, one scale per `group` consecutive values. Only the scales are expanded once to a flat
 float tensor (bitsandbytes double-quantizes them), about 6% of the packed weights in float16.
 
+    nf4_matmul:   out[m, n] = sum_k x[m, k] W[n, k]
     lora_shrink:  partial[s, m, :] = x[m, s-th K slice] @ A[slot[m]][s-th K slice]       (no atomics)
-    nf4_matmul:   out[m, n] = sum_k x[m, k] W[n, k]  (+ sum_r (sum_s partial[s, m, r0 + r]) B[slot[m], r, n])
+    lora_expand:  out[m, n] += sum_r (sum_s partial[s, m, r0 + r]) B[slot[m], r, n]
 """
 
 from __future__ import annotations
@@ -64,46 +64,12 @@ def _accumulate(acc, x_row, k0, offs_h, high, low, WIDE: tl.constexpr):
 
 
 @triton.jit
-def _finish(
-    acc,
-    row,
-    out_ptr,
-    stride_om,
-    partial_ptr,
-    b_ptr,
-    stride_bs,
-    slot_ptr,
-    first,
-    offs_n,
-    M,
-    N,
-    SPLIT,
-    RT,
-    LORA: tl.constexpr,
-    R: tl.constexpr,
-    WIDE: tl.constexpr,
-):
-    """Sum a row's accumulator, add its LoRA product when asked, store it."""
+def _finish(acc, row, out_ptr, stride_om, offs_n, WIDE: tl.constexpr):
+    """Sum a row's accumulator (per column when WIDE) and store it."""
     if WIDE:  # noqa: SIM108 (a constant condition Triton resolves at compile time; not an expression)
         total = tl.sum(acc, axis=1)
     else:
         total = acc
-    if LORA:
-        total = _row_lora(
-            total,
-            row,
-            partial_ptr,
-            b_ptr,
-            stride_bs,
-            slot_ptr,
-            first,
-            tl.arange(0, R),
-            offs_n,
-            M,
-            N,
-            SPLIT,
-            RT,
-        )
     tl.store(out_ptr + row * stride_om + offs_n, total.to(out_ptr.dtype.element_ty))
 
 
@@ -142,20 +108,9 @@ def nf4_matmul_kernel(
     pair_ptr,  # (256,) int32: for each byte, the bfloat16 bits of its two codes' values (high, low)
     out_ptr,
     stride_om,
-    partial_ptr,  # (SPLIT, M, RT) float32 from lora_shrink_kernel
-    b_ptr,  # (slots, R, N) B^T with the adapter's scale folded in
-    stride_bs,
-    slot_ptr,  # (M,) int64
-    rank_offset_ptr,  # (tiles,) int32: where the member owning each N tile starts in RT
-    M,
-    N,
     K,
-    SPLIT,
-    RT,
     ROWS: tl.constexpr,  # 1 to 4
-    R: tl.constexpr,
     GROUP: tl.constexpr,
-    LORA: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     WIDE: tl.constexpr,
@@ -189,22 +144,13 @@ def nf4_matmul_kernel(
             acc2 = _accumulate(acc2, x_ptr + 2 * stride_xm, k0, offs_h, high, low, WIDE)
         if ROWS > 3:
             acc3 = _accumulate(acc3, x_ptr + 3 * stride_xm, k0, offs_h, high, low, WIDE)
-    first = 0
-    if LORA:
-        first = tl.load(rank_offset_ptr + tile)
-    # fmt: off
-    _finish(acc0, 0, out_ptr, stride_om, partial_ptr, b_ptr, stride_bs, slot_ptr, first, offs_n, M, N,
-            SPLIT, RT, LORA, R, WIDE)
+    _finish(acc0, 0, out_ptr, stride_om, offs_n, WIDE)
     if ROWS > 1:
-        _finish(acc1, 1, out_ptr, stride_om, partial_ptr, b_ptr, stride_bs, slot_ptr, first, offs_n, M, N,
-                SPLIT, RT, LORA, R, WIDE)
+        _finish(acc1, 1, out_ptr, stride_om, offs_n, WIDE)
     if ROWS > 2:
-        _finish(acc2, 2, out_ptr, stride_om, partial_ptr, b_ptr, stride_bs, slot_ptr, first, offs_n, M, N,
-                SPLIT, RT, LORA, R, WIDE)
+        _finish(acc2, 2, out_ptr, stride_om, offs_n, WIDE)
     if ROWS > 3:
-        _finish(acc3, 3, out_ptr, stride_om, partial_ptr, b_ptr, stride_bs, slot_ptr, first, offs_n, M, N,
-                SPLIT, RT, LORA, R, WIDE)
-    # fmt: on
+        _finish(acc3, 3, out_ptr, stride_om, offs_n, WIDE)
 
 
 @triton.jit
@@ -223,7 +169,7 @@ def lora_expand_kernel(
     R: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """out[row, tile] += the row's LoRA product, in place, for layers whose base product bitsandbytes made."""
+    """out[row, tile] += the row's LoRA product, in place."""
     tile = tl.program_id(0)
     row = tl.program_id(1)
     offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)

@@ -1,14 +1,15 @@
-"""Few-row matmuls on bitsandbytes 4-bit weights through nf4_kernels.py, with the rows' LoRA fused in.
+"""Few-row matmuls on bitsandbytes 4-bit weights through nf4_kernels.py, and each row's LoRA beside them.
 
 `pack_linears` joins the 4-bit layers that read one input (q/k/v, gate/up) into one weight, so a decode
 step launches one kernel per group instead of one per layer; the layers keep working on their own, as
-views of the joined bytes (no second copy of the weights). `matmul` runs up to MAX_ROWS rows.
+views of the joined bytes (no second copy of the weights). `matmul` runs up to MAX_ROWS rows; `add_lora`
+adds each row's own adapter to a product in place (a shrink and an expand kernel).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,13 +144,8 @@ class GroupLora:
     slots: torch.Tensor  # (rows,) int64, a slot per row (the zero slot adds nothing)
 
 
-def matmul(
-    x: torch.Tensor,
-    weight: PackedWeight,
-    lora: GroupLora | None = None,
-    config: KernelConfig | None = None,
-) -> torch.Tensor:
-    """x (rows <= MAX_ROWS, K) @ W^T, plus each row's LoRA; (rows, N) in x's dtype."""
+def matmul(x: torch.Tensor, weight: PackedWeight, config: KernelConfig | None = None) -> torch.Tensor:
+    """x (rows <= MAX_ROWS, K) @ W^T: (rows, N) in x's dtype."""
     from trainer.serving import nf4_kernels
 
     rows, k = x.shape
@@ -161,41 +157,55 @@ def matmul(
         raise ValueError(f"tile {config} does not divide the weight ({n}, {k}, group {weight.group})")
     x = x.contiguous()
     out = torch.empty(rows, n, dtype=x.dtype, device=x.device)
-    partial, b, slots, offsets, split, total, rank = out, out, out, out, 0, 0, 16
-    if lora is not None:
-        partial, split = _shrink(x, lora)
-        b, slots, offsets, total, rank = (
-            lora.b,
-            lora.slots,
-            rank_offsets(weight.members, config.block_n, lora.rank, x.device),
-            lora.a.shape[2],
-            lora.rank,
-        )
-    arguments = (
-        x, x.stride(0), weight.codes, weight.scales, weight.pairs, out, out.stride(0),
-        partial, b, b.stride(0), slots, offsets, rows, n, k, split, total,
-    )  # fmt: skip
     nf4_kernels.nf4_matmul_kernel[(n // config.block_n,)](
-        *arguments, ROWS=rows, R=rank, GROUP=weight.group, LORA=lora is not None, BLOCK_N=config.block_n,
-        BLOCK_K=config.block_k, WIDE=config.wide, num_warps=config.warps, num_stages=config.stages,
+        x, x.stride(0), weight.codes, weight.scales, weight.pairs, out, out.stride(0), k,
+        ROWS=rows, GROUP=weight.group, BLOCK_N=config.block_n, BLOCK_K=config.block_k, WIDE=config.wide,
+        num_warps=config.warps, num_stages=config.stages,
     )  # fmt: skip
     return out
 
 
 def add_lora(x: torch.Tensor, out: torch.Tensor, lora: GroupLora, members: tuple[int, ...]) -> None:
-    """out (rows, N) += each row's LoRA product of x (rows, K), in place, for layers (output sizes
-    `members`, side by side in `out`) whose base product bitsandbytes made."""
+    """out (rows, N) += each row's LoRA product of x (rows, K), in place, for layers whose outputs (sizes
+    `members`) sit side by side in `out`."""
     from trainer.serving import nf4_kernels
 
-    x = x.contiguous()
     rows, n = out.shape
-    partial, split = _shrink(x, lora)
     block_n = 64
+    if any(size % block_n for size in members) or sum(members) != n:
+        raise ValueError(f"LoRA outputs {members} must be multiples of {block_n} filling out's {n} columns")
+    x = x.contiguous()
+    partial, split = _shrink(x, lora)
     offsets = rank_offsets(members, block_n, lora.rank, out.device)
     nf4_kernels.lora_expand_kernel[(n // block_n, rows)](
         out, out.stride(0), partial, lora.b, lora.b.stride(0), lora.slots, offsets, rows, n, split,
         lora.a.shape[2], R=lora.rank, BLOCK_N=block_n, num_warps=4,
     )  # fmt: skip
+
+
+def with_lora_beside(
+    product: Callable[[], torch.Tensor], x: torch.Tensor, lora: GroupLora, members: tuple[int, ...]
+) -> torch.Tensor:
+    """product() + each row's LoRA of x (add_lora's layout), the LoRA made on a second stream while the
+    product runs. Its two small kernels cost ~3.5 us each in a decode step, mostly latency: after the
+    product (or fused into the kernel) they added ~13% to a one-row step; as a parallel branch of the
+    captured graph they hide behind the memory-bound product (bench/RESULTS.md)."""
+    # The order keeps the caching allocator safe without record_stream: the side stream starts after the
+    # main stream's work so far, and the main stream waits for it before anything reads `delta` or can
+    # free `x`. Captured, the fork and the join become edges of the graph.
+    main, side = torch.cuda.current_stream(x.device), _side_stream(x.device)
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        delta = torch.zeros(x.shape[0], sum(members), dtype=x.dtype, device=x.device)
+        add_lora(x, delta, lora, members)
+    out = product()
+    main.wait_stream(side)
+    return out.add_(delta)
+
+
+@functools.cache
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    return torch.cuda.Stream(device)
 
 
 def _shrink(x: torch.Tensor, lora: GroupLora) -> tuple[torch.Tensor, int]:

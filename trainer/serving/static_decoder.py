@@ -5,7 +5,7 @@ and bitsandbytes' Python wrappers per token, and an unmerged LoRA adds hundreds 
 replays the whole step from the GPU's own queue. The step is written here, on the model's own modules
 (norms, projections, MLP, rotary tables), because transformers' mask and cache code syncs with the host
 and cannot be captured. A batch's prompts are prefilled together, right-padded. On a GPU with Triton the
-decode step's linear layers run through kernel_layers.py (few-row 4-bit kernels, LoRA fused).
+decode step's linear layers run through kernel_layers.py (few-row 4-bit kernels, LoRA beside them).
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class StaticDecoder:
         self.max_arenas = max_arenas
         self.arenas: OrderedDict[tuple[int, int], _Arena] = OrderedDict()  # least recently used first
         # On a GPU with Triton, decode steps of up to MAX_ROWS rows run the linear layers through the
-        # few-row 4-bit kernels with LoRA fused (kernel_layers.py); None: the modules alone (also the
+        # few-row 4-bit kernels, LoRA on a second stream (kernel_layers.py); None: the modules alone (also the
         # case with CUDA graphs switched off, the plainest path for debugging).
         self.kernels = kernel_layers.build(model, bank) if self.use_graphs else None
 
@@ -321,16 +321,20 @@ class _StaticSession:
         arena.tokens.zero_()
         arena.positions.copy_(torch.tensor([len(ids) for ids in prompts] + [0] * len(padding), device=device))
         self.logits = decoder.prefill(arena, prompts, slots)
+        self.advance_mask: list[int] = []
+        self.advance = arena.positions  # replaced at the first step
 
     def step(self, tokens: torch.Tensor, active: Sequence[bool]) -> torch.Tensor:
         arena, count = self.arena, self.count
         arena.tokens[:count].copy_(tokens)
         logits = self.decoder.decode(arena, self.route)
-        # A finished row stays where it is, so a long answer beside it never runs it past the cache.
-        advance = torch.tensor(
-            [int(a) for a in active] + [0] * (arena.rows - count), device=arena.tokens.device
-        )
-        arena.positions.add_(advance)
+        # A finished row stays where it is, so a long answer beside it never runs it past the cache. The
+        # mask is copied to the GPU only when it changes: a copy from host memory waits for the GPU, and
+        # the caller queues the next step before reading this one's tokens (streaming.run_rows).
+        mask = [int(a) for a in active] + [0] * (arena.rows - count)
+        if mask != self.advance_mask:
+            self.advance_mask, self.advance = mask, torch.tensor(mask, device=arena.tokens.device)
+        arena.positions.add_(self.advance)
         self.logits = logits[:count].float()
         return self.logits
 

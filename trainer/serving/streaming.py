@@ -83,12 +83,25 @@ def run_rows(
     `on_end(index)` is called once per row, after its last piece, with its `stop_reason` set.
 
     A stop token, a cancel or a timeout adds nothing to the answer; a row's last allowed token does.
+    After the first token, each step is queued before the previous step's tokens are read on the host.
     """
-    logits = session.logits
+    tokens = next_tokens(session.logits, samplers)
+    first = True
     while True:
-        tokens = next_tokens(logits, samplers)
+        chosen = tokens.tolist()  # waits for this step's tokens, not for a next step queued below
+        # From the second token on, the next step is queued before the host reads these tokens
+        # (detokenizing, streaming), so the GPU decodes while the host works instead of waiting for it; the
+        # first token is streamed at once, as the asker waits for it. A row whose length ends with this
+        # token sits the queued step out. A row that stops at this token for another reason (stop token,
+        # cancel, timeout) takes one step too many: its result is never read, and the row, short of its
+        # length, stays inside its cache.
+        following = None
+        if not first:
+            going_on = [not row.closed and row.tokens + 1 < row.max_new_tokens for row in rows]
+            if any(going_on):
+                following = next_tokens(session.step(tokens, going_on), samplers)
         now = time.monotonic()
-        for index, (row, token) in enumerate(zip(rows, tokens.tolist(), strict=True)):
+        for index, (row, token) in enumerate(zip(rows, chosen, strict=True)):
             if row.closed:
                 continue
             row.stop_reason = row.interrupted()
@@ -107,7 +120,11 @@ def run_rows(
                 _close(row, index, on_text, on_end)
         if all(row.closed for row in rows):
             return
-        logits = session.step(tokens, [not row.closed for row in rows])
+        if first:
+            following = next_tokens(session.step(tokens, [not row.closed for row in rows]), samplers)
+            first = False
+        assert following is not None  # a row still open had its length left, so it was stepped
+        tokens = following
 
 
 def _close(
