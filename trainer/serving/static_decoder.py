@@ -321,8 +321,8 @@ class _StaticSession:
         arena.tokens.zero_()
         arena.positions.copy_(torch.tensor([len(ids) for ids in prompts] + [0] * len(padding), device=device))
         self.logits = decoder.prefill(arena, prompts, slots)
-        self.advance_mask: list[int] = []
-        self.advance = arena.positions  # replaced at the first step
+        self.advance_mask: list[int] = []  # which rows the last step advanced, and that mask on the GPU
+        self.advance: torch.Tensor | None = None
 
     def step(self, tokens: torch.Tensor, active: Sequence[bool]) -> torch.Tensor:
         arena, count = self.arena, self.count
@@ -332,7 +332,7 @@ class _StaticSession:
         # mask is copied to the GPU only when it changes: a copy from host memory waits for the GPU, and
         # the caller queues the next step before reading this one's tokens (streaming.run_rows).
         mask = [int(a) for a in active] + [0] * (arena.rows - count)
-        if mask != self.advance_mask:
+        if self.advance is None or mask != self.advance_mask:
             self.advance_mask, self.advance = mask, torch.tensor(mask, device=arena.tokens.device)
         arena.positions.add_(self.advance)
         self.logits = logits[:count].float()

@@ -86,45 +86,50 @@ def run_rows(
     After the first token, each step is queued before the previous step's tokens are read on the host.
     """
     tokens = next_tokens(session.logits, samplers)
-    first = True
+    _read(rows, tokens.tolist(), on_text, on_end)  # the first token streams at once: the asker waits for it
+    if all(row.closed for row in rows):
+        return
+    tokens = next_tokens(session.step(tokens, [not row.closed for row in rows]), samplers)
     while True:
-        chosen = tokens.tolist()  # waits for this step's tokens, not for a next step queued below
-        # From the second token on, the next step is queued before the host reads these tokens
-        # (detokenizing, streaming), so the GPU decodes while the host works instead of waiting for it; the
-        # first token is streamed at once, as the asker waits for it. A row whose length ends with this
-        # token sits the queued step out. A row that stops at this token for another reason (stop token,
-        # cancel, timeout) takes one step too many: its result is never read, and the row, short of its
-        # length, stays inside its cache.
-        following = None
-        if not first:
-            going_on = [not row.closed and row.tokens + 1 < row.max_new_tokens for row in rows]
-            if any(going_on):
-                following = next_tokens(session.step(tokens, going_on), samplers)
-        now = time.monotonic()
-        for index, (row, token) in enumerate(zip(rows, chosen, strict=True)):
-            if row.closed:
-                continue
-            row.stop_reason = row.interrupted()
-            if row.stop_reason is None and token in row.stop_ids:
-                row.stop_reason = "eos"
-            if row.stop_reason is None:
-                row.tokens += 1
-                if row.first_token_at is None:
-                    row.first_token_at = now
-                piece = row.decoder.push(token)
-                if piece:
-                    on_text(index, piece)
-                if row.tokens >= row.max_new_tokens:
-                    row.stop_reason = "length"
-            if row.stop_reason is not None:
-                _close(row, index, on_text, on_end)
-        if all(row.closed for row in rows):
-            return
-        if first:
-            following = next_tokens(session.step(tokens, [not row.closed for row in rows]), samplers)
-            first = False
-        assert following is not None  # a row still open had its length left, so it was stepped
+        chosen = tokens.tolist()  # waits for this step's tokens, not for the next step queued below
+        # The next step is queued before the host reads these tokens (detokenizing, streaming), so the GPU
+        # decodes while the host works instead of waiting for it. A row whose length ends with this token
+        # sits it out. A row that stops at this token for another reason (stop token, cancel, timeout)
+        # takes one step too many: its result is never read, and the row, short of its length, stays
+        # inside its cache.
+        going_on = [not row.closed and row.tokens + 1 < row.max_new_tokens for row in rows]
+        following = next_tokens(session.step(tokens, going_on), samplers) if any(going_on) else None
+        _read(rows, chosen, on_text, on_end)
+        if following is None or all(row.closed for row in rows):
+            return  # every row has ended: a row without a following step had its last token now
         tokens = following
+
+
+def _read(
+    rows: Sequence[RowState],
+    chosen: list[int],
+    on_text: Callable[[int, str], None],
+    on_end: Callable[[int], None],
+) -> None:
+    """Take each open row's token: stop it, or add the token to its answer and stream the new text."""
+    now = time.monotonic()
+    for index, (row, token) in enumerate(zip(rows, chosen, strict=True)):
+        if row.closed:
+            continue
+        row.stop_reason = row.interrupted()
+        if row.stop_reason is None and token in row.stop_ids:
+            row.stop_reason = "eos"
+        if row.stop_reason is None:
+            row.tokens += 1
+            if row.first_token_at is None:
+                row.first_token_at = now
+            piece = row.decoder.push(token)
+            if piece:
+                on_text(index, piece)
+            if row.tokens >= row.max_new_tokens:
+                row.stop_reason = "length"
+        if row.stop_reason is not None:
+            _close(row, index, on_text, on_end)
 
 
 def _close(
