@@ -89,17 +89,6 @@ def _dequantize(w_rows, s_rows, pair_ptr, k0, offs_h, offs_s, BLOCK_N: tl.conste
 
 
 @triton.jit
-def _row_lora(acc, row, partial_ptr, b_ptr, stride_bs, slot_ptr, first, offs_r, offs_n, M, N, SPLIT, RT):
-    """acc + this row's LoRA product for the tile: (sum of the shrink's partials) @ B[slot]."""
-    a = tl.zeros(offs_r.shape, dtype=tl.float32)
-    for split in range(0, SPLIT):
-        a += tl.load(partial_ptr + (split * M + row) * RT + first + offs_r)
-    slot = tl.load(slot_ptr + row)
-    b = tl.load(b_ptr + slot * stride_bs + offs_r[:, None] * N + offs_n[None, :]).to(tl.float32)
-    return acc + tl.sum(a[:, None] * b, axis=0)
-
-
-@triton.jit
 def nf4_matmul_kernel(
     x_ptr,
     stride_xm,
@@ -169,13 +158,17 @@ def lora_expand_kernel(
     R: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """out[row, tile] += the row's LoRA product, in place."""
+    """out[row, tile] += the row's LoRA product, in place: (sum of the shrink's partials) @ B[slot]."""
     tile = tl.program_id(0)
     row = tl.program_id(1)
     offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_r = tl.arange(0, R)
-    first = tl.load(rank_offset_ptr + tile)
+    first = tl.load(rank_offset_ptr + tile)  # where this tile's layer starts in the shrink's columns
+    a = tl.zeros((R,), dtype=tl.float32)
+    for split in range(0, SPLIT):
+        a += tl.load(partial_ptr + (split * M + row) * RT + first + offs_r)
+    slot = tl.load(slot_ptr + row)
+    b = tl.load(b_ptr + slot * stride_bs + offs_r[:, None] * N + offs_n[None, :]).to(tl.float32)
     out = out_ptr + row * stride_om + offs_n
-    acc = tl.load(out).to(tl.float32)
-    acc = _row_lora(acc, row, partial_ptr, b_ptr, stride_bs, slot_ptr, first, offs_r, offs_n, M, N, SPLIT, RT)
+    acc = tl.load(out).to(tl.float32) + tl.sum(a[:, None] * b, axis=0)
     tl.store(out, acc.to(out_ptr.dtype.element_ty))
