@@ -79,7 +79,9 @@ def expected_with_lora(reference, x, a, b, slots, members):
     return expected
 
 
-def measure_group(name: str, members: tuple[int, ...], k: int, tiles: list, per_token: dict) -> dict:
+def measure_group(
+    name: str, members: tuple[int, ...], k: int, tiles: list, row_counts: tuple[int, ...], per_token: dict
+) -> dict:
     import bitsandbytes.functional as bnb_functional
     import torch
 
@@ -93,13 +95,13 @@ def measure_group(name: str, members: tuple[int, ...], k: int, tiles: list, per_
     weight = nf4_matmul.pack_linears(layers)
     dense = torch.cat([bnb_functional.dequantize_4bit(x.weight.data, x.weight.quant_state) for x in layers])
     entry: dict = {"n": weight.n, "k": k, "rows": {}}
-    for rows in (1, 2, 4):
+    for rows in row_counts:
         x = torch.randn(rows, k, dtype=torch.bfloat16, device="cuda")
         reference = x.float() @ dense.float().T
         bnb_us = timed(lambda: [layer(x) for layer in layers])  # noqa: B023 (timed inside this iteration)
         sweep = []
         for config in tiles:
-            if not weight.tiles_align(config.block_n) or k % config.block_k:
+            if not weight.tiles_align(config.block_n) or config.split > k // nf4_matmul.STEP:
                 continue
             try:
                 error = relative_error(nf4_matmul.matmul(x, weight, config=config), reference)
@@ -161,18 +163,19 @@ def main() -> int:
         f"bitsandbytes {bitsandbytes.__version__}"
     )
     tiles = list(CANDIDATES)
-    if not args.quick:
-        Config = nf4_matmul.KernelConfig
+    if not args.quick:  # a sweep: tile widths, warps, K slices
+        shapes = [(8, 2), (16, 2), (16, 4), (32, 4), (32, 8), (64, 4), (64, 8), (128, 8)]
         tiles += [
-            Config(16, 512, 4, 2),
-            Config(16, 128, 2, 3),
-            Config(8, 256, 2, 2),
-            Config(32, 512, 8, 2, True),
+            nf4_matmul.KernelConfig(block_n, warps, split)
+            for block_n, warps in shapes
+            for split in (1, 2, 4, 8)
         ]
+        tiles = list(dict.fromkeys(tiles))
+    row_counts = (1, 2, 4) if args.quick else (1, 4)  # the sweep compiles every tile per row count
     per_token: dict = {"bnb + torch": {}, "kernel": {}}
     results: dict = {"device": gpu, "date": time.strftime("%Y-%m-%d"), "groups": {}}
     for name, (members, k) in GROUPS.items():
-        results["groups"][name] = measure_group(name, members, k, tiles, per_token)
+        results["groups"][name] = measure_group(name, members, k, tiles, row_counts, per_token)
         torch.cuda.empty_cache()
     summary = {
         path: {rows: round(us / 1000, 2) for rows, us in by_rows.items()}

@@ -127,11 +127,17 @@ def test_joined_matmul_with_each_rows_lora_equals_the_dequantized_product():
     a = torch.randn(3, k, rank * len(members), dtype=torch.bfloat16, device="cuda") * 0.05
     b = torch.randn(3, rank, sum(members), dtype=torch.bfloat16, device="cuda") * 0.05
     a[0], b[0] = 0, 0  # the zero slot
+    splits = (  # K (512) in two slices of 256, by 16- and 64-wide tiles
+        nf4_matmul.KernelConfig(block_n=16, warps=2, split=2),
+        nf4_matmul.KernelConfig(block_n=64, warps=4, split=2),
+    )
     for rows in (1, 2, 3, 4):
         slots = torch.tensor([1, 0, 2, 1][:rows], device="cuda")
         expected = x[:rows].float() @ dense.float().T
-        base = nf4_matmul.matmul(x[:rows], weight)
-        assert _relative_error(base, expected) < 1e-2
+        for config in (None, *splits):
+            base = nf4_matmul.matmul(x[:rows], weight, config)
+            assert _relative_error(base, expected) < 1e-2, config
+            assert not weight.counters.any(), "each tile's slice counter is re-armed for the next call"
         for row in range(rows):
             start = 0
             for index, size in enumerate(members):
@@ -143,7 +149,7 @@ def test_joined_matmul_with_each_rows_lora_equals_the_dequantized_product():
         beside = nf4_matmul.with_lora_beside(product, x[:rows], lora, members)
         assert _relative_error(beside, expected) < 1e-2
         by_bitsandbytes = torch.cat([layer(x[:rows]) for layer in layers], dim=-1)
-        nf4_matmul.add_lora(x[:rows], by_bitsandbytes, lora, members)
+        by_bitsandbytes += nf4_matmul.lora_product(x[:rows], lora, members)
         assert _relative_error(by_bitsandbytes, expected) < 1e-2
 
 
@@ -160,7 +166,6 @@ def test_decode_steps_through_the_kernels_give_the_module_paths_logits(tmp_path:
     assert decoder.kernels is not None, "a 256-wide Llama in 4-bit on a GPU runs through the kernels"
     for group in decoder.kernels.layers[-1]:  # timed at load for every arena size, with and without LoRA
         assert set(group.choices) == {(rows, lora) for rows in (1, 2, 4) for lora in (False, True)}
-        assert group.packed is not None or set(group.choices.values()) == {None}
     slots = [residency.adapter(base, str(model_dir / name), lambda: None).slot for name in ("a1", "a2")]
     prompts = [[1, 5, 9, 12], [1, 7, 3], [1, 4], [1, 8, 8, 8, 2]]
     with torch.inference_mode():
@@ -197,17 +202,17 @@ def test_every_kernel_variant_compiles_for_a_gpu_without_one():
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from trainer.serving import nf4_kernels
+    from trainer.serving import nf4_kernels, nf4_matmul
 
     pointers = {
         "x_ptr": "*bf16",
-        "w_ptr": "*u8",
+        "w_ptr": "*i32",
         "scale_ptr": "*fp16",
         "pair_ptr": "*i32",
         "out_ptr": "*bf16",
     }
     pointers |= {"partial_ptr": "*fp32", "b_ptr": "*bf16", "slot_ptr": "*i64", "rank_offset_ptr": "*i32"}
-    pointers |= {"a_ptr": "*bf16"}
+    pointers |= {"a_ptr": "*bf16", "count_ptr": "*i32"}
 
     def compile_kernel(kernel, constants: dict, warps: int = 4) -> None:
         names = kernel.arg_names
@@ -219,9 +224,10 @@ def test_every_kernel_variant_compiles_for_a_gpu_without_one():
         )
         triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
 
+    assert nf4_kernels.STEP.value == nf4_matmul.STEP
     for rows in (1, 2, 3, 4):
-        for wide in (False, True):
-            constants = dict(ROWS=rows, GROUP=64, BLOCK_N=32, BLOCK_K=256, WIDE=wide)
-            compile_kernel(nf4_kernels.nf4_matmul_kernel, constants)
+        for block_n, warps, split in [(16, 2, 1), (64, 4, 4)]:
+            constants = dict(ROWS=rows, GROUP=64, BLOCK_N=block_n, SPLIT=split)
+            compile_kernel(nf4_kernels.nf4_matmul_kernel, constants, warps)
     compile_kernel(nf4_kernels.lora_shrink_kernel, dict(RT=48, RT_PAD=64, BLOCK_K=256))
     compile_kernel(nf4_kernels.lora_expand_kernel, dict(R=16, BLOCK_N=64))

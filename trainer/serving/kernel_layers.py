@@ -1,11 +1,10 @@
 """A Llama-family decoder layer's linear layers as the decode step runs them on a GPU with Triton.
 
-Layers that read one input (q/k/v, gate/up) are joined into one 4-bit weight and run by the few-row kernel
-(nf4_matmul.py), or by bitsandbytes where it times faster at load; a layer alone (o, down) keeps
-bitsandbytes' product, faster than ours on 4096-wide outputs (bench/nf4_matmul.py). Every group's LoRA
-runs on a second stream beside its base product. Prefill and batches over MAX_ROWS rows use the
-modules as they are. The groups are timed with rank-16 adapters; a larger rank compiles its kernels when
-its first decode step is captured.
+Layers that read one input (q/k/v, gate/up) are joined into one 4-bit weight, a layer alone (o, down) is
+its own group; each group is run by the few-row kernel (nf4_matmul.py), or by bitsandbytes where that times
+faster at load. Every group's LoRA runs on a second stream beside its base product. Prefill and batches
+over MAX_ROWS rows use the modules as they are. The groups are timed with rank-16 adapters; a larger rank
+compiles its kernels when its first decode step is captured.
 """
 
 from __future__ import annotations
@@ -30,16 +29,16 @@ GATE_UP = ("mlp.gate_proj", "mlp.up_proj")
 DOWN = ("mlp.down_proj",)
 GROUPS = (QKV, OUT, GATE_UP, DOWN)
 # Which product is faster depends on the GPU, the shape and the rows: each group times the candidates below
-# against bitsandbytes at load, in CUDA graphs as the decode step replays them, and keeps the fastest. On an
-# H200 with 7B shapes (us per call, LoRA beside included) q/k/v take the kernel (1 row 28 vs 39, 4 rows 59
-# vs 79), gate/up the kernel for 2 and 4 rows (4 rows 117 vs 144) but bitsandbytes' one-row GEMV (51 vs
-# 60). The lone o and down layers (4096 outputs: too few tiles for the kernel, o 10.5 vs 17 us and down 23
-# vs 42 at one row) are not joined and stay on bitsandbytes, with their LoRA beside.
+# against bitsandbytes at load, in CUDA graphs as the decode step replays them, and keeps the fastest. Four
+# tiles came within 1.3% of the best of bench/nf4_matmul.py's sweep for every 7B group at 1 and 4 rows on an
+# H200, where the kernel beat bitsandbytes on all of them (us per call, 1 row / 4 rows): q/k/v 18.9 / 30.0
+# (bitsandbytes 32.2 / 71.7), o 8.9 / 13.9 (10.6 / 23.7), gate/up 34.0 / 58.5 (47.3 / 132.5), down 17.5 / 27.1
+# (23.5 / 58.3). Narrow layers (4096 outputs) want K split: too few tiles for 132 SMs otherwise.
 CANDIDATES = (
-    nf4_matmul.KernelConfig(block_n=32, block_k=256, warps=4, stages=2),
-    nf4_matmul.KernelConfig(block_n=16, block_k=256, warps=2, stages=2),
-    nf4_matmul.KernelConfig(block_n=32, block_k=256, warps=4, stages=2, wide=True),
-    nf4_matmul.KernelConfig(block_n=16, block_k=256, warps=4, stages=2, wide=True),
+    nf4_matmul.KernelConfig(block_n=16, warps=2),
+    nf4_matmul.KernelConfig(block_n=64, warps=4),
+    nf4_matmul.KernelConfig(block_n=64, warps=4, split=2),
+    nf4_matmul.KernelConfig(block_n=64, warps=4, split=4),
 )
 WARM_ROWS = (1, 2, 4)  # the arena sizes of a decode step with up to MAX_ROWS rows
 Choice = nf4_matmul.KernelConfig | None  # a kernel tile, or None: bitsandbytes' product
@@ -49,7 +48,7 @@ Choice = nf4_matmul.KernelConfig | None  # a kernel tile, or None: bitsandbytes'
 class _Group:
     names: tuple[str, ...]  # the bank's names of the group's layers
     modules: list[Any]  # their LoraLinear wrappers
-    packed: nf4_matmul.PackedWeight | None  # joined weight, or None: bitsandbytes runs the base product
+    packed: nf4_matmul.PackedWeight  # the layers' weights joined, as the kernel reads them
     sizes: list[int]
     choices: dict[tuple[int, bool], Choice] = field(default_factory=dict)  # (rows, LoRA) -> the fastest
 
@@ -69,7 +68,7 @@ class _Group:
         return nf4_matmul.with_lora_beside(partial(self._product, x, choice), x, lora, tuple(self.sizes))
 
     def _product(self, x: torch.Tensor, choice: Choice) -> torch.Tensor:
-        if choice is not None and self.packed is not None:
+        if choice is not None:
             return nf4_matmul.matmul(x, self.packed, choice)
         outs = [module.base(x) for module in self.modules]
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
@@ -82,9 +81,9 @@ class _Group:
         dtype = self.modules[0].base.weight.quant_state.dtype
         a = torch.randn(2, k, rank * len(self.sizes), dtype=dtype, device=device) * 0.01
         b = torch.randn(2, rank, sum(self.sizes), dtype=dtype, device=device) * 0.01
+        steps = k // nf4_matmul.STEP
         options: list[Choice] = [None]
-        if self.packed is not None:
-            options += [c for c in CANDIDATES if self.packed.tiles_align(c.block_n) and k % c.block_k == 0]
+        options += [c for c in CANDIDATES if self.packed.tiles_align(c.block_n) and c.split <= steps]
         for rows in WARM_ROWS:
             x = torch.randn(rows, k, dtype=dtype, device=device)
             lora = nf4_matmul.GroupLora(a, b, rank, torch.ones(rows, dtype=torch.long, device=device))
@@ -171,7 +170,7 @@ def build(model: Any, bank: LoraBank) -> KernelLayers | None:
     for plan in plans:
         layer = []
         for full, modules in plan:
-            packed = nf4_matmul.pack_linears([m.base for m in modules]) if len(modules) > 1 else None
+            packed = nf4_matmul.pack_linears([m.base for m in modules])
             layer.append(_Group(full, modules, packed, [m.out_features for m in modules]))
         layers.append(layer)
     bank.join([group.names for layer in layers for group in layer])

@@ -2,8 +2,9 @@
 
 `pack_linears` joins the 4-bit layers that read one input (q/k/v, gate/up) into one weight, so a decode
 step launches one kernel per group instead of one per layer; the layers keep working on their own, as
-views of the joined bytes (no second copy of the weights). `matmul` runs up to MAX_ROWS rows; `add_lora`
-adds each row's own adapter to a product in place (a shrink and an expand kernel).
+views of the joined bytes (no second copy of the weights). `matmul` runs up to MAX_ROWS rows;
+`lora_product` makes each row's own adapter's product (a shrink and an expand kernel), `with_lora_beside`
+adds it to a base product made at the same time.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 
 MAX_ROWS = 4  # rows the kernel accumulates separately; more go through bitsandbytes (prefill)
+STEP = 256  # nf4_kernels.STEP (that module imports Triton): K must be a multiple
 SHRINK_BLOCK_K = 256
 
 
@@ -32,20 +34,18 @@ def available(device: torch.device) -> bool:
 
 @dataclass(frozen=True)
 class KernelConfig:
-    block_n: int
-    block_k: int
+    block_n: int  # outputs per program
     warps: int
-    stages: int
-    wide: bool = False  # per-column partial sums, reduced once at the end (more registers, less shuffling)
+    split: int = 1  # K slices run by separate programs, their sums added by each tile's last slice
 
 
 def default_config(rows: int, n: int, k: int) -> KernelConfig:
     """A tile for a shape when the caller names none (the serve worker times candidates instead): from
-    bench/nf4_matmul.py's sweep on an H200 with 7B shapes, 32-wide tiles up to 12288 outputs, 16-wide
-    with two warps on wider ones (22016: gate/up)."""
-    if n <= 16384:
-        return KernelConfig(block_n=32, block_k=256, warps=4, stages=2)
-    return KernelConfig(block_n=16, block_k=256, warps=2, stages=2)
+    bench/nf4_matmul.py's sweep on an H200 with 7B shapes, narrow layers (4096 outputs: too few tiles for
+    132 SMs) split K in four, wider ones take 64-wide tiles for one row and 16-wide for more."""
+    if n <= 4096:
+        return KernelConfig(block_n=64, warps=4, split=min(4, k // STEP))
+    return KernelConfig(block_n=64, warps=4) if rows == 1 else KernelConfig(block_n=16, warps=2)
 
 
 @dataclass(eq=False)
@@ -57,6 +57,9 @@ class PackedWeight:
     pairs: torch.Tensor  # (256,) int32: each byte's two code values as bfloat16 bits (high nibble first)
     group: int
     members: tuple[int, ...]  # each layer's output size, in order
+    # (N,) int32 zeros: the split kernel's per-tile count of finished K slices, back to zero after each call.
+    # Calls on one weight never overlap: one generation thread decodes on one stream (engine.py).
+    counters: torch.Tensor
 
     @property
     def n(self) -> int:
@@ -90,8 +93,8 @@ def unpackable_reason(modules: Sequence[Any]) -> str | None:
         n, k = state.shape
         if n % 64:
             return f"output size {n} is not a multiple of 64"
-        if k % 256:
-            return f"input size {k} is not a multiple of 256"
+        if k % STEP:
+            return f"input size {k} is not a multiple of {STEP}"
         if state.blocksize not in (32, 64, 128, 256):
             return f"quantization block {state.blocksize} (the kernels take 32 to 256)"
         if state.dtype not in (torch.bfloat16, torch.float16):
@@ -123,7 +126,9 @@ def pack_linears(modules: Sequence[Any]) -> PackedWeight:
             absmax = bnb_functional.dequantize_blockwise(state.absmax, state.state2) + state.offset
         scales.append(absmax.float().to(torch.float16))
         row += size
-    return PackedWeight(codes, torch.cat(scales), code_pairs(states[0].code), states[0].blocksize, members)
+    counters = torch.zeros(codes.shape[0], dtype=torch.int32, device=device)  # every tile width fits
+    pairs = code_pairs(states[0].code)
+    return PackedWeight(codes, torch.cat(scales), pairs, states[0].blocksize, members, counters)
 
 
 def code_pairs(code: torch.Tensor) -> torch.Tensor:
@@ -153,40 +158,45 @@ def matmul(x: torch.Tensor, weight: PackedWeight, config: KernelConfig | None = 
     if rows > MAX_ROWS or k != weight.k:
         raise ValueError(f"nf4 matmul takes up to {MAX_ROWS} rows of {weight.k} values, got {tuple(x.shape)}")
     config = config or default_config(rows, n, k)
-    if k % config.block_k or config.block_k % weight.group or n % config.block_n:
-        raise ValueError(f"tile {config} does not divide the weight ({n}, {k}, group {weight.group})")
+    if k % STEP or n % config.block_n or not 1 <= config.split <= k // STEP:
+        raise ValueError(f"tile {config} does not divide the weight ({n}, {k})")
     x = x.contiguous()
     out = torch.empty(rows, n, dtype=x.dtype, device=x.device)
-    nf4_kernels.nf4_matmul_kernel[(n // config.block_n,)](
-        x, x.stride(0), weight.codes, weight.scales, weight.pairs, out, out.stride(0), k,
-        ROWS=rows, GROUP=weight.group, BLOCK_N=config.block_n, BLOCK_K=config.block_k, WIDE=config.wide,
-        num_warps=config.warps, num_stages=config.stages,
+    partial = out  # a placeholder: one slice writes no partial sums
+    if config.split > 1:
+        partial = torch.empty(config.split, rows, n, dtype=torch.float32, device=x.device)
+    nf4_kernels.nf4_matmul_kernel[(n // config.block_n, config.split)](
+        x, x.stride(0), weight.codes.view(torch.int32), weight.scales, weight.pairs, out, out.stride(0),
+        partial, weight.counters, n, k, 1, ROWS=rows, GROUP=weight.group, BLOCK_N=config.block_n,
+        SPLIT=config.split, num_warps=config.warps, num_stages=2,
     )  # fmt: skip
     return out
 
 
-def add_lora(x: torch.Tensor, out: torch.Tensor, lora: GroupLora, members: tuple[int, ...]) -> None:
-    """out (rows, N) += each row's LoRA product of x (rows, K), in place, for layers whose outputs (sizes
-    `members`) sit side by side in `out`."""
+def lora_product(x: torch.Tensor, lora: GroupLora, members: tuple[int, ...]) -> torch.Tensor:
+    """Each row's LoRA product of x (rows, K): (rows, N), for layers whose outputs (sizes `members`) sit side
+    by side."""
     from trainer.serving import nf4_kernels
 
-    rows, n = out.shape
+    rows, n = x.shape[0], sum(members)
     block_n = 64
-    if any(size % block_n for size in members) or sum(members) != n:
-        raise ValueError(f"LoRA outputs {members} must be multiples of {block_n} filling out's {n} columns")
+    if any(size % block_n for size in members):
+        raise ValueError(f"LoRA outputs {members} must be multiples of {block_n}")
     x = x.contiguous()
+    out = torch.empty(rows, n, dtype=x.dtype, device=x.device)
     partial, split = _shrink(x, lora)
     offsets = rank_offsets(members, block_n, lora.rank, out.device)
     nf4_kernels.lora_expand_kernel[(n // block_n, rows)](
         out, out.stride(0), partial, lora.b, lora.b.stride(0), lora.slots, offsets, rows, n, split,
         lora.a.shape[2], R=lora.rank, BLOCK_N=block_n, num_warps=4,
     )  # fmt: skip
+    return out
 
 
 def with_lora_beside(
     product: Callable[[], torch.Tensor], x: torch.Tensor, lora: GroupLora, members: tuple[int, ...]
 ) -> torch.Tensor:
-    """product() + each row's LoRA of x (add_lora's layout), the LoRA made on a second stream while the
+    """product() + each row's LoRA of x (lora_product's layout), the LoRA made on a second stream while the
     product runs. Its two small kernels cost ~3.5 us each in a decode step, mostly latency: after the
     product (or fused into the kernel) they added ~13% to a one-row step; as a parallel branch of the
     captured graph they hide behind the memory-bound product (bench/RESULTS.md)."""
@@ -196,8 +206,7 @@ def with_lora_beside(
     main, side = torch.cuda.current_stream(x.device), _side_stream(x.device)
     side.wait_stream(main)
     with torch.cuda.stream(side):
-        delta = torch.zeros(x.shape[0], sum(members), dtype=x.dtype, device=x.device)
-        add_lora(x, delta, lora, members)
+        delta = lora_product(x, lora, members)
     out = product()
     main.wait_stream(side)
     return out.add_(delta)
