@@ -101,7 +101,7 @@ def measure_group(
         bnb_us = timed(lambda: [layer(x) for layer in layers])  # noqa: B023 (timed inside this iteration)
         sweep = []
         for config in tiles:
-            if not weight.tiles_align(config.block_n) or config.split > k // nf4_matmul.STEP:
+            if not weight.fits(config):
                 continue
             try:
                 error = relative_error(nf4_matmul.matmul(x, weight, config=config), reference)

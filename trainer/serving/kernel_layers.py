@@ -81,9 +81,7 @@ class _Group:
         dtype = self.modules[0].base.weight.quant_state.dtype
         a = torch.randn(2, k, rank * len(self.sizes), dtype=dtype, device=device) * 0.01
         b = torch.randn(2, rank, sum(self.sizes), dtype=dtype, device=device) * 0.01
-        steps = k // nf4_matmul.STEP
-        options: list[Choice] = [None]
-        options += [c for c in CANDIDATES if self.packed.tiles_align(c.block_n) and c.split <= steps]
+        options: list[Choice] = [None, *(c for c in CANDIDATES if self.packed.fits(c))]
         for rows in WARM_ROWS:
             x = torch.randn(rows, k, dtype=dtype, device=device)
             lora = nf4_matmul.GroupLora(a, b, rank, torch.ones(rows, dtype=torch.long, device=device))

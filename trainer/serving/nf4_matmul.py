@@ -69,8 +69,11 @@ class PackedWeight:
     def k(self) -> int:
         return self.codes.shape[1] * 2
 
-    def tiles_align(self, block_n: int) -> bool:
-        return all(size % block_n == 0 for size in self.members)
+    def fits(self, config: KernelConfig) -> bool:
+        """Whether the kernel can run this weight in `config`'s tiles: every layer's outputs in whole tiles,
+        K in whole steps and at least one step per K slice."""
+        whole_tiles = all(size % config.block_n == 0 for size in self.members)
+        return whole_tiles and self.k % STEP == 0 and 1 <= config.split <= self.k // STEP
 
 
 @functools.cache
@@ -158,7 +161,7 @@ def matmul(x: torch.Tensor, weight: PackedWeight, config: KernelConfig | None = 
     if rows > MAX_ROWS or k != weight.k:
         raise ValueError(f"nf4 matmul takes up to {MAX_ROWS} rows of {weight.k} values, got {tuple(x.shape)}")
     config = config or default_config(rows, n, k)
-    if k % STEP or n % config.block_n or not 1 <= config.split <= k // STEP:
+    if not weight.fits(config):
         raise ValueError(f"tile {config} does not divide the weight ({n}, {k})")
     x = x.contiguous()
     out = torch.empty(rows, n, dtype=x.dtype, device=x.device)
