@@ -14,8 +14,7 @@ from bot.discord_bot.client import QloraBot
 from bot.hub.access import HubAccess
 from bot.jobs.executor import LocalExecutor
 from bot.jobs.local import configured_slots
-from bot.jobs.service import JobService
-from bot.jobs.service_lock import RunnerLock
+from bot.jobs.service import JobService, RunnerBusy
 from bot.logging_setup import setup_logging
 from bot.serving.serve_client import ServeClient
 from storage.store import Store
@@ -42,19 +41,12 @@ def run_bot(config: Config, verbose: bool = False) -> int:
         print(NO_TOKEN_HELP, file=sys.stderr)
         return 2
     log_path = setup_logging(config.logs_dir(), [secrets.discord_token, secrets.hf_token], verbose)
-    lock = RunnerLock(config.data_dir())
-    if not lock.try_acquire():
-        print(
-            f"qlora-bot: another qlora-bot process (pid {lock.holder_pid()}) already runs the queue of "
-            f"{config.data_dir()}; stop it first or set QLORA_BOT_HOME to another data directory",
-            file=sys.stderr,
-        )
-        return 2
+    print(f"qlora-bot: logging to {log_path}", file=sys.stderr)
     try:
-        print(f"qlora-bot: logging to {log_path}", file=sys.stderr)
         asyncio.run(serve(config, secrets))
-    finally:
-        lock.release()
+    except RunnerBusy as busy:
+        print(f"qlora-bot: {busy.message} ({config.data_dir()}); {busy.hint}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -100,7 +100,7 @@ class TerminalProgress:
             return
         self._last_state = key
         if job.state == "queued" and job.attempt > 1:
-            resume = job.checkpoint_path or "the start"
+            resume = job.resume_point or "the start"
             self._line(
                 f"attempt {job.attempt - 1} ended early; resuming from {resume} (attempt {job.attempt})"
             )

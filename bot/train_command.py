@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import shlex
-import signal
 from pathlib import Path
 
 from rich.console import Console
@@ -15,8 +15,8 @@ from bot.errors import UserFacingError
 from bot.job_specs import clean_name, make_spec
 from bot.jobs.executor import LocalExecutor
 from bot.jobs.local import configured_slots, open_service, terminal_requester
-from bot.jobs.service import JobService, Requester
-from bot.jobs.service_lock import RunnerLock
+from bot.jobs.service import JobService, Requester, RunnerBusy
+from bot.stop_signals import StopSignals
 from bot.terminal_progress import TerminalProgress, format_duration
 from storage.models import Job
 from trainer.protocol import (
@@ -36,7 +36,7 @@ def build_spec(args: argparse.Namespace, config: Config) -> JobSpec:
     modules = [m.strip() for m in (args.target_modules or "").split(",") if m.strip()]
     return make_spec(
         config.defaults,
-        base_model=args.base_model,
+        base_model=_local_or_remote(args.base_model) if args.base_model else None,
         dataset=DatasetSpec(
             source=_local_or_remote(args.dataset),
             format=args.format,
@@ -83,16 +83,6 @@ def _local_or_remote(source: str) -> str:
     return str(path.resolve()) if path.exists() else source
 
 
-def _job_dir(args: argparse.Namespace) -> Path | None:
-    """--output, or the job folder of the checkpoint being resumed; None lets the service choose."""
-    if args.output:
-        return args.output.expanduser().resolve()
-    if args.resume:
-        # A checkpoint lives in JOB/checkpoints/checkpoint-N: resume in the same job folder.
-        return args.resume.expanduser().resolve().parent.parent
-    return None
-
-
 def run_train(args: argparse.Namespace, config: Config, argv: list[str]) -> int:
     console = Console(stderr=True, soft_wrap=True)  # long paths and hints stay on one line
     spec = build_spec(args, config)
@@ -103,77 +93,131 @@ def run_train(args: argparse.Namespace, config: Config, argv: list[str]) -> int:
         for problem in problems:
             console.print(f"[red]error:[/] {problem}", highlight=False)
         return 2
-    return asyncio.run(_train(spec, _job_dir(args), config, console, argv))
+    job_dir = args.output.expanduser().resolve() if args.output else None
+    return asyncio.run(_train(spec, job_dir, config, console, argv))
 
 
 async def _train(
     spec: JobSpec, job_dir: Path | None, config: Config, console: Console, argv: list[str]
 ) -> int:
     requester = terminal_requester()
-    lock = RunnerLock(config.data_dir())
+    signals = StopSignals(console)
+    signals.install()
     try:
         async with open_service(config) as service:
+            submitting = asyncio.create_task(_job_to_follow(service, spec, job_dir, requester, console))
+            signals.on_first = submitting.cancel  # stopped before the job exists: no job at all
             try:
-                job = await service.submit(spec, requester, job_dir=job_dir)
+                job = await submitting
+            except asyncio.CancelledError:
+                console.print("cancelled before the job was queued", highlight=False)
+                return signals.exit_code(EXIT_CODES["cancelled"], cancelled_code=EXIT_CODES["cancelled"])
             except UserFacingError as error:
                 console.print(f"[red]error:[/] {error.message}", highlight=False)
                 if error.hint:
                     console.print(f"hint: {error.hint}", highlight=False)
                 return 2
-            console.print(f"job {job.id}: folder {job.spec.output_dir}", highlight=False)
-            takeover = asyncio.create_task(_run_queue_when_free(service, lock, job.id, config, console))
+            takeover = asyncio.create_task(_run_queue_when_free(service, job.id, config, console))
             try:
-                await _follow(service, job, requester, console)
+                await _follow(service, job, requester, console, signals)
             finally:
                 takeover.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await takeover
             ended = await service.get(job.id)
             done = await service.store.last_event(job.id, "done")
+            _say_what_is_handed_back(service, job.id, console)
     finally:
-        lock.release()
-    return _report(ended, done.event if done else None, argv, console)
+        signals.remove()
+    code = _report(ended, done.event if done else None, argv, console)
+    return signals.exit_code(code, cancelled_code=EXIT_CODES["cancelled"])
 
 
-async def _follow(service: JobService, job: Job, requester: Requester, console: Console) -> None:
-    """Render the job until it ends; Ctrl-C cancels it (at a checkpoint), a second Ctrl-C kills it."""
-    loop = asyncio.get_running_loop()
-    interrupts = 0
+async def _job_to_follow(
+    service: JobService, spec: JobSpec, job_dir: Path | None, requester: Requester, console: Console
+) -> Job:
+    """The job this command follows: a new one, or, for --resume of a checkpoint whose own job has not
+    ended (its runner died and left it queued or running), that job, which resumes by itself."""
+    if spec.resume_from:
+        owner = await service.job_of_checkpoint(spec.resume_from)
+        if owner is not None and not owner.is_terminal:
+            console.print(
+                f"job {owner.id} owns that checkpoint and has not ended ({owner.state}); it resumes from "
+                "its newest checkpoint by itself: following it",
+                highlight=False,
+            )
+            return owner
+    job = await service.submit(spec, requester, job_dir=job_dir)
+    console.print(f"job {job.id}: folder {job.spec.output_dir}", highlight=False)
+    if spec.resume_from:
+        console.print(f"job {job.id} continues from {spec.resume_from}", highlight=False)
+    return job
+
+
+async def _follow(
+    service: JobService, job: Job, requester: Requester, console: Console, signals: StopSignals
+) -> None:
+    """Render the job until it ends; the first stop signal cancels it (at a checkpoint), a second kills it."""
     pending: set[asyncio.Task] = set()
 
-    def on_interrupt() -> None:
-        nonlocal interrupts
-        interrupts += 1
-        if interrupts == 1:
-            console.print("\ncancelling: the worker saves a checkpoint first (Ctrl-C again to kill it)")
-            task = loop.create_task(service.cancel(job.id, requester))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-        elif service.runner is not None:
+    def cancel() -> None:
+        task = asyncio.get_running_loop().create_task(service.cancel(job.id, requester))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    def kill() -> None:
+        if service.runner is not None:
             service.runner.kill(job.id)
 
-    loop.add_signal_handler(signal.SIGINT, on_interrupt)
+    signals.on_first, signals.on_second = cancel, kill
+    if signals.received:
+        cancel()  # the signal came just as the job was queued
     display = TerminalProgress(console)
     try:
         async for update in service.subscribe(job.id):
-            if update.event is not None:
-                display.handle(update.event)
-            else:
-                display.state(update.job)
+            with contextlib.suppress(OSError):  # a closed terminal must not stop the shutdown
+                if update.event is not None:
+                    display.handle(update.event)
+                else:
+                    display.state(update.job)
     finally:
-        loop.remove_signal_handler(signal.SIGINT)
-        display.close()
+        signals.on_first = signals.on_second = None
+        with contextlib.suppress(OSError):
+            display.close()
 
 
-async def _run_queue_when_free(
-    service: JobService, lock: RunnerLock, job_id: int, config: Config, console: Console
-) -> None:
-    """Run our job here, unless another qlora-bot process runs the queue: then it runs there."""
-    if not lock.try_acquire():
-        holder = lock.holder_pid()
-        console.print(f"qlora-bot (pid {holder}) runs the queue; job {job_id} runs there", highlight=False)
-        while not lock.try_acquire():  # that process may stop before our job's turn
-            await asyncio.sleep(2.0)
+async def _run_queue_when_free(service: JobService, job_id: int, config: Config, console: Console) -> None:
+    """Run the queue here, every queued job in the fair order (jobs a dead runner left behind
+    included), unless another qlora-bot process runs it: then our job runs there, and we take over
+    when that process stops before our job ended."""
     executor = LocalExecutor(python=config.worker.python)
-    await service.start_runner(executor, configured_slots(config), only_job_ids={job_id})
+    announced = False
+    while True:
+        try:
+            await service.start_runner(executor, configured_slots(config))
+            return
+        except RunnerBusy as busy:
+            if not announced:
+                console.print(
+                    f"qlora-bot (pid {busy.holder_pid}) runs the queue; job {job_id} runs there",
+                    highlight=False,
+                )
+                announced = True
+            await asyncio.sleep(2.0)
+
+
+def _say_what_is_handed_back(service: JobService, job_id: int, console: Console) -> None:
+    """Other jobs this process ran are stopped at a checkpoint when it exits (service.close) and go
+    back to the queue, where the next qlora-bot process to run it (`run` or `train`) resumes them."""
+    runner = service.runner
+    others = sorted(other for other in (runner.active_job_ids() if runner else ()) if other != job_id)
+    if others:
+        listed = ", ".join(str(other) for other in others)
+        console.print(
+            f"job(s) {listed} also ran here: each stops at a checkpoint and resumes when qlora-bot runs "
+            "the queue next (`qlora-bot run`, or the next `qlora-bot train`)",
+            highlight=False,
+        )
 
 
 def _report(job: Job, done: Event | None, argv: list[str], console: Console) -> int:
@@ -202,12 +246,14 @@ def _report(job: Job, done: Event | None, argv: list[str], console: Console) -> 
 
 
 def _without_resume(argv: list[str]) -> list[str]:
+    """The command line without --resume and --output: a resume is a new job in a folder of its own
+    (the cancelled job's folder, with the checkpoint it resumes from, is only read)."""
     kept, skip = [], False
     for arg in argv:
         if skip:
             skip = False
-        elif arg == "--resume":
+        elif arg in ("--resume", "--output"):
             skip = True
-        elif not arg.startswith("--resume="):
+        elif not arg.startswith(("--resume=", "--output=")):
             kept.append(arg)
     return kept

@@ -60,6 +60,12 @@ class Job:
         return self.state in TERMINAL_STATES
 
     @property
+    def resume_point(self) -> str | None:
+        """Where the next attempt starts: the job's own newest checkpoint, else the checkpoint the job
+        was submitted to continue from (spec.resume_from; a checkpoint of an earlier job), else None."""
+        return self.checkpoint_path or self.spec.resume_from
+
+    @property
     def publish_pending(self) -> bool:
         """Succeeded, asked to be published, and not published (nor failed to be) yet."""
         return self.state == "succeeded" and self.push_requested and self.hub_state == "none"

@@ -121,6 +121,16 @@ class Store:
     async def get_job(self, job_id: int) -> Job | None:
         return _first(to_job, await self._db.run("SELECT * FROM jobs WHERE id = ?", (job_id,)))
 
+    async def job_in_folder(self, folder: str) -> Job | None:
+        """The job whose folder (spec.output_dir) is `folder`, e.g. the owner of a checkpoint."""
+        return _first(
+            to_job,
+            await self._db.run(
+                "SELECT * FROM jobs WHERE json_extract(spec, '$.output_dir') = ? ORDER BY id DESC LIMIT 1",
+                (folder,),
+            ),
+        )
+
     async def job_by_idempotency_key(self, key: str) -> Job | None:
         return _first(to_job, await self._db.run("SELECT * FROM jobs WHERE idempotency_key = ?", (key,)))
 

@@ -17,11 +17,10 @@ from bot.config import Config, PathsConfig
 from bot.jobs.executor import LocalExecutor
 from bot.jobs.scheduler import build_slots
 from bot.jobs.service import JobService, Requester
-from bot.jobs.service_lock import RunnerLock
 from bot.train_command import build_spec
 from storage.store import Store
 from tests.worker_helpers import worker_env, write_chat_dataset
-from trainer.protocol import DatasetSpec, JobSpec, TrainingSpec
+from trainer.protocol import DatasetSpec, JobSpec, Progress, TrainingSpec
 
 
 def cli(*args: str, home: Path, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -29,6 +28,14 @@ def cli(*args: str, home: Path, timeout: float = 240) -> subprocess.CompletedPro
     return subprocess.run(
         [sys.executable, "-m", "bot.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
     )
+
+
+def job_events(home: Path, job_id: int) -> list:
+    async def read() -> list:
+        async with await Store.open(home / "qlora-bot.db") as store:
+            return [stored.event for stored in await store.events(job_id)]
+
+    return asyncio.run(read())
 
 
 def test_train_prints_where_the_adapter_is(tiny_model_dir, tmp_path, data_home):
@@ -170,12 +177,21 @@ def test_ctrl_c_cancels_at_a_checkpoint_and_the_printed_command_resumes(tiny_mod
     saved_step = int(checkpoint.name.split("-")[-1])
     assert 0 < saved_step < 60
 
+    assert "--output" not in command  # a resume is a new job in a folder of its own
+    cancelled = json.loads((tmp_path / "job" / "spec.json").read_text())
     resumed = cli(*command[1:], home=data_home)
     assert resumed.returncode == 0, resumed.stderr
-    metrics = json.loads((tmp_path / "job" / "metrics.json").read_text())
+    resumed_dir = Path(resumed.stdout.strip().removeprefix("adapter: ")).parent
+    assert resumed_dir != tmp_path / "job"
+    metrics = json.loads((resumed_dir / "metrics.json").read_text())
     assert metrics["steps"] == 60
-    history = json.loads((tmp_path / "job" / "loss_history.json").read_text())
+    history = json.loads((resumed_dir / "loss_history.json").read_text())
     assert [point["step"] for point in history["train"]] == list(range(1, 61))
+    # It continued at the saved step: the worker's first step is the one after the checkpoint.
+    events = job_events(data_home, int(resumed_dir.name))
+    steps = [event.step for event in events if isinstance(event, Progress)]
+    assert steps[0] == saved_step + 1, steps
+    assert json.loads((resumed_dir / "spec.json").read_text())["lora"] == cancelled["lora"]
 
 
 def test_cancel_a_queued_job_from_the_terminal(tmp_path, data_home):
@@ -204,8 +220,6 @@ def test_train_follows_a_job_that_another_process_runs(tiny_model_dir, tmp_path,
 
     async def run_queue_while_cli_trains() -> subprocess.CompletedProcess:
         config = Config(paths=PathsConfig(data_dir=str(data_home)))
-        lock = RunnerLock(data_home)
-        assert lock.try_acquire()
         async with await Store.open(config.database_path()) as store:
             service = JobService(store, config)
             await service.start_runner(LocalExecutor(worker_env()), build_slots([], 1))
@@ -230,7 +244,6 @@ def test_train_follows_a_job_that_another_process_runs(tiny_model_dir, tmp_path,
                 stdout, stderr = await asyncio.wait_for(process.communicate(), 240)
             finally:
                 await service.close()
-                lock.release()
         return subprocess.CompletedProcess([], process.returncode, stdout.decode(), stderr.decode())
 
     result = asyncio.run(run_queue_while_cli_trains())

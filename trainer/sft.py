@@ -78,7 +78,7 @@ def build_trainer(
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    trainer = SFTTrainer(
+    trainer = QloraTrainer(
         model=model,
         args=args,
         train_dataset=_to_dataset(train_rows),
@@ -88,11 +88,35 @@ def build_trainer(
     # The console printers would only duplicate our events into the log.
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    tokens = TokenCounter(trainer.data_collator)
-    trainer.data_collator = tokens
+    tokens = trainer.trained_tokens
     callback = EventCallback(emit, cancel, tokens, resume_from=spec.resume_from)
     trainer.add_callback(callback)
     return trainer, tokens, callback
+
+
+class QloraTrainer(SFTTrainer):
+    """trl's SFTTrainer, counting the tokens each micro-step trains, and resuming in the adapter's
+    own precision."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.trained_tokens = TokenCounter()
+
+    def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
+        self.trained_tokens.add(inputs)
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        """trl keeps a 4-bit model's LoRA weights in bf16 (the QLoRA paper's choice), but peft's
+        load_adapter casts a checkpoint's bf16 weights to float32: a resumed job would then train in
+        another precision (and memory) than the run it continues. Each trainable weight goes back to
+        the dtype it had before the load."""
+        target = self.model if model is None else model
+        dtypes = {name: param.dtype for name, param in target.named_parameters() if param.requires_grad}
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        for name, param in target.named_parameters():
+            if name in dtypes and param.dtype != dtypes[name]:
+                param.data = param.data.to(dtypes[name])
 
 
 def _checkpointing_args(enabled: bool) -> dict[str, Any]:

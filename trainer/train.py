@@ -22,7 +22,7 @@ from typing import Any
 from trainer.cancellation import CancelFlag
 from trainer.chat_template import choose_chat_template
 from trainer.data_sources import read_records
-from trainer.errors import Cancelled, UserError
+from trainer.errors import AlreadyTrained, Cancelled, UserError
 from trainer.event_stream import take_stdout_for_events
 from trainer.formats import ChatExample, to_examples
 from trainer.memory_plan import GIB, MemoryPlan, ModelShape, TrainingLoad, plan_memory
@@ -215,7 +215,13 @@ def run(spec: JobSpec, emit: Any, cancel: CancelFlag) -> int:
     # --- training
     emit(Phase(name="training"))
     cancel.training = True  # from here on SIGTERM means "checkpoint and stop", never an abort
-    result = trainer.train(resume_from_checkpoint=spec.resume_from)
+    try:
+        train_runtime_s = trainer.train(resume_from_checkpoint=spec.resume_from).metrics["train_runtime"]
+    except AlreadyTrained as trained:
+        # Resumed from the last step's checkpoint (e.g. the worker died while saving): the Trainer has
+        # loaded its weights, so the adapter is saved as it is.
+        log.info("%s: nothing left to train", trained)
+        train_runtime_s = 0.0
     if cancel.requested and trainer.state.global_step < trainer.state.max_steps:
         emit(
             Error(
@@ -234,13 +240,14 @@ def run(spec: JobSpec, emit: Any, cancel: CancelFlag) -> int:
     prepared.tokenizer.chat_template = prepared.chat_template
     prepared.tokenizer.save_pretrained(adapter_dir)
     metrics = {
-        "train_loss": result.training_loss,
+        # Over the whole job, resumed steps included (the Trainer's own figure covers only this attempt).
+        "train_loss": _mean([point["loss"] for point in callback.loss_history]),
         "final_loss": callback.loss_history[-1]["loss"] if callback.loss_history else None,
         "eval_loss": eval_loss,
         "steps": trainer.state.global_step,
         "epochs": trainer.state.epoch,
         "tokens": prepared.tokens.tokens,
-        "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 3),
+        "train_runtime_s": round(train_runtime_s, 3),
         "total_runtime_s": round(time.monotonic() - started_at, 3),
         "examples": len(prepared.train_rows.input_ids),
         "eval_examples": len(prepared.eval_rows.input_ids) if prepared.eval_rows else 0,
@@ -325,6 +332,10 @@ def _split(rows: TokenizedRows, fraction: float, seed: int) -> tuple[TokenizedRo
         )
 
     return pick(sorted(order[held_out:])), pick(sorted(order[:held_out]))
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def _is_plain(examples: list) -> bool:

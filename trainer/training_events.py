@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import torch
 from transformers import TrainerCallback
 
 from trainer.cancellation import CancelFlag
+from trainer.errors import AlreadyTrained
 from trainer.protocol import Checkpoint, Eval, Event, Progress
 
 # Written into each checkpoint so a resumed job keeps counting tokens from where it stopped.
@@ -23,15 +24,33 @@ TOKENS_FILE = "qlora_bot_tokens.json"
 
 
 class TokenCounter:
-    """Wraps the data collator to count real tokens on the host, without a GPU sync per step."""
+    """The real tokens of the micro-steps trained so far, counted as each one is trained.
 
-    def __init__(self, collator: Callable[[list[dict]], Any]) -> None:
-        self.collator = collator
-        self.tokens = 0
+    Not at collation: the dataloader collates ahead of training (accelerate prefetches a batch, and the
+    Trainer an optimizer step's worth), so a collate-time count includes batches no step has trained
+    yet, and a checkpoint saved with it would make a resumed job count them twice. Padding-free packed
+    rows are counted from the tensor shape on the host; padded rows from their attention mask, summed on
+    the device and read only when someone asks (no GPU sync per step)."""
 
-    def __call__(self, examples: list[dict]) -> Any:
-        self.tokens += sum(len(example["input_ids"]) for example in examples)
-        return self.collator(examples)
+    def __init__(self) -> None:
+        self._host = 0
+        self._device: Any = None
+
+    def add(self, inputs: Mapping[str, Any]) -> None:
+        mask = inputs.get("attention_mask")
+        if mask is None:
+            self._host += int(inputs["input_ids"].numel())
+        else:
+            total = mask.sum()
+            self._device = total if self._device is None else self._device + total
+
+    def restore(self, tokens: int) -> None:
+        """Continue from a checkpoint's count."""
+        self._host += tokens
+
+    @property
+    def tokens(self) -> int:
+        return self._host + (int(self._device.item()) if self._device is not None else 0)
 
 
 class EventCallback(TrainerCallback):
@@ -67,8 +86,10 @@ class EventCallback(TrainerCallback):
                 for entry in state.log_history
                 if "eval_loss" in entry
             ]
-            self.tokens.tokens += _saved_tokens(Path(self.resume_from))
+            self.tokens.restore(_saved_tokens(Path(self.resume_from)))
         self._window = (self._started_at, self.tokens.tokens)
+        if self._first_step and self._first_step >= state.max_steps:
+            raise AlreadyTrained(self._first_step, state.max_steps)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         if self.cancel.requested:

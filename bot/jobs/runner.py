@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bot.config import QueueConfig, WorkerConfig
@@ -45,7 +45,6 @@ class JobRunner:
         queue: QueueConfig,
         worker: WorkerConfig,
         notify: Callable[[int], None],
-        only_job_ids: Collection[int] | None = None,
         on_concluded: Callable[[Job], None] | None = None,
     ) -> None:
         self.store = store
@@ -54,7 +53,6 @@ class JobRunner:
         self.queue = queue
         self.worker_config = worker
         self.notify = notify
-        self.only_job_ids = only_job_ids  # `qlora-bot train` runs just its own job
         self.on_concluded = on_concluded  # e.g. start the publish step of a job that succeeded
         self._active: dict[int, _Attempt] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -84,6 +82,9 @@ class JobRunner:
 
     def is_running_here(self, job_id: int) -> bool:
         return job_id in self._active
+
+    def active_job_ids(self) -> list[int]:
+        return sorted(self._active)
 
     def kill(self, job_id: int) -> None:
         """No more waiting for a checkpoint: SIGKILL the job's worker (its job ends cancelled)."""
@@ -117,8 +118,6 @@ class JobRunner:
             if attempt is not None and job.cancel_requested_by and attempt.stop_reason is None:
                 self._stop(attempt, "cancel")
         queued = await self.store.queued_jobs()
-        if self.only_job_ids is not None:
-            queued = [job for job in queued if job.id in self.only_job_ids]
         busy = {attempt.slot for attempt in self._active.values()}
         free = [slot for slot in self.slots if slot not in busy]
         last_started = await self.store.last_start_times()
@@ -130,7 +129,7 @@ class JobRunner:
                 )
                 self.notify(job.id)
                 continue
-            started = await self.store.start_job(job.id, slot=slot.name, resumed_from=job.checkpoint_path)
+            started = await self.store.start_job(job.id, slot=slot.name, resumed_from=job.resume_point)
             if started is None:  # cancelled or taken between the read and now
                 continue
             attempt = _Attempt(job=started, slot=slot)
@@ -146,7 +145,7 @@ class JobRunner:
         job = attempt.job
         final: Done | Error | WorkerLost | None = None
         try:
-            spec = job.spec.replace(resume_from=job.checkpoint_path)
+            spec = job.spec.replace(resume_from=job.resume_point)
             try:
                 attempt.worker = await self.executor.launch(spec, attempt.slot)
             except OSError as error:

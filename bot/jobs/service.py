@@ -14,7 +14,7 @@ import statistics
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,17 +23,31 @@ from bot.errors import UserFacingError
 from bot.hub.access import HubAccess
 from bot.hub.model_card import is_hub_id
 from bot.hub.publisher import HubPublisher
+from bot.jobs.checkpoints import is_checkpoint, job_folder_of, resume_problems
 from bot.jobs.executor import Executor
 from bot.jobs.publishing import publish_job
 from bot.jobs.recovery import reconcile
 from bot.jobs.runner import JobRunner
 from bot.jobs.scheduler import QueueEntry, Slot, estimate_queue
+from bot.jobs.service_lock import RunnerLock
 from storage.models import TERMINAL_STATES, Job, StoredEvent
 from storage.store import Store
-from trainer.protocol import Event, JobSpec, Progress, spec_problems
+from trainer.protocol import Event, JobSpec, Progress, newest_checkpoint, spec_problems
 
 DAY_S = 24 * 3600
 UPLOAD_DIR = "upload"
+
+
+class RunnerBusy(UserFacingError):
+    """Another live qlora-bot process holds the runner lock of this data directory."""
+
+    def __init__(self, holder_pid: int | None) -> None:
+        who = f"pid {holder_pid}" if holder_pid else "another process"
+        super().__init__(
+            f"another qlora-bot process ({who}) already runs the job queue of this data directory",
+            "stop it first, or set QLORA_BOT_HOME to another data directory",
+        )
+        self.holder_pid = holder_pid
 
 
 @dataclass(frozen=True)
@@ -72,6 +86,7 @@ class JobService:
         self.config = config
         self.clock = clock
         self.runner: JobRunner | None = None
+        self.runner_lock = RunnerLock(config.data_dir())
         # Without a token every publish ends push_failed, saying HF_TOKEN is not set.
         self.hub = HubPublisher(hub or HubAccess.for_config(config, token=None))
         self._changed: dict[int, asyncio.Event] = defaultdict(asyncio.Event)
@@ -79,9 +94,13 @@ class JobService:
 
     # --- running the queue (only in the process that holds the runner lock)
 
-    async def start_runner(
-        self, executor: Executor, slots: list[Slot], only_job_ids: Collection[int] | None = None
-    ) -> None:
+    async def start_runner(self, executor: Executor, slots: list[Slot]) -> None:
+        """Take the data directory's runner lock, settle what a dead runner left, then run every queued
+        job in the fair order. Raises RunnerBusy when another live process holds the lock: only the
+        holder may decide that a `running` job's worker is an orphan, so no other process ever stops one.
+        """
+        if not self.runner_lock.try_acquire():
+            raise RunnerBusy(self.runner_lock.holder_pid())
         queue, worker = self.config.queue, self.config.worker
         await reconcile(
             self.store,
@@ -90,18 +109,16 @@ class JobService:
             max_wall_time_h=queue.max_wall_time_h,
             grace_s=worker.cancel_grace_s,
         )
-        self.runner = JobRunner(
-            self.store, executor, slots, queue, worker, self._notify, only_job_ids, self._concluded
-        )
+        self.runner = JobRunner(self.store, executor, slots, queue, worker, self._notify, self._concluded)
         self.runner.start()
         for job in await self.store.jobs_to_publish():  # this process stopped in their publish step
-            if only_job_ids is None or job.id in only_job_ids:
-                self._concluded(job)
+            self._concluded(job)
 
     async def close(self, grace_s: float | None = None) -> None:
         if self.runner is not None:
             await self.runner.close(grace_s)
             self.runner = None
+        self.runner_lock.release()
         # An interrupted publish leaves hub_state 'none': the next start publishes the job again.
         for task in list(self._publishing.values()):
             task.cancel()
@@ -131,11 +148,13 @@ class JobService:
             existing = await self.store.job_by_idempotency_key(idempotency_key)
             if existing is not None:
                 return existing
-        problems = spec_problems(spec.replace(output_dir="(job folder)"))
+        problems = spec_problems(spec.replace(output_dir="(job folder)")) + resume_problems(spec)
         if problems:
             raise UserFacingError(
                 "invalid job settings: " + "; ".join(problems), "change the settings named above"
             )
+        if spec.resume_from:
+            await self._check_checkpoint_is_free(spec.resume_from)
         if not requester.is_admin:
             await self._check_quotas(requester.owner)
         jobs_dir = self.config.jobs_dir()
@@ -168,6 +187,48 @@ class JobService:
         Path(job.spec.output_dir).mkdir(parents=True, exist_ok=True)
         self._notify(job.id)
         return job
+
+    async def resume(
+        self,
+        job_id: int,
+        requester: Requester,
+        *,
+        idempotency_key: str | None = None,
+        guild_id: int | None = None,
+        channel_id: int | None = None,
+    ) -> Job:
+        """Queue a new job that continues a cancelled or failed one from its newest checkpoint: same
+        settings, dataset and publishing, its own folder (the old job's is only read)."""
+        job = await self.get(job_id)
+        if job.owner != requester.owner and not requester.is_admin:
+            raise UserFacingError(f"job {job_id} is not yours", "only its owner or an admin can resume it")
+        if not job.is_terminal:
+            raise UserFacingError(
+                f"job {job_id} has not ended ({job.state})", "it resumes from its own checkpoints by itself"
+            )
+        if job.state == "succeeded":
+            raise UserFacingError(
+                f"job {job_id} finished", "its adapter is ready; start a new job to train more"
+            )
+        checkpoint = newest_checkpoint(job.spec.output_dir) or job.checkpoint_path
+        if checkpoint is None or not is_checkpoint(checkpoint):
+            raise UserFacingError(
+                f"job {job_id} saved no checkpoint to resume from", "start it again as a new job"
+            )
+        return await self.submit(
+            job.spec.replace(output_dir="", resume_from=checkpoint, cache_dir=None),
+            requester,
+            idempotency_key=idempotency_key,
+            guild_id=guild_id if guild_id is not None else job.guild_id,
+            channel_id=channel_id if channel_id is not None else job.channel_id,
+            push=job.push_requested,
+            private=job.hub_private,
+        )
+
+    async def job_of_checkpoint(self, checkpoint: str) -> Job | None:
+        """The job that wrote this checkpoint, when it lies in a job folder this database knows."""
+        folder = job_folder_of(checkpoint)
+        return await self.store.job_in_folder(str(folder)) if folder is not None else None
 
     async def cancel(self, job_id: int, requester: Requester) -> Job:
         """Cancel a queued job at once, or ask a running one to checkpoint and stop."""
@@ -270,6 +331,17 @@ class JobService:
             changed.clear()
 
     # --- internals
+
+    async def _check_checkpoint_is_free(self, checkpoint: str) -> None:
+        """A job that has not ended resumes from its own checkpoints: a second job from the same one
+        would train the same steps twice, side by side."""
+        owner = await self.job_of_checkpoint(checkpoint)
+        if owner is not None and not owner.is_terminal:
+            raise UserFacingError(
+                f"resume_from: {checkpoint} belongs to job {owner.id}, which has not ended ({owner.state}) "
+                "and resumes from its newest checkpoint by itself",
+                f"follow it (`qlora-bot job {owner.id}`), or cancel it first",
+            )
 
     async def _check_quotas(self, owner: str) -> None:
         queue = self.config.queue
