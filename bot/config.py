@@ -85,6 +85,8 @@ class LimitsConfig:
     max_epochs: float = 10.0
     max_r: int = 128
     max_length: int = 8192
+    data_check_timeout_s: float = 300.0
+    data_check_memory_mb: int = 8192
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ async def _job(service: JobService, console: Console, job_id: int) -> None:
         ("state", _state(job, entry)),
         ("owner", job.owner),
         ("base model", job.spec.base_model),
-        ("dataset", job.spec.dataset.source),
+        ("dataset", _dataset(job)),
         (
             "LoRA",
             f"r={job.spec.lora.r}, alpha={job.spec.lora.resolved_alpha}, dropout={job.spec.lora.dropout}",
@@ -117,6 +117,12 @@ async def _cancel(service: JobService, console: Console, job_id: int) -> None:
         console.print(
             f"job {job_id}: cancel requested; its worker saves a checkpoint, then stops", highlight=False
         )
+
+
+def _dataset(job: Job) -> str:
+    """An upload by the name it was given, and where it is stored."""
+    dataset = job.spec.dataset
+    return f"{dataset.label} ({dataset.source})" if dataset.label else dataset.source
 
 
 def _state(job: Job, entry) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 from bot.config import Config, Secrets
 from bot.discord_bot.client import QloraBot
 from bot.hub.access import HubAccess
+from bot.jobs.data_check import DataChecker
 from bot.jobs.executor import LocalExecutor
 from bot.jobs.local import configured_slots
 from bot.jobs.service import JobService, RunnerBusy
@@ -55,11 +56,13 @@ async def serve(
     secrets: Secrets,
     executor: LocalExecutor | None = None,
     stop: asyncio.Event | None = None,
+    data_checker: DataChecker | None = None,
     **client_options: Any,
 ) -> None:
     """Run the queue and the Discord client until `stop` (by default SIGINT/SIGTERM); then stop both."""
     async with await Store.open(config.database_path()) as store:
-        service = JobService(store, config, hub=HubAccess.for_config(config, secrets.hf_token))
+        hub = HubAccess.for_config(config, secrets.hf_token)
+        service = JobService(store, config, hub=hub, data_checker=data_checker)
         await service.start_runner(
             executor or LocalExecutor(python=config.worker.python), configured_slots(config)
         )

@@ -18,7 +18,7 @@ from bot.jobs.service import JobService
 from bot.serving.serve_client import ServeClient
 from storage.store import Store
 from tests.fake_discord.server import FakeDiscord
-from tests.service_helpers import fake_executor
+from tests.service_helpers import fake_data_checker, fake_executor
 
 EDIT_INTERVAL_S = 0.5
 
@@ -51,7 +51,7 @@ async def running_bot(
     serve_client: ServeClient | None = None,
 ) -> AsyncIterator[tuple[QloraBot, JobService]]:
     async with await Store.open(config.database_path()) as store:
-        service = JobService(store, config, hub=hub)
+        service = JobService(store, config, hub=hub, data_checker=fake_data_checker(config))
         await service.start_runner(executor or fake_executor(), build_slots([], 1))
         bot = QloraBot(config=config, service=service, serve_client=serve_client, guild_ready_timeout=0.1)
         try:

@@ -12,9 +12,10 @@ from typing import Any
 
 from bot.config import Config, PathsConfig, QueueConfig, WorkerConfig
 from bot.hub.access import HubAccess
+from bot.jobs.data_check import DataChecker
 from bot.jobs.executor import LocalExecutor
 from bot.jobs.scheduler import build_slots
-from bot.jobs.service import JobService
+from bot.jobs.service import JobService, default_data_checker
 from storage.store import Store
 from trainer.protocol import DatasetSpec, JobSpec, TrainingSpec
 
@@ -32,6 +33,17 @@ def make_config(data_dir: Path, **queue: Any) -> Config:
 def fake_executor() -> LocalExecutor:
     environ = {**os.environ, "PYTHONPATH": str(FAKES)}
     return LocalExecutor(environ, module="fake_trainer")
+
+
+def fake_data_checker(config: Config, **limits: Any) -> DataChecker:
+    """The real DataChecker running tests/fakes/fake_check_data.py (fake: datasets pass, real ones are
+    checked for real)."""
+    checker = default_data_checker(config)
+    checker.module = "fake_check_data"
+    checker.environ = {**os.environ, "PYTHONPATH": str(FAKES)}
+    for name, value in limits.items():
+        setattr(checker, name, value)
+    return checker
 
 
 def fake_spec(behaviour: str = "", name: str = "demo", checkpoint_steps: int = 2) -> JobSpec:
@@ -53,7 +65,7 @@ async def open_service(
 ) -> JobService:
     config = make_config(data_dir, **queue)
     store = await Store.open(config.database_path())
-    service = JobService(store, config, hub=hub)
+    service = JobService(store, config, hub=hub, data_checker=fake_data_checker(config))
     devices = [str(i) for i in range(slots)] if slots > 1 else []  # one slot: the CPU, as on CI
     await service.start_runner(executor or fake_executor(), build_slots(devices, 1))
     return service

@@ -18,7 +18,7 @@ from storage.store import Store
 from tests.discord_helpers import bot_config
 from tests.fake_discord.fixture import fake_discord_fixture  # noqa: F401 - the fake_discord fixture
 from tests.serve_helpers import build_adapter
-from tests.service_helpers import FAKES, fake_executor
+from tests.service_helpers import FAKES, fake_data_checker, fake_executor
 from tests.worker_helpers import worker_env
 from trainer.serve_protocol import Failed, Finished, Token
 
@@ -153,7 +153,7 @@ async def test_ask_in_discord_streams_compares_files_and_checks_roles(fake_disco
     async with await Store.open(config.database_path()) as store:
         await _register(store, adapter_dirs[0], tiny_model_dir, "tiny-a")
         await _register(store, adapter_dirs[1], tiny_model_dir, "tiny-b")
-        service = JobService(store, config)
+        service = JobService(store, config, data_checker=fake_data_checker(config))
         await service.start_runner(fake_executor(), build_slots([], 1))
         client = ServeClient(
             config.serve, tmp_path / "serve.log", environ=_fake_serve_env(), module="fake_serve"

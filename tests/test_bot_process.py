@@ -12,7 +12,7 @@ from bot.logging_setup import RedactSecrets, setup_logging
 from bot.run_command import serve
 from tests.discord_helpers import bot_config
 from tests.fake_discord.fixture import fake_discord_fixture  # noqa: F401 - the fake_discord fixture
-from tests.service_helpers import fake_executor
+from tests.service_helpers import fake_data_checker, fake_executor
 
 
 def test_run_without_a_token_says_how_to_create_the_bot(tmp_path):
@@ -30,7 +30,16 @@ async def test_serve_runs_bot_and_queue_until_stopped(fake_discord, tmp_path):
     config = bot_config(tmp_path, fake, base_models=("fake/model",))
     stop = asyncio.Event()
     secrets = Secrets(discord_token=fake.bot_token)
-    task = asyncio.create_task(serve(config, secrets, fake_executor(), stop=stop, guild_ready_timeout=0.1))
+    task = asyncio.create_task(
+        serve(
+            config,
+            secrets,
+            fake_executor(),
+            stop=stop,
+            data_checker=fake_data_checker(config),
+            guild_ready_timeout=0.1,
+        )
+    )
     await fake.wait_ready(timeout=20)
     assert {command["name"] for command in fake.commands(fake.guild_id)} >= {
         "finetune",

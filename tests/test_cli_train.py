@@ -91,10 +91,12 @@ def test_a_bad_dataset_exits_2_with_message_and_hint(tiny_model_dir, tmp_path, d
     result = cli("train", "--base-model", str(tiny_model_dir), "--dataset", str(dataset), home=data_home)
     assert result.returncode == 2
     assert (
-        "user_error: pairs.jsonl: cannot tell the dataset format from its columns (question, answer)"
+        "error: pairs.jsonl: cannot tell the dataset format from its columns (question, answer)"
         in result.stderr
     )
     assert "hint:" in result.stderr
+    # Refused by the data check at submit time: no job was queued for it.
+    assert "job 1" not in result.stderr and not (data_home / "jobs" / "1").exists()
 
 
 def test_invalid_flags_are_refused_before_any_worker_starts(tmp_path, data_home):
@@ -198,8 +200,9 @@ def test_cancel_a_queued_job_from_the_terminal(tmp_path, data_home):
     async def queue_one() -> int:
         async with await Store.open(data_home / "qlora-bot.db") as store:
             service = JobService(store, Config(paths=PathsConfig(data_dir=str(data_home))))
+            dataset = str(write_chat_dataset(tmp_path / "d.jsonl", rows=2))
             job = await service.submit(
-                JobSpec(base_model="m", dataset=DatasetSpec(source="d.jsonl"), output_dir="", name="waiting"),
+                JobSpec(base_model="m", dataset=DatasetSpec(source=dataset), output_dir="", name="waiting"),
                 Requester("discord:5"),
             )
             return job.id

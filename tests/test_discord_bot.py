@@ -170,24 +170,25 @@ async def test_invalid_options_are_refused_privately_with_what_to_change(fake_di
         assert await service.list() == []
 
 
-async def test_a_malformed_dataset_fails_and_the_owner_is_told_which_line(
-    fake_discord, tmp_path, tiny_model_dir
-):
+async def test_a_malformed_upload_is_refused_at_once_naming_its_file_and_line(fake_discord, tmp_path):
+    """The worker's data checks run at submit time: a broken line 3 is reported in seconds, privately,
+    by the name the person gave the file, while the queue is busy with another job; it gets no job."""
     fake = fake_discord
-    config = bot_config(tmp_path / "home", fake, base_models=(str(tiny_model_dir),))
-    broken = b'{"text": "fine"}\n{"text": "broken"\n'
-    async with running_bot(fake, config, executor=_real_executor()) as (_bot, _service):
+    async with running_bot(fake, bot_config(tmp_path, fake, base_models=(FAKE_MODEL,))) as (_bot, service):
+        await _finetune(fake, "steps=2000;step_s=0.05")
+        await wait_until(lambda: service.store.last_event(1, "progress"))
+        broken = b'{"text": "fine"}\n{"text": "also fine"}\n{"text": "broken"\n'
         call = await fake.slash(
             "finetune",
-            {"base_model": str(tiny_model_dir)},
-            attachments=[("data.jsonl", broken, "application/json")],
+            {"base_model": FAKE_MODEL},
+            attachments=[("my chats.jsonl", broken, "application/json")],
         )
-        await call.wait_followups(1, timeout=15)
-        [completion] = await fake.wait_for(lambda: fake.messages_mentioning(fake.user.id), timeout=60)
-        assert completion.content.startswith(f"<@{fake.user.id}> job 1 (data) failed")
-        description = completion.embeds[0]["description"]
-        assert "dataset.jsonl line 2: not valid JSON" in description
-        assert embed_field(completion, "What to do")
+        [answer] = await call.wait_followups(1, timeout=15)
+        assert call.ephemeral
+        assert "my chats.jsonl line 3: not valid JSON" in answer.content, answer.content
+        assert [job.id for job in await service.list()] == [1]  # no job for the broken file
+        assert (await service.get(1)).state == "running"
+        assert not any(_is_status(message, 2) for message in fake.channel_messages())
 
 
 async def test_429_on_edits_loses_no_edit_and_never_slows_training(fake_discord, tmp_path):

@@ -61,14 +61,14 @@ def read_records(spec: DatasetSpec, download_dir: Path, limits: Limits) -> Recor
     """Read every row of the dataset `spec` names; raise UserError for anything the person must fix."""
     source = spec.source.strip()
     if "://" in source:
-        records = read_file(download(source, download_dir, limits), source, limits)
+        records = read_file(download(source, download_dir, limits), spec.label or source, limits)
     elif _looks_local(source):
         path = Path(source).expanduser()
         # A folder of data files is what datasets.load_dataset reads best; it parses data, never code.
         if path.is_dir():
             records = _read_hub(source, spec, limits, label=f"dataset folder {path.name}")
         else:
-            records = read_file(path, path.name, limits)
+            records = read_file(path, spec.label or path.name, limits)
     else:
         records = _read_hub(source, spec, limits, label=f"Hub dataset {source}")
     if not records.rows:

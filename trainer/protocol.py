@@ -40,6 +40,9 @@ class DatasetSpec:
     format: DatasetFormat = "auto"
     config: str | None = None  # Hub dataset configuration name
     split: str = "train"  # Hub split
+    # The name people know the data by, used in every message about it: an upload's original file name
+    # (it is stored under a generated one). None: the source's own file name or id.
+    label: str | None = None
 
 
 @dataclass(frozen=True)
@@ -261,3 +264,31 @@ def encode_event(event: Event) -> str:
 def decode_event(line: str | bytes) -> Event:
     """Parse one line; raise ProtocolError for bad JSON, another version, or an unknown type or field."""
     return decode_line(line, version=PROTOCOL_VERSION, types=EVENT_TYPES, error=ProtocolError, noun="event")
+
+
+# ---------------------------------------------------------------------------------------------
+# The data check: `python -m trainer.check_data SPEC.json DOWNLOAD_DIR` runs the worker's reading,
+# format detection and row validation at submit time and answers with exactly one line.
+
+
+@dataclass(frozen=True)
+class DataChecked:
+    origin: (
+        str  # how the data is named in messages, e.g. "chats.jsonl" or "Hub dataset org/name (split train)"
+    )
+    format: str  # the resolved format
+    rows: int
+
+
+CHECK_EVENT_TYPES: dict[str, type] = {"data_checked": DataChecked, "error": Error}
+_CHECK_TYPE_NAMES = {cls: name for name, cls in CHECK_EVENT_TYPES.items()}
+
+
+def encode_check_result(result: DataChecked | Error) -> str:
+    return encode_line(PROTOCOL_VERSION, _CHECK_TYPE_NAMES[type(result)], result)
+
+
+def decode_check_result(line: str | bytes) -> DataChecked | Error:
+    return decode_line(
+        line, version=PROTOCOL_VERSION, types=CHECK_EVENT_TYPES, error=ProtocolError, noun="data check"
+    )

@@ -16,7 +16,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from bot.config import Config
 from bot.errors import UserFacingError
@@ -24,6 +24,7 @@ from bot.hub.access import HubAccess
 from bot.hub.model_card import is_hub_id
 from bot.hub.publisher import HubPublisher
 from bot.jobs.checkpoints import is_checkpoint, job_folder_of, resume_problems
+from bot.jobs.data_check import DataChecker
 from bot.jobs.executor import Executor
 from bot.jobs.publishing import publish_job
 from bot.jobs.recovery import reconcile
@@ -64,6 +65,7 @@ class Upload:
 
     suffix: str  # ".jsonl", ".csv", ...: the parser is chosen by it
     data: bytes
+    filename: str = ""  # the name the person gave it: every message about the data uses it
 
 
 @dataclass(frozen=True)
@@ -81,10 +83,12 @@ class JobService:
         config: Config,
         clock: Callable[[], float] = time.time,
         hub: HubAccess | None = None,
+        data_checker: DataChecker | None = None,
     ) -> None:
         self.store = store
         self.config = config
         self.clock = clock
+        self.data_checker = data_checker or default_data_checker(config)
         self.runner: JobRunner | None = None
         self.runner_lock = RunnerLock(config.data_dir())
         # Without a token every publish ends push_failed, saying HF_TOKEN is not set.
@@ -158,6 +162,8 @@ class JobService:
         if not requester.is_admin:
             await self._check_quotas(requester.owner)
         jobs_dir = self.config.jobs_dir()
+        if upload is not None:
+            spec = spec.replace(dataset=dataclasses.replace(spec.dataset, label=upload_label(upload)))
         incoming = _stage_upload(jobs_dir, upload) if upload is not None else None
 
         def spec_for_id(job_id: int) -> JobSpec:
@@ -171,6 +177,8 @@ class JobService:
             return placed.replace(dataset=dataclasses.replace(spec.dataset, source=str(dataset_path)))
 
         try:
+            # The worker's own data checks, now: a file that fails them gets no job (the worker checks again).
+            await self.data_checker.check(_with_source(spec, incoming))
             job, _created = await self.store.create_job(
                 owner=requester.owner,
                 name=spec.name or "adapter",
@@ -385,6 +393,30 @@ class JobService:
 
         task.add_done_callback(finished)
         return task
+
+
+def _with_source(spec: JobSpec, staged: Path | None) -> JobSpec:
+    """The spec as the data check reads it: an upload from where it is staged."""
+    if staged is None:
+        return spec
+    return spec.replace(dataset=dataclasses.replace(spec.dataset, source=str(staged)))
+
+
+def default_data_checker(config: Config) -> DataChecker:
+    return DataChecker(
+        timeout_s=config.limits.data_check_timeout_s,
+        memory_mb=config.limits.data_check_memory_mb,
+        log_path=config.logs_dir() / "data-check.log",
+        staging_dir=config.data_dir() / "checks",
+        python=config.worker.python,
+    )
+
+
+def upload_label(upload: Upload) -> str:
+    """The attachment's own file name, made safe to show: no folders, no control characters, short."""
+    name = PurePosixPath(upload.filename.replace("\\", "/")).name
+    name = "".join(char for char in name if char.isprintable()).strip()
+    return (name or f"upload{upload.suffix}")[:100]
 
 
 def _stage_upload(jobs_dir: Path, upload: Upload) -> Path:

@@ -169,4 +169,4 @@ class FinetuneCog(commands.Cog):
         data = await file.read()
         if len(data) > cap * MIB:  # the size Discord reported is not a promise
             raise UserFacingError(f"{file.filename} is above the {cap:g} MiB limit", "use a smaller file")
-        return f"upload{suffix}", Upload(suffix=suffix, data=data)
+        return f"upload{suffix}", Upload(suffix=suffix, data=data, filename=file.filename)

@@ -57,7 +57,8 @@ class JobsCog(commands.Cog):
         embed.add_field(name="Owner", value=_owner(job))
         embed.add_field(name="Attempt", value=str(job.attempt))
         embed.add_field(name="Base model", value=job.spec.base_model, inline=False)
-        embed.add_field(name="Dataset", value=Path(job.spec.dataset.source).name or job.spec.dataset.source)
+        dataset = job.spec.dataset
+        embed.add_field(name="Dataset", value=dataset.label or Path(dataset.source).name or dataset.source)
         lora = job.spec.lora
         embed.add_field(name="LoRA", value=f"r={lora.r}, alpha={lora.resolved_alpha}, dropout={lora.dropout}")
         if progress is not None:

@@ -1,0 +1,79 @@
+"""`python -m trainer.check_data SPEC.json DOWNLOAD_DIR [MEMORY_MB]`: the worker's data checks, run at
+submit time so that a bad file is refused before it waits in the queue.
+
+The same reading, format detection and row validation the training worker runs first (data_sources,
+formats: stdlib only, no torch), in a short-lived process: the bot never parses a person's file itself.
+The one answer is a DataChecked or Error line on stdout; the caller enforces the deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+import traceback
+from pathlib import Path
+
+from trainer.data_sources import read_records
+from trainer.errors import UserError
+from trainer.formats import to_examples
+from trainer.protocol import DataChecked, Error, JobSpec, ProtocolError, encode_check_result
+
+log = logging.getLogger("trainer.check_data")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) not in (2, 3):
+        _answer(Error(kind="internal", message="usage: python -m trainer.check_data SPEC.json DIR [MB]"))
+        return 1
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    if len(args) == 3:
+        _limit_memory(int(args[2]))
+    try:
+        spec = JobSpec.from_json(Path(args[0]).read_text(encoding="utf-8"))
+        _answer(check(spec, Path(args[1])))
+        return 0
+    except UserError as error:
+        _answer(Error(kind="user_error", message=error.message, hint=error.hint))
+        return 2
+    except ProtocolError as error:
+        _answer(Error(kind="user_error", message=str(error), hint="fix the job spec"))
+        return 2
+    except MemoryError:
+        megabytes = args[2] if len(args) == 3 else "?"
+        _answer(
+            Error(
+                kind="user_error",
+                message=f"reading the dataset needs more than {megabytes} MiB of memory "
+                "(limits.data_check_memory_mb)",
+                hint="use a smaller dataset, or ask an admin to raise the limit",
+            )
+        )
+        return 2
+    except Exception as error:
+        log.error("data check failed:\n%s", traceback.format_exc())
+        _answer(Error(kind="internal", message=f"the data check failed: {type(error).__name__}: {error}"))
+        return 1
+
+
+def check(spec: JobSpec, download_dir: Path) -> DataChecked:
+    """Read every row and validate it as training will; raises UserError for what the person must fix."""
+    records = read_records(spec.dataset, download_dir, spec.limits)
+    data_format, examples = to_examples(records, spec.dataset.format)
+    return DataChecked(origin=records.origin, format=data_format, rows=len(examples))
+
+
+def _limit_memory(megabytes: int) -> None:
+    """An address-space cap: a hostile file makes this process fail with MemoryError, not the host swap."""
+    limit = megabytes * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _answer(result: DataChecked | Error) -> None:
+    sys.stdout.write(encode_check_result(result) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
