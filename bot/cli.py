@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 from bot.ask_command import add_command as add_ask_command
-from bot.config import ConfigError, load_config
+from bot.config import ConfigError, Secrets, load_config
 from bot.job_commands import add_commands as add_job_commands
+from bot.logging_setup import setup_cli_logging
 from bot.push_command import add_command as add_push_command
 from trainer.protocol import DATASET_FORMATS, SCHEDULERS
 
@@ -89,10 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    secrets = Secrets.from_env()
+    setup_cli_logging([secrets.discord_token, secrets.hf_token], verbose=args.verbose)
     try:
         config = load_config(args.config)
     except ConfigError as error:
