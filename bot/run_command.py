@@ -13,12 +13,11 @@ from bot.config import Config, Secrets
 from bot.discord_bot.client import QloraBot
 from bot.hub.access import HubAccess
 from bot.jobs.executor import LocalExecutor
-from bot.jobs.local import configured_slots
+from bot.jobs.local import configured_slots, open_store
 from bot.jobs.service import JobService
 from bot.jobs.service_lock import RunnerLock
 from bot.logging_setup import setup_logging
 from bot.serving.serve_client import ServeClient
-from storage.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ async def serve(
     **client_options: Any,
 ) -> None:
     """Run the queue and the Discord client until `stop` (by default SIGINT/SIGTERM); then stop both."""
-    async with await Store.open(config.database_path()) as store:
+    async with await open_store(config) as store:
         service = JobService(store, config, hub=HubAccess.for_config(config, secrets.hf_token))
         await service.start_runner(
             executor or LocalExecutor(python=config.worker.python), configured_slots(config)

@@ -50,7 +50,7 @@ async def running_bot(
     hub: HubAccess | None = None,
     serve_client: ServeClient | None = None,
 ) -> AsyncIterator[tuple[QloraBot, JobService]]:
-    async with await Store.open(config.database_path()) as store:
+    async with await Store.open(config.database_path(), jobs_dir=config.jobs_dir()) as store:
         service = JobService(store, config, hub=hub)
         await service.start_runner(executor or fake_executor(), build_slots([], 1))
         bot = QloraBot(config=config, service=service, serve_client=serve_client, guild_ready_timeout=0.1)

@@ -52,7 +52,7 @@ async def open_service(
     **queue: Any,
 ) -> JobService:
     config = make_config(data_dir, **queue)
-    store = await Store.open(config.database_path())
+    store = await Store.open(config.database_path(), jobs_dir=config.jobs_dir())
     service = JobService(store, config, hub=hub)
     devices = [str(i) for i in range(slots)] if slots > 1 else []  # one slot: the CPU, as on CI
     await service.start_runner(executor or fake_executor(), build_slots(devices, 1))
