@@ -69,6 +69,8 @@ def test_train_prints_where_the_adapter_is(tiny_model_dir, tmp_path, data_home):
     assert f"  adapter     {jobs[0] / 'adapter'}\n" in details.stdout
     assert "attempt 1 on cpu: succeeded" in details.stdout
     assert "done: adapter in" in details.stdout
+    log_tail = details.stdout.split("log (last lines):\n", 1)[1]  # the worker's own lines, no bars
+    assert " INFO trainer.train: " in log_tail and "Loading weights" not in log_tail
 
 
 def _refusal(result: subprocess.CompletedProcess) -> str:
