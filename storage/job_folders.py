@@ -25,18 +25,26 @@ async def seed_job_ids(connection: aiosqlite.Connection, floor: int) -> None:
     """Raise the jobs table's AUTOINCREMENT sequence to at least `floor`, so the next job id is above it.
 
     SQLite documents sqlite_sequence as writable with ordinary statements. Only ever raised, never
-    lowered, in one IMMEDIATE transaction, so two processes opening the database at once agree.
+    lowered, in one IMMEDIATE transaction, so two processes opening the database at once agree; the
+    write lock is only taken when the sequence is below the floor (most opens find it above).
     """
+    if await _highest_id(connection) >= floor:
+        return
     await connection.execute("BEGIN IMMEDIATE")
     try:
-        rows = await connection.execute_fetchall(
-            "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'jobs'), 0),"
-            " COALESCE((SELECT MAX(id) FROM jobs), 0))"
-        )
-        if int(rows[0][0]) < floor:
+        if await _highest_id(connection) < floor:
             await connection.execute("DELETE FROM sqlite_sequence WHERE name = 'jobs'")
             await connection.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', ?)", (floor,))
         await connection.execute("COMMIT")
     except BaseException:
         await connection.execute("ROLLBACK")
         raise
+
+
+async def _highest_id(connection: aiosqlite.Connection) -> int:
+    """The largest job id handed out so far: the AUTOINCREMENT sequence, or the table's own maximum."""
+    rows = await connection.execute_fetchall(
+        "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'jobs'), 0),"
+        " COALESCE((SELECT MAX(id) FROM jobs), 0))"
+    )
+    return int(rows[0][0])
