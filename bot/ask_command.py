@@ -9,9 +9,9 @@ import sys
 from bot.config import Config, Secrets
 from bot.errors import UserFacingError
 from bot.hub.access import HubAccess
+from bot.jobs.local import open_store
 from bot.serving.asking import build_request, resolve_adapter
 from bot.serving.serve_client import ServeClient, Waiting
-from storage.store import Store
 from trainer.serve_protocol import Failed, Finished, Loading, Token
 
 
@@ -42,7 +42,7 @@ def run_ask(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _ask(args: argparse.Namespace, config: Config) -> int:
-    async with await Store.open(config.database_path()) as store:
+    async with await open_store(config) as store:
         hub = HubAccess.for_config(config, Secrets.from_env().hf_token)
         adapter = await resolve_adapter(store, args.adapter, args.base_model, hub=hub)
     request = build_request(

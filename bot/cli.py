@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 from bot.ask_command import add_command as add_ask_command
-from bot.config import ConfigError, load_config
+from bot.config import Config, ConfigError, Secrets, load_config
 from bot.job_commands import add_commands as add_job_commands
+from bot.logging_setup import setup_cli_logging
 from bot.push_command import add_command as add_push_command
+from storage.database import DatabaseUnusable
+from storage.migrate import MigrationError
 from trainer.protocol import DATASET_FORMATS, SCHEDULERS
 
 
@@ -89,19 +91,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    secrets = Secrets.from_env()
+    setup_cli_logging([secrets.discord_token, secrets.hf_token], verbose=args.verbose)
     try:
         config = load_config(args.config)
     except ConfigError as error:
         print(f"qlora-bot: {error}", file=sys.stderr)
         return 2
+    try:
+        return _run(args, config, sys.argv[1:] if argv is None else argv)
+    except (DatabaseUnusable, MigrationError) as error:
+        # The job database cannot be used: what to do fits one line, a traceback would bury it.
+        print(f"qlora-bot: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, config: Config, argv: list[str]) -> int:
     if args.command == "train":
         from bot.train_command import run_train
 
-        return run_train(args, config, sys.argv[1:] if argv is None else argv)
+        return run_train(args, config, argv)
     if args.command == "ask":
         from bot.ask_command import run_ask
 

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from bot.config import Config
 from bot.errors import UserFacingError
+from bot.jobs.job_log import job_log_tail
 from bot.jobs.local import open_service, terminal_requester
 from bot.jobs.service import JobService
 from bot.terminal_progress import describe_event, format_duration
@@ -107,6 +108,11 @@ async def _job(service: JobService, console: Console, job_id: int) -> None:
         console.print("last events:", style="bold")
         for stored in events[-10:]:
             console.print(f"  {_when(stored.created_at)}  {describe_event(stored.event)}", highlight=False)
+    tail = job_log_tail(Path(job.spec.output_dir) / LOG_FILE_NAME)
+    if tail:
+        console.print("log (last lines):", style="bold")
+        for line in tail.splitlines():
+            console.print(f"  {line}", highlight=False, markup=False)
 
 
 async def _cancel(service: JobService, console: Console, job_id: int) -> None:

@@ -13,8 +13,7 @@ from bot.errors import UserFacingError
 from bot.hub.access import HubAccess
 from bot.hub.model_card import is_hub_id
 from bot.hub.publisher import HubPublisher, PublishRequest, read_json
-from bot.jobs.local import open_service, terminal_requester
-from storage.store import Store
+from bot.jobs.local import open_service, open_store, terminal_requester
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 
@@ -79,7 +78,7 @@ async def _push(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _job_of_adapter(config: Config, name: str) -> int:
-    async with await Store.open(config.database_path()) as store:
+    async with await open_store(config) as store:
         adapter = await store.adapter(name)
     if adapter is None:
         raise UserFacingError(

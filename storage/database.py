@@ -1,5 +1,5 @@
-"""The one aiosqlite connection a Store talks through: pragmas, migrations at open, and the lock and
-transactions that make it safe to share between coroutines and with another process.
+"""The one aiosqlite connection a Store talks through: the checks, pragmas and migrations at open, and
+the lock and transactions that make it safe to share between coroutines and with another process.
 """
 
 from __future__ import annotations
@@ -15,6 +15,22 @@ from typing import Any
 import aiosqlite
 
 from storage import migrate
+from storage.job_folders import highest_job_folder, seed_job_ids
+
+# What SQLite says about a file that is not a database, or one whose pages are damaged.
+_UNREADABLE = {sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT}
+
+
+class DatabaseUnusable(RuntimeError):
+    """The database file cannot be used as it is; the message names it and says what to do."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(
+            f"the job database {path} {problem}; restore it from a backup, or move it aside (with any "
+            f"{path.name}-wal and -shm beside it) to start with an empty job list: the job folders are "
+            "kept and new job ids continue above them"
+        )
+        self.path = path
 
 
 class Database:
@@ -39,10 +55,18 @@ class Database:
         *,
         clock: Callable[[], float] = time.time,
         migrations: Iterable[migrate.Migration] | None = None,
+        jobs_dir: Path | None = None,
     ) -> Database:
-        """Open (creating it and its folder if needed) the database and apply pending migrations."""
+        """Open (creating it and its folder if needed) the database and apply pending migrations.
+
+        With `jobs_dir` (the folder of the job folders jobs/<id>), job ids continue above the highest
+        numbered folder there. Raises DatabaseUnusable for a file that is not a readable database, and
+        for an empty file that stands where a database with jobs was (see _refuse_empty_file).
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        highest = highest_job_folder(jobs_dir)
+        _refuse_empty_file(path, highest)
         # isolation_level=None: the sqlite3 module never opens transactions behind our back; we do.
         connection = await aiosqlite.connect(path, isolation_level=None)
         try:
@@ -51,6 +75,15 @@ class Database:
             await connection.execute_fetchall("PRAGMA journal_mode = WAL")
             await connection.execute("PRAGMA foreign_keys = ON")
             await migrate.apply_migrations(connection, migrations, clock=clock)
+            if highest:
+                await seed_job_ids(connection, highest)
+        except sqlite3.DatabaseError as error:
+            await connection.close()
+            if (getattr(error, "sqlite_errorcode", 0) or 0) & 0xFF in _UNREADABLE:  # primary code
+                # Reading the header and the schema is what finds these; damage in pages that open
+                # never reads shows up later, on the statement that reads them.
+                raise DatabaseUnusable(path, f"is not a readable SQLite database ({error})") from error
+            raise
         except BaseException:
             await connection.close()
             raise
@@ -80,3 +113,27 @@ class Database:
                 await self._connection.execute("ROLLBACK")
                 raise
             await self._connection.execute("COMMIT")
+
+
+def _refuse_empty_file(path: Path, highest_job_folder: int) -> None:
+    """SQLite takes a zero-length file for a new, empty database (and deletes a WAL file beside it).
+
+    A missing file is a deliberate fresh start (the advice in DatabaseUnusable moves the old one aside)
+    and so is a zero-length one in a data directory without job folders: nothing can be lost, and a
+    crash during the very first open leaves exactly that. But a zero-length file beside job folders, or
+    beside a non-empty WAL, is a database that lost its contents (a failed copy, a full disk, a
+    truncation): starting over there would silently drop every job, so it is refused before SQLite
+    touches it. The check runs before connecting, because connecting creates a zero-length file.
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    if size:
+        return
+    wal = path.with_name(path.name + "-wal")
+    wal_size = wal.stat().st_size if wal.exists() else 0
+    if highest_job_folder or wal_size:
+        evidence = f"job folders up to jobs/{highest_job_folder} exist" if highest_job_folder else ""
+        evidence = evidence or f"{wal.name} is not"
+        raise DatabaseUnusable(path, f"is empty (0 bytes) but {evidence}")

@@ -51,10 +51,16 @@ class Store:
 
     @classmethod
     async def open(
-        cls, path: Path, clock: Clock = time.time, *, migrations: Iterable[migrate.Migration] | None = None
+        cls,
+        path: Path,
+        clock: Clock = time.time,
+        *,
+        migrations: Iterable[migrate.Migration] | None = None,
+        jobs_dir: Path | None = None,
     ) -> Store:
-        """Open (creating it and its folder if needed) the database and apply pending migrations."""
-        return cls(await Database.open(path, clock=clock, migrations=migrations), clock)
+        """Open (creating it and its folder if needed) the database and apply pending migrations; with
+        `jobs_dir`, new job ids continue above its numbered job folders (Database.open)."""
+        return cls(await Database.open(path, clock=clock, migrations=migrations, jobs_dir=jobs_dir), clock)
 
     async def close(self) -> None:
         await self._db.close()

@@ -76,6 +76,58 @@ def test_train_prints_where_the_adapter_is(tiny_model_dir, tmp_path, data_home):
     assert f"  adapter     {jobs[0] / 'adapter'}\n" in details.stdout
     assert "attempt 1 on cpu: succeeded" in details.stdout
     assert "done: adapter in" in details.stdout
+    log_tail = details.stdout.split("log (last lines):\n", 1)[1]  # the worker's own lines, no bars
+    assert " INFO trainer.train: " in log_tail and "Loading weights" not in log_tail
+
+
+def _refusal(result: subprocess.CompletedProcess) -> str:
+    """The one stderr line that says why the database was refused; no traceback around it."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    [line] = [line for line in result.stderr.splitlines() if "job database" in line]
+    assert "restore it from a backup" in line and "move it aside" in line
+    return line
+
+
+def test_a_corrupt_database_is_refused_in_one_line_by_every_command(tmp_path, data_home, monkeypatch):
+    data_home.mkdir(parents=True)
+    db = data_home / "qlora-bot.db"
+    garbage = b"\x00\xffnot sqlite\x13" * 300
+    db.write_bytes(garbage)
+    dataset = write_chat_dataset(tmp_path / "chat.jsonl", rows=4)
+    monkeypatch.setenv("DISCORD_TOKEN", "fake-bot-token-for-the-run-command")  # `run` opens the db first
+    for command in (("jobs",), ("train", "--dataset", str(dataset), "--base-model", "tiny"), ("run",)):
+        line = _refusal(cli(*command, home=data_home, timeout=60))
+        assert line == (
+            f"qlora-bot: the job database {db} is not a readable SQLite database (file is not a database); "
+            f"restore it from a backup, or move it aside (with any qlora-bot.db-wal and -shm beside it) to "
+            "start with an empty job list: the job folders are kept and new job ids continue above them"
+        ), command
+    assert db.read_bytes() == garbage
+
+
+def test_an_empty_database_beside_job_folders_is_refused_and_moving_it_aside_starts_over(data_home):
+    for job_id in (1, 2, 3):
+        (data_home / "jobs" / str(job_id)).mkdir(parents=True)
+        (data_home / "jobs" / str(job_id) / "spec.json").write_text("{}")
+    db = data_home / "qlora-bot.db"
+    db.write_bytes(b"")  # what a failed copy or a full disk leaves
+    line = _refusal(cli("jobs", home=data_home, timeout=60))
+    assert f"the job database {db} is empty (0 bytes) but job folders up to jobs/3 exist" in line
+    assert db.stat().st_size == 0  # refused before SQLite touched it
+
+    db.rename(data_home / "qlora-bot.db.broken")  # as the message advises
+    listing = cli("jobs", home=data_home, timeout=60)
+    assert listing.returncode == 0 and "no jobs" in listing.stdout
+
+    async def next_id() -> int:
+        async with await Store.open(db) as store:  # no jobs_dir: the sequence was seeded by `jobs`
+            job, _ = await store.create_job(
+                owner="local:x", name="n", spec_for_id=lambda _id: JobSpec("m", DatasetSpec("d"), "")
+            )
+            return job.id
+
+    assert asyncio.run(next_id()) == 4
 
 
 def test_job_commands_explain_unknown_ids(data_home):

@@ -260,7 +260,9 @@ async def test_jobs_job_queue_and_adapters_commands(fake_discord, tmp_path):
         jobs_text = answers["jobs"].embeds[0]["description"]
         assert "**1** `data` succeeded" in jobs_text and "**2** `data` running" in jobs_text
         assert embed_field(answers["job"], "State") == "succeeded"
-        assert "Log (last lines)" in answers["job"].embeds[0]["description"]  # the owner sees the log
+        log_tail = answers["job"].embeds[0]["description"]
+        assert "Log (last lines)" in log_tail  # the owner sees the job's own log lines
+        assert "INFO trainer.fake: fake trainer: 3 steps from step 0" in log_tail
         queue_text = answers["queue"].embeds[0]["description"]
         assert "▶ job 2" in queue_text and "#1 job 3" in queue_text
         assert "`data-1` on `fake/model` (job 1)" in answers["adapters"].embeds[0]["description"]

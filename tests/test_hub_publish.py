@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,9 @@ import pytest
 from bot.cli import main
 from bot.errors import UserFacingError
 from bot.hub.model_card import CardFacts, render_card
+from bot.hub.public_record import public_record
 from bot.hub.publisher import HubPublisher, PublishFailed, PublishRequest
-from bot.jobs.service import Requester
+from bot.jobs.service import Requester, Upload
 from bot.serving.asking import resolve_adapter
 from storage.store import Store
 from tests.fakes.fake_trainer import write_adapter
@@ -91,6 +93,91 @@ async def test_a_succeeded_job_is_published_with_its_files_card_and_chart(fake_h
         'AutoPeftModelForCausalLM.from_pretrained("alice/demo-1"',
     ):
         assert expected in body, expected
+
+
+async def test_no_published_file_names_a_path_of_this_machine(fake_hub, tmp_path):
+    home = tmp_path / "home"
+    service = await open_service(home, hub=access(tmp_path))
+    try:
+        upload = Upload(".jsonl", b'{"fake": "steps=3"}\n')  # the dataset lands in the job folder
+        submitted = await service.submit(fake_spec("steps=3"), ALICE, push=True, upload=upload)
+        job = await asyncio.wait_for(_settled(service, submitted.id), 30)
+    finally:
+        await shut(service)
+    assert job.hub_state == "pushed", job.hub_error
+    local = json.loads((Path(job.adapter_path) / "qlora_bot.json").read_text())
+    assert local["spec"]["cache_dir"] == str(home / "cache")  # the saved record has the paths...
+    repo = fake_hub.repos["alice/demo-1"]
+    paths = {
+        "data directory": str(home),
+        "job folder": job.spec.output_dir,
+        "cache": str(home / "cache"),
+        "home directory": str(Path.home()) + "/",
+        "temp directory": tempfile.gettempdir() + "/",
+    }
+    for name, data in repo.files.items():  # ...no uploaded file has any
+        for what, path in paths.items():
+            assert path.encode() not in data, f"{name} carries the {what} {path}"
+    published = json.loads(repo.files["qlora_bot.json"])
+    assert published["spec"]["base_model"] == "fake/model"
+    assert published["spec"]["dataset"] == {
+        "source": "dataset.jsonl",
+        "format": "auto",
+        "config": None,
+        "split": "train",
+    }
+    assert published["spec"]["lora"]["r"] == 16 and published["spec"]["training"]["learning_rate"] == 2e-4
+    assert published["runtime"]["device"] == "cpu" and published["data_format"] == "text"
+
+
+def test_the_public_record_is_an_allow_list():
+    record = {
+        "spec": {
+            "base_model": "/home/alice/models/llama-7b",
+            "base_revision": "abc123",
+            "name": "chat",
+            "output_dir": "/home/alice/.local/share/qlora-bot/jobs/3",
+            "cache_dir": "/home/alice/.local/share/qlora-bot/cache",
+            "resume_from": "/home/alice/.local/share/qlora-bot/jobs/3/checkpoints/checkpoint-4",
+            "dataset": {
+                "source": "https://bob:pw@data.example.com:8443/chat.jsonl?X-Amz-Signature=s3cr3t#top",
+                "format": "messages",
+                "split": "train",
+                "mirror": "/srv/mirror",  # unknown: left out
+            },
+            "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]},
+            "training": {"learning_rate": 1e-4, "max_steps": 10, "scratch_dir": "/tmp/x", "seed": 1},
+            "limits": {"max_rows": 10},
+            "future_field": "/home/alice/secret",
+        },
+        "data_format": "messages",
+        "prompt_style": "chat",
+        "chat_template_source": "base model",
+        "runtime": {"device": "cpu", "torch": "2.13.0", "python": "/home/alice/.venv/bin/python"},
+        "environment": {"HOME": "/home/alice"},
+    }
+    assert public_record(record) == {
+        "spec": {
+            "base_model": "llama-7b",
+            "base_revision": "abc123",
+            "name": "chat",
+            "dataset": {
+                "source": "https://data.example.com:8443/chat.jsonl",
+                "format": "messages",
+                "split": "train",
+            },
+            "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]},
+            "training": {"learning_rate": 1e-4, "max_steps": 10, "seed": 1},
+        },
+        "data_format": "messages",
+        "prompt_style": "chat",
+        "chat_template_source": "base model",
+        "runtime": {"device": "cpu", "torch": "2.13.0"},
+    }
+    hub_ids = {"spec": {"base_model": "meta-llama/Llama-2-7b-hf", "dataset": {"source": "org/data"}}}
+    assert public_record(hub_ids)["spec"]["base_model"] == "meta-llama/Llama-2-7b-hf"
+    assert public_record(hub_ids)["spec"]["dataset"] == {"source": "org/data"}
+    assert public_record({}) == {}
 
 
 async def test_one_429_is_retried_and_a_public_repo_is_created_when_asked(fake_hub, tmp_path, adapter_dir):

@@ -34,6 +34,24 @@ async def test_a_job_runs_and_every_event_is_stored(tmp_path):
         await shut(service)
 
 
+async def test_a_job_is_never_placed_in_a_folder_that_holds_files(tmp_path):
+    service = await open_service(tmp_path)
+    await service.close()  # no runner: jobs stay queued
+    try:
+        (tmp_path / "jobs" / "1").mkdir(parents=True)  # an empty folder is harmless
+        assert (await service.submit(fake_spec("steps=1"), ALICE)).id == 1
+        leftover = tmp_path / "jobs" / "2"
+        leftover.mkdir()
+        (leftover / "train.log").write_text("an earlier job 2's log\n")  # appeared after the store opened
+        with pytest.raises(UserFacingError, match=f"job folder {leftover} already exists") as refused:
+            await service.submit(fake_spec("steps=1"), ALICE)
+        assert "restart qlora-bot" in refused.value.hint
+        assert [job.id for job in await service.list()] == [1]  # nothing was created
+        assert (leftover / "train.log").read_text() == "an earlier job 2's log\n"
+    finally:
+        await shut(service)
+
+
 async def test_one_idempotency_key_makes_one_job(tmp_path):
     service = await open_service(tmp_path)
     try:

@@ -13,6 +13,7 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
+from storage.database import DatabaseUnusable
 from storage.migrate import MigrationError, apply_migrations, load_migrations, split_statements
 from storage.models import Job
 from storage.store import AdapterNameTaken, Store
@@ -208,6 +209,59 @@ def test_statements_split_on_semicolons_outside_strings_comments_and_triggers():
     assert len(split_statements(sql)) == 4
     with pytest.raises(MigrationError, match="closing semicolon"):
         split_statements("CREATE TABLE t (x);\nCREATE TABLE u (y)")
+
+
+def job_folders(jobs_dir: Path, *ids: int) -> Path:
+    """Job folders as earlier jobs leave them (each holds its spec)."""
+    for job_id in ids:
+        (jobs_dir / str(job_id)).mkdir(parents=True, exist_ok=True)
+        (jobs_dir / str(job_id) / "spec.json").write_text("{}")
+    return jobs_dir
+
+
+async def test_a_fresh_database_numbers_jobs_above_the_existing_job_folders(tmp_path: Path):
+    jobs_dir = job_folders(tmp_path / "jobs", *range(1, 8))
+    (jobs_dir / "notes").mkdir()  # not a job folder: ignored
+    async with await Store.open(tmp_path / "qlora-bot.db", jobs_dir=jobs_dir) as store:
+        assert (await new_job(store)).id == 8
+    async with await Store.open(tmp_path / "qlora-bot.db", jobs_dir=jobs_dir) as store:
+        assert (await new_job(store)).id == 9  # reopening never lowers the sequence
+
+
+async def test_a_database_restored_from_an_older_backup_skips_the_newer_folders(tmp_path: Path):
+    db_path, jobs_dir = tmp_path / "qlora-bot.db", tmp_path / "jobs"
+    async with await Store.open(db_path, jobs_dir=jobs_dir) as store:
+        for _ in range(3):
+            await new_job(store)
+    job_folders(jobs_dir, 1, 2, 3, 4, 5)  # jobs 4 and 5 were made after the backup was taken
+    async with await Store.open(db_path, jobs_dir=jobs_dir) as store:
+        assert (await new_job(store)).id == 6
+        assert [job.id for job in await store.list_jobs()] == [6, 3, 2, 1]
+
+
+async def test_an_empty_database_file_beside_job_folders_is_refused_untouched(tmp_path: Path):
+    db_path = tmp_path / "qlora-bot.db"
+    db_path.write_bytes(b"")
+    jobs_dir = job_folders(tmp_path / "jobs", 1, 2)
+    with pytest.raises(DatabaseUnusable, match=r"is empty \(0 bytes\) but job folders up to jobs/2 exist"):
+        await Store.open(db_path, jobs_dir=jobs_dir)
+    assert db_path.stat().st_size == 0 and sorted(p.name for p in tmp_path.iterdir()) == [
+        "jobs",
+        "qlora-bot.db",
+    ]
+    # Without job folders a zero-length file has nothing to lose (a crash in the very first open).
+    async with await Store.open(db_path, jobs_dir=tmp_path / "no-jobs") as store:
+        assert (await new_job(store)).id == 1
+
+
+async def test_a_file_that_is_not_a_database_is_refused_with_what_to_do(tmp_path: Path):
+    db_path = tmp_path / "qlora-bot.db"
+    db_path.write_bytes(b"not a database at all; " * 200)
+    with pytest.raises(DatabaseUnusable) as refused:
+        await Store.open(db_path)
+    message = str(refused.value)
+    assert str(db_path) in message and "not a readable SQLite database" in message
+    assert "restore it from a backup" in message and "move it aside" in message
 
 
 async def test_a_database_newer_than_the_code_is_refused(db_path: Path):

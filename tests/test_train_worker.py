@@ -105,6 +105,20 @@ def test_resume_continues_at_the_saved_step(trained, tmp_path):
     ]  # the curve before the resume is kept
 
 
+def test_an_attempt_resumed_at_the_last_step_still_reports_the_rate_and_loss(trained, tmp_path):
+    """A bot that died while the adapter was saved re-queues the job from its last checkpoint: nothing
+    is left to train, yet the final progress (what the finished status shows) keeps a real rate."""
+    spec, _events, _code = trained
+    checkpoint = Path(spec.output_dir) / "checkpoints" / "checkpoint-4"
+    resumed = spec.replace(output_dir=str(tmp_path / "resumed"), resume_from=str(checkpoint))
+    events, code = run_worker(resumed)
+    assert code == 0, events[-1]
+    progress = [event for event in events if isinstance(event, Progress)]
+    assert progress[-1].step == progress[-1].total_steps == 4
+    assert progress[-1].tokens_seen > 0 and progress[-1].tokens_per_s > 0
+    assert progress[-1].loss is not None and math.isfinite(progress[-1].loss)
+
+
 def test_sigterm_saves_a_checkpoint_and_reports_cancelled(tiny_model_dir, tmp_path):
     dataset = write_chat_dataset(tmp_path / "chat.jsonl")
     spec = tiny_spec(tiny_model_dir, dataset, tmp_path / "job", max_steps=100_000, checkpoint_steps=100_000)

@@ -19,7 +19,8 @@ from trainer.cancellation import CancelFlag
 from trainer.errors import AlreadyTrained
 from trainer.protocol import Checkpoint, Eval, Event, Progress
 
-# Written into each checkpoint so a resumed job keeps counting tokens from where it stopped.
+# Written into each checkpoint so a resumed job keeps counting tokens (and knows its last measured
+# rate) from where it stopped.
 TOKENS_FILE = "qlora_bot_tokens.json"
 
 
@@ -73,6 +74,8 @@ class EventCallback(TrainerCallback):
         self._started_at = 0.0
         self._first_step = 0
         self._window = (0.0, 0)  # time and token count at the previous progress event
+        self._begin_tokens = 0  # the token count when this attempt's training began
+        self._last_rate = 0.0  # the last non-empty window's tokens/s (restored from a checkpoint)
         self._emitted_step = -1
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -86,9 +89,15 @@ class EventCallback(TrainerCallback):
                 for entry in state.log_history
                 if "eval_loss" in entry
             ]
-            self.tokens.restore(_saved_tokens(Path(self.resume_from)))
+            saved_tokens, self._last_rate = _saved_counts(Path(self.resume_from))
+            self.tokens.restore(saved_tokens)
+            if self.loss_history:
+                last = self.loss_history[-1]
+                self._last = {"loss": last["loss"], "lr": last.get("lr"), "grad_norm": last.get("grad_norm")}
+        self._begin_tokens = self.tokens.tokens
         self._window = (self._started_at, self.tokens.tokens)
         if self._first_step and self._first_step >= state.max_steps:
+            self._emit_progress(state, final=True)  # the last word on_train_end would have said
             raise AlreadyTrained(self._first_step, state.max_steps)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
@@ -116,17 +125,27 @@ class EventCallback(TrainerCallback):
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        (path / TOKENS_FILE).write_text(json.dumps({"tokens": self.tokens.tokens}), encoding="utf-8")
+        counts = {"tokens": self.tokens.tokens, "tokens_per_s": self._last_rate}
+        (path / TOKENS_FILE).write_text(json.dumps(counts), encoding="utf-8")
         self.emit(Checkpoint(step=state.global_step, path=str(path)))
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.global_step != self._emitted_step:
-            self._emit_progress(state)
+            self._emit_progress(state, final=True)
 
-    def _emit_progress(self, state: Any) -> None:
+    def _emit_progress(self, state: Any, final: bool = False) -> None:
         now = time.monotonic()
         then, tokens_then = self._window
         tokens_now = self.tokens.tokens
+        if final and tokens_now > self._begin_tokens and now > self._started_at:
+            # The status a finished job keeps: this attempt's average, not the last few moments'.
+            rate = (tokens_now - self._begin_tokens) / (now - self._started_at)
+        elif tokens_now > tokens_then and now > then:
+            rate = self._last_rate = (tokens_now - tokens_then) / (now - then)
+        else:
+            # An empty window (a resumed attempt that had nothing left to train, say): the last
+            # measured rate, never 0 for a job that trained.
+            rate = self._last_rate
         steps_done = state.global_step - self._first_step
         remaining = max(state.max_steps - state.global_step, 0)
         eta = (now - self._started_at) / steps_done * remaining if steps_done else None
@@ -136,7 +155,7 @@ class EventCallback(TrainerCallback):
                 total_steps=state.max_steps,
                 epoch=float(state.epoch or 0.0),
                 tokens_seen=tokens_now,
-                tokens_per_s=(tokens_now - tokens_then) / (now - then) if now > then else 0.0,
+                tokens_per_s=rate,
                 eta_s=eta,
                 loss=_float(self._last["loss"]),
                 lr=_float(self._last["lr"]),
@@ -156,11 +175,14 @@ def _loss_point(entry: dict[str, Any]) -> dict[str, float]:
     return point
 
 
-def _saved_tokens(checkpoint: Path) -> int:
+def _saved_counts(checkpoint: Path) -> tuple[int, float]:
+    """The token count and last rate on_save wrote; 0 for what is missing (older checkpoints have no
+    rate) or unreadable."""
     try:
-        return int(json.loads((checkpoint / TOKENS_FILE).read_text(encoding="utf-8"))["tokens"])
-    except (OSError, ValueError, KeyError):
-        return 0
+        saved = json.loads((checkpoint / TOKENS_FILE).read_text(encoding="utf-8"))
+        return int(saved.get("tokens", 0)), float(saved.get("tokens_per_s", 0.0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0, 0.0
 
 
 def _float(value: Any) -> float | None:

@@ -1,6 +1,7 @@
-"""Publish an adapter folder to the Hub from the event loop: stage the card, the chart and a public copy
-of the adapter record, run the upload in a worker thread, and retry with backoff on 429, 5xx and
-connection errors. The adapter folder is only read, so a failed publish never risks the adapter.
+"""Publish an adapter folder to the Hub from the event loop: stage the card, the chart and the public
+part of the adapter record (bot/hub/public_record.py), run the upload in a worker thread, and retry with
+backoff on 429, 5xx and connection errors. The adapter folder is only read, so a failed publish never
+risks the adapter.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from bot.errors import UserFacingError
 from bot.hub.access import HubAccess
 from bot.hub.failures import HubFailure, classify
 from bot.hub.model_card import CardFacts, render_card
+from bot.hub.public_record import public_record
 from bot.hub.upload import Published, base_model_license, namespace_of, upload
 from bot.loss_chart import Points, loss_chart_png
 from trainer.protocol import JobSpec
@@ -135,24 +137,6 @@ def _stage(
         files[ADAPTER_RECORD] = _write(staging / ADAPTER_RECORD, public.encode())
     files["README.md"] = _write(staging / "README.md", render_card(facts).encode())
     return files
-
-
-def public_record(record: dict[str, Any]) -> dict[str, Any]:
-    """The adapter record without this machine's job folder and checkpoint paths, a local dataset's folder
-    (its file name stays) or a dataset URL's query (signed URLs carry credentials there). The base model
-    stays as it is: it is how the adapter is loaded (adapter_config.json names it too)."""
-    public = json.loads(json.dumps(record))
-    spec = public.get("spec") or {}
-    for key in ("output_dir", "resume_from"):
-        spec.pop(key, None)
-    dataset = spec.get("dataset") or {}
-    source = dataset.get("source")
-    if isinstance(source, str):
-        if source.startswith(("https://", "http://")):
-            dataset["source"] = source.split("?", 1)[0]
-        elif Path(source).is_absolute():
-            dataset["source"] = Path(source).name
-    return public
 
 
 def _delay(failure: HubFailure, attempt: int, backoff_s: float, max_backoff_s: float) -> float:

@@ -24,10 +24,15 @@ def terminal_requester() -> Requester:
     return Requester(owner=f"local:{getpass.getuser()}", is_admin=True)
 
 
+async def open_store(config: Config) -> Store:
+    """This machine's job database; new job ids continue above the job folders already on disk."""
+    return await Store.open(config.database_path(), jobs_dir=config.jobs_dir())
+
+
 @contextlib.asynccontextmanager
 async def open_service(config: Config) -> AsyncIterator[JobService]:
     """A JobService on this machine's database, closed (workers checkpointed) on the way out."""
-    async with await Store.open(config.database_path()) as store:
+    async with await open_store(config) as store:
         service = JobService(store, config, hub=HubAccess.for_config(config, Secrets.from_env().hf_token))
         try:
             yield service

@@ -168,6 +168,12 @@ class JobService:
 
         def spec_for_id(job_id: int) -> JobSpec:
             folder = job_dir or jobs_dir / str(job_id)
+            if job_dir is None and folder.is_dir() and any(folder.iterdir()):
+                # Backstop: ids are seeded above the job folders at open (storage/job_folders.py).
+                raise UserFacingError(
+                    f"job folder {folder} already exists and holds another job's files",
+                    "restart qlora-bot so job ids continue above the existing job folders",
+                )
             placed = spec.replace(output_dir=str(folder), cache_dir=str(self.config.cache_dir()))
             if incoming is None:
                 return placed

@@ -13,6 +13,7 @@ safetensors file, adapter_config.json, tokenizer files, qlora_bot.json and trl's
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import struct
@@ -60,7 +61,11 @@ def main() -> int:
     job_dir = Path(spec.output_dir)
     first = int(Path(spec.resume_from).name.split("-")[-1]) if spec.resume_from else 0
     emit(Started(pid=os.getpid(), attempt_resumes_from=spec.resume_from))
-    print(f"fake trainer: {steps} steps from step {first}", file=sys.stderr, flush=True)  # the job log
+    # The job log, written as the real worker writes it (trainer/train.py main()).
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("trainer.fake").info("fake trainer: %d steps from step %d", steps, first)
     for name in ("validating", "loading_model", "tokenizing", "training"):
         emit(Phase(name=name))
     for step in range(first + 1, steps + 1):

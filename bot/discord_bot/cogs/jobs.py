@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,6 +11,7 @@ from discord.ext import commands
 
 from bot.discord_bot.permissions import discord_user_id, requester_for
 from bot.discord_bot.status_view import COLOURS, hub_line
+from bot.jobs.job_log import job_log_tail
 from bot.terminal_progress import format_duration
 from storage.models import JOB_STATES, Job
 from trainer.protocol import LOG_FILE_NAME
@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from bot.discord_bot.client import QloraBot
 
 LIST_LIMIT = 20
-LOG_TAIL_LINES = 15
 
 
 class JobsCog(commands.Cog):
@@ -75,7 +74,7 @@ class JobsCog(commands.Cog):
         if hub:
             embed.add_field(name="Hugging Face Hub", value=_clip(hub, 1024), inline=False)
         if requester.owner == job.owner or requester.is_admin:
-            tail = _log_tail(Path(job.spec.output_dir) / LOG_FILE_NAME)
+            tail = job_log_tail(Path(job.spec.output_dir) / LOG_FILE_NAME)
             if tail:
                 embed.description = f"Log (last lines):\n```\n{_clip(tail, 3900)}\n```"
         await interaction.followup.send(embed=embed, ephemeral=True)
@@ -130,14 +129,6 @@ class JobsCog(commands.Cog):
 def _owner(job: Job) -> str:
     user_id = discord_user_id(job.owner)
     return f"<@{user_id}>" if user_id is not None else job.owner
-
-
-def _log_tail(path: Path) -> str:
-    try:
-        with path.open(encoding="utf-8", errors="replace") as log_file:
-            return "".join(deque(log_file, maxlen=LOG_TAIL_LINES)).strip()
-    except OSError:
-        return ""
 
 
 def _clip(text: str, limit: int) -> str:
