@@ -14,14 +14,8 @@ from bot.discord_bot.client import QloraBot
 from bot.hub.access import HubAccess
 from bot.jobs.data_check import DataChecker
 from bot.jobs.executor import LocalExecutor
-<<<<<<< HEAD
-from bot.jobs.local import configured_slots
-from bot.jobs.service import JobService, RunnerBusy
-=======
 from bot.jobs.local import configured_slots, open_store
-from bot.jobs.service import JobService
-from bot.jobs.service_lock import RunnerLock
->>>>>>> small
+from bot.jobs.service import JobService, RunnerBusy
 from bot.logging_setup import setup_logging
 from bot.serving.serve_client import ServeClient
 
@@ -65,14 +59,9 @@ async def serve(
     **client_options: Any,
 ) -> None:
     """Run the queue and the Discord client until `stop` (by default SIGINT/SIGTERM); then stop both."""
-<<<<<<< HEAD
-    async with await Store.open(config.database_path()) as store:
+    async with await open_store(config) as store:
         hub = HubAccess.for_config(config, secrets.hf_token)
         service = JobService(store, config, hub=hub, data_checker=data_checker)
-=======
-    async with await open_store(config) as store:
-        service = JobService(store, config, hub=HubAccess.for_config(config, secrets.hf_token))
->>>>>>> small
         await service.start_runner(
             executor or LocalExecutor(python=config.worker.python), configured_slots(config)
         )

@@ -50,13 +50,8 @@ async def running_bot(
     hub: HubAccess | None = None,
     serve_client: ServeClient | None = None,
 ) -> AsyncIterator[tuple[QloraBot, JobService]]:
-<<<<<<< HEAD
-    async with await Store.open(config.database_path()) as store:
-        service = JobService(store, config, hub=hub, data_checker=fake_data_checker(config))
-=======
     async with await Store.open(config.database_path(), jobs_dir=config.jobs_dir()) as store:
-        service = JobService(store, config, hub=hub)
->>>>>>> small
+        service = JobService(store, config, hub=hub, data_checker=fake_data_checker(config))
         await service.start_runner(executor or fake_executor(), build_slots([], 1))
         bot = QloraBot(config=config, service=service, serve_client=serve_client, guild_ready_timeout=0.1)
         try:

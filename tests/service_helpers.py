@@ -64,13 +64,8 @@ async def open_service(
     **queue: Any,
 ) -> JobService:
     config = make_config(data_dir, **queue)
-<<<<<<< HEAD
-    store = await Store.open(config.database_path())
-    service = JobService(store, config, hub=hub, data_checker=fake_data_checker(config))
-=======
     store = await Store.open(config.database_path(), jobs_dir=config.jobs_dir())
-    service = JobService(store, config, hub=hub)
->>>>>>> small
+    service = JobService(store, config, hub=hub, data_checker=fake_data_checker(config))
     devices = [str(i) for i in range(slots)] if slots > 1 else []  # one slot: the CPU, as on CI
     await service.start_runner(executor or fake_executor(), build_slots(devices, 1))
     return service

@@ -16,12 +16,8 @@ from bot.logging_setup import RedactSecrets, setup_logging
 from bot.run_command import serve
 from tests.discord_helpers import bot_config, running_bot
 from tests.fake_discord.fixture import fake_discord_fixture  # noqa: F401 - the fake_discord fixture
-<<<<<<< HEAD
-from tests.service_helpers import fake_data_checker, fake_executor
-=======
 from tests.fake_discord.server import FakeDiscord
-from tests.service_helpers import fake_executor
->>>>>>> small
+from tests.service_helpers import fake_data_checker, fake_executor
 
 # Shaped like a real bot token (three dot-separated parts), so the header and env rules both apply.
 BOT_TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4.GAbCdE.abcdefghijklmnopqrstuvwxyz0123456789"
