@@ -120,6 +120,10 @@ async def _train(
             takeover = asyncio.create_task(_run_queue_when_free(service, job.id, config, console))
             try:
                 await _follow(service, job, requester, console, signals)
+            except UserFacingError as error:  # e.g. the disk filled up and the job's end went unrecorded
+                console.print(f"[red]error:[/] {error.message}", highlight=False)
+                console.print(f"hint: {error.hint}", highlight=False)
+                return 1
             finally:
                 takeover.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

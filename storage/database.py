@@ -5,9 +5,10 @@ the lock and transactions that make it safe to share between coroutines and with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import aiosqlite
 
 from storage import migrate
+from storage.disk_space import DiskFull, DiskReserve, is_disk_full
 from storage.job_folders import highest_job_folder, seed_job_ids
 
 # What SQLite says about a file that is not a database, or one whose pages are damaged.
@@ -42,8 +44,10 @@ class Database:
     cannot wait for that upgrade and fails it with "database is locked").
     """
 
-    def __init__(self, connection: aiosqlite.Connection) -> None:
+    def __init__(self, connection: aiosqlite.Connection, reserve: DiskReserve | None = None) -> None:
         self._connection = connection
+        self._reserve = reserve
+        self._reserve_held = reserve.take() if reserve is not None else False
         # One connection serves every coroutine of the process: without this lock a coroutine's
         # statement could land inside another's open transaction.
         self._lock = asyncio.Lock()
@@ -87,7 +91,7 @@ class Database:
         except BaseException:
             await connection.close()
             raise
-        return cls(connection)
+        return cls(connection, DiskReserve(path.parent))
 
     async def close(self) -> None:
         async with self._lock:
@@ -100,19 +104,42 @@ class Database:
     async def run(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """One statement and all its rows; a write commits on its own (one statement is atomic)."""
         async with self._lock:
-            return list(await self._connection.execute_fetchall(sql, params))
+            with self._full_disk_reported():
+                return list(await self._connection.execute_fetchall(sql, params))
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """Several statements that commit together, or not at all if the block raises."""
         async with self._lock:
-            await self._connection.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._connection
-            except BaseException:
-                await self._connection.execute("ROLLBACK")
+            with self._full_disk_reported():
+                await self._connection.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._connection
+                except BaseException:
+                    with contextlib.suppress(sqlite3.OperationalError):  # SQLite may have rolled back
+                        await self._connection.execute("ROLLBACK")
+                    raise
+                try:
+                    await self._connection.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.OperationalError):
+                        await self._connection.execute("ROLLBACK")
+                    raise
+
+    @contextlib.contextmanager
+    def _full_disk_reported(self) -> Iterator[None]:
+        """SQLite's "database or disk is full" becomes DiskFull naming the folder, and the reserve is
+        given back so the writes that record it have room; it is taken again once there is space."""
+        if self._reserve is not None and not self._reserve_held:
+            self._reserve_held = self._reserve.take()
+        try:
+            yield
+        except sqlite3.OperationalError as error:
+            if not is_disk_full(error) or self._reserve is None:
                 raise
-            await self._connection.execute("COMMIT")
+            self._reserve.give_back()
+            self._reserve_held = False
+            raise DiskFull(self._reserve.folder) from error
 
 
 def _refuse_empty_file(path: Path, highest_job_folder: int) -> None:

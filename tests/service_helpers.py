@@ -15,7 +15,8 @@ from bot.hub.access import HubAccess
 from bot.jobs.data_check import DataChecker
 from bot.jobs.executor import LocalExecutor
 from bot.jobs.scheduler import build_slots
-from bot.jobs.service import JobService, default_data_checker
+from bot.jobs.service import JobService
+from bot.jobs.submission import default_data_checker
 from storage.store import Store
 from trainer.protocol import DatasetSpec, JobSpec, TrainingSpec
 

@@ -12,7 +12,8 @@ import pytest
 
 from bot.errors import UserFacingError
 from bot.jobs.executor import LocalExecutor
-from bot.jobs.service import Requester, Upload
+from bot.jobs.service import Requester
+from bot.jobs.submission import Upload
 from tests.service_helpers import fake_data_checker, fake_spec, finished, open_service, shut
 from tests.worker_helpers import tiny_spec, worker_env, write_chat_dataset
 from trainer.protocol import DatasetSpec, JobSpec, Phase

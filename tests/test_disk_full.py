@@ -31,18 +31,21 @@ def db_events(kind):
     except sqlite3.Error:
         return 0
 
+def fill():
+    with open(home / "filler", "wb") as filler:  # every byte the tmpfs has left
+        try:
+            while True:
+                filler.write(b"\0" * (1 << 16))
+                filler.flush()
+        except OSError:
+            pass
+
 cli = subprocess.Popen(train + ["--max-steps", "2000"], env=env, stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, text=True)
 deadline = time.monotonic() + 120
 while db_events("checkpoint") < 1 and time.monotonic() < deadline and cli.poll() is None:
     time.sleep(0.2)
-with open(home / "filler", "wb") as filler:  # every byte the tmpfs has left
-    try:
-        while True:
-            filler.write(b"\0" * (1 << 16))
-            filler.flush()
-    except OSError:
-        pass
+fill()
 try:
     out, err = cli.communicate(timeout=180)
     hung = False
@@ -57,6 +60,9 @@ with sqlite3.connect(home / "qlora-bot.db") as db:
     result["jobs"] = db.execute("SELECT id, state, error_message FROM jobs ORDER BY id").fetchall()
 again = subprocess.run(train + ["--max-steps", "2"], env=env, capture_output=True, text=True, timeout=180)
 result["again"] = {"code": again.returncode, "stdout": again.stdout, "stderr": again.stderr}
+fill()  # a submission to a full disk is refused at once
+refused = subprocess.run(train + ["--max-steps", "2"], env=env, capture_output=True, text=True, timeout=180)
+result["refused"] = {"code": refused.returncode, "stderr": refused.stderr}
 print(json.dumps(result))
 """
 
@@ -99,3 +105,6 @@ def test_a_full_disk_fails_the_job_keeps_the_database_and_frees_up(tiny_model_di
     assert (job_id, state) == (1, "failed") and f"disk full under {home}" in message
     assert result["again"]["code"] == 0, result["again"]["stderr"][-2000:]
     assert result["again"]["stdout"].strip() == f"adapter: {home / 'jobs' / '2' / 'adapter'}"
+    refused = result["refused"]
+    assert refused["code"] == 2 and f"error: disk full under {home}" in refused["stderr"], refused["stderr"]
+    assert "Traceback" not in refused["stderr"]

@@ -14,7 +14,8 @@ from bot.errors import UserFacingError
 from bot.hub.model_card import CardFacts, render_card
 from bot.hub.public_record import public_record
 from bot.hub.publisher import HubPublisher, PublishFailed, PublishRequest
-from bot.jobs.service import Requester, Upload
+from bot.jobs.service import Requester
+from bot.jobs.submission import Upload
 from bot.serving.asking import resolve_adapter
 from storage.store import Store
 from tests.fakes.fake_trainer import write_adapter

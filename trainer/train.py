@@ -8,6 +8,7 @@ outcome, failures included, leaves as a protocol event on stdout; tracebacks go 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -77,6 +78,18 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_CANCELLED
     except Exception as error:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            log.error("disk full:\n%s", traceback.format_exc())
+            where = spec.output_dir if spec else "the job folder"
+            emit(
+                Error(
+                    kind="internal",
+                    message=f"disk full under {where}",
+                    hint="free space there, then submit the job again (its newest checkpoint is kept)",
+                    checkpoint=_resume_point(spec),
+                )
+            )
+            return EXIT_INTERNAL
         if _is_oom(error):
             log.error("out of memory:\n%s", traceback.format_exc())
             emit(

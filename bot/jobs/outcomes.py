@@ -10,6 +10,7 @@ import logging
 from typing import Literal
 
 from bot.jobs.worker_process import WorkerLost
+from storage.disk_space import DiskFull
 from storage.models import Job
 from storage.store import Store
 from trainer.protocol import Done, Error, newest_checkpoint
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 # Why the runner stopped a worker, if it did: a person's cancel, the wall-time limit, or the runner
 # itself shutting down (the job is then resumed later, not ended).
 StopReason = Literal["cancel", "timeout", "shutdown"]
+DISK_FULL_HINT = "free space there, then submit the job again (its newest checkpoint is kept)"
 
 
 async def conclude(
@@ -30,8 +32,21 @@ async def conclude(
     max_attempts: int,
     max_wall_time_h: float,
     crash_detail: str = "",
+    disk_full: DiskFull | None = None,
 ) -> Job | None:
-    """Apply the outcome of the job's current attempt; returns the updated job (None if already moved on)."""
+    """Apply the outcome of the job's current attempt; returns the updated job (None if already moved on).
+
+    `disk_full`: the attempt's events could not be recorded for lack of space. The job fails saying so:
+    retrying would only fill the disk again, and a person has to free space first."""
+    if disk_full is not None and not isinstance(final, Done):
+        return await store.finish_job(
+            job.id,
+            "failed",
+            error_kind="internal",
+            error_message=str(disk_full),
+            error_hint=DISK_FULL_HINT,
+            attempt_detail=str(disk_full),
+        )
     if isinstance(final, Done):
         finished = await store.finish_job(job.id, "succeeded", adapter_path=final.adapter_dir)
         if finished is not None:

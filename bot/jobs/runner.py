@@ -13,18 +13,21 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bot.config import QueueConfig, WorkerConfig
 from bot.jobs.executor import Executor, RunningWorker
 from bot.jobs.outcomes import StopReason, conclude
 from bot.jobs.scheduler import Slot, jobs_to_start
 from bot.jobs.worker_process import WorkerLost
+from storage.disk_space import DiskFull, is_disk_full
 from storage.models import Job
 from storage.store import Store
 from trainer.protocol import Checkpoint, Done, Error, Event, Phase
 
 log = logging.getLogger(__name__)
 POLL_INTERVAL_S = 1.0
+MAX_RECORD_RETRY_S = 30.0
 
 
 @dataclass
@@ -33,6 +36,7 @@ class _Attempt:
     slot: Slot
     worker: RunningWorker | None = None
     stop_reason: StopReason | None = None
+    disk_full: DiskFull | None = None  # its events could not be recorded: the job fails saying so
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
 
 
@@ -46,6 +50,7 @@ class JobRunner:
         worker: WorkerConfig,
         notify: Callable[[int], None],
         on_concluded: Callable[[Job], None] | None = None,
+        on_unrecorded: Callable[[int, DiskFull], None] | None = None,
     ) -> None:
         self.store = store
         self.executor = executor
@@ -54,6 +59,9 @@ class JobRunner:
         self.worker_config = worker
         self.notify = notify
         self.on_concluded = on_concluded  # e.g. start the publish step of a job that succeeded
+        # A job's end that cannot be written yet (no space even after the reserve): followers are told
+        # now instead of waiting on a job that stays `running` in the database.
+        self.on_unrecorded = on_unrecorded
         self._active: dict[int, _Attempt] = {}
         self._tasks: set[asyncio.Task] = set()
         self._wake = asyncio.Event()
@@ -105,6 +113,8 @@ class JobRunner:
         while not self._closing:
             try:
                 await self._tick()
+            except DiskFull as full:
+                log.error("no job can start: %s", full)
             except Exception:
                 log.exception("scheduling failed; retrying")
             self._wake.clear()
@@ -149,6 +159,8 @@ class JobRunner:
             try:
                 attempt.worker = await self.executor.launch(spec, attempt.slot)
             except OSError as error:
+                if is_disk_full(error):
+                    raise DiskFull(Path(job.spec.output_dir)) from error
                 final = Error(kind="internal", message=f"could not start the worker: {error}")
                 await self.store.append_event(job.id, job.attempt, final)
                 return
@@ -166,6 +178,11 @@ class JobRunner:
                 if isinstance(item, (Done, Error)):
                     final = item
                 self.notify(job.id)
+        except DiskFull as full:
+            log.error("job %s: %s; it fails (its worker is stopped)", job.id, full)
+            attempt.disk_full = full
+            if attempt.worker is not None:
+                attempt.worker.kill()
         except Exception:
             log.exception("supervising job %s failed", job.id)
             if attempt.worker is not None:
@@ -183,22 +200,41 @@ class JobRunner:
 
     async def _conclude(self, attempt: _Attempt, final: Done | Error | WorkerLost | None) -> None:
         job = attempt.job
+        delay_s = 1.0
         try:
-            current = await self.store.get_job(job.id) or job
-            concluded = await conclude(
-                self.store,
-                current,
-                final,
-                stop_reason=attempt.stop_reason,
-                max_attempts=self.queue.max_attempts,
-                max_wall_time_h=self.queue.max_wall_time_h,
-            )
+            while True:
+                try:
+                    concluded = await self._record_outcome(attempt, final)
+                    break
+                except DiskFull as full:
+                    # Not even the reserve's room was enough: keep trying (space may be freed), and
+                    # tell the followers now. Stopping leaves it to the next start's reconciliation.
+                    attempt.disk_full = attempt.disk_full or full
+                    if self.on_unrecorded is not None:
+                        self.on_unrecorded(job.id, full)
+                    if self._closing:
+                        return
+                    log.error("job %s: %s; its end is recorded once there is space", job.id, full)
+                    await asyncio.sleep(delay_s)
+                    delay_s = min(delay_s * 2, MAX_RECORD_RETRY_S)
             if concluded is not None and concluded.is_terminal and self.on_concluded is not None:
                 self.on_concluded(concluded)
         finally:
             self._active.pop(job.id, None)
             self.notify(job.id)
             self.wake()
+
+    async def _record_outcome(self, attempt: _Attempt, final: Done | Error | WorkerLost | None) -> Job | None:
+        current = await self.store.get_job(attempt.job.id) or attempt.job
+        return await conclude(
+            self.store,
+            current,
+            final,
+            stop_reason=attempt.stop_reason,
+            max_attempts=self.queue.max_attempts,
+            max_wall_time_h=self.queue.max_wall_time_h,
+            disk_full=attempt.disk_full,
+        )
 
     def _stop(self, attempt: _Attempt, reason: StopReason, grace_s: float | None = None) -> None:
         """SIGTERM now (the worker checkpoints), SIGKILL after the grace period."""

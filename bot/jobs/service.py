@@ -12,11 +12,10 @@ import contextlib
 import dataclasses
 import statistics
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from bot.config import Config
 from bot.errors import UserFacingError
@@ -31,12 +30,13 @@ from bot.jobs.recovery import reconcile
 from bot.jobs.runner import JobRunner
 from bot.jobs.scheduler import QueueEntry, Slot, estimate_queue
 from bot.jobs.service_lock import RunnerLock
+from bot.jobs.submission import Placement, Upload, default_data_checker, disk_full_refused, upload_label
+from storage.disk_space import DiskFull
 from storage.models import TERMINAL_STATES, Job, StoredEvent
 from storage.store import Store
 from trainer.protocol import Event, JobSpec, Progress, newest_checkpoint, spec_problems
 
 DAY_S = 24 * 3600
-UPLOAD_DIR = "upload"
 
 
 class RunnerBusy(UserFacingError):
@@ -57,15 +57,6 @@ class Requester:
 
     owner: str
     is_admin: bool = False
-
-
-@dataclass(frozen=True)
-class Upload:
-    """A dataset file a person attached: stored in the job folder under a generated name."""
-
-    suffix: str  # ".jsonl", ".csv", ...: the parser is chosen by it
-    data: bytes
-    filename: str = ""  # the name the person gave it: every message about the data uses it
 
 
 @dataclass(frozen=True)
@@ -95,6 +86,7 @@ class JobService:
         self.hub = HubPublisher(hub or HubAccess.for_config(config, token=None))
         self._changed: dict[int, asyncio.Event] = defaultdict(asyncio.Event)
         self._publishing: dict[int, asyncio.Task[Job]] = {}
+        self._unrecorded: dict[int, DiskFull] = {}  # ended jobs whose end could not be written yet
 
     # --- running the queue (only in the process that holds the runner lock)
 
@@ -113,7 +105,9 @@ class JobService:
             max_wall_time_h=queue.max_wall_time_h,
             grace_s=worker.cancel_grace_s,
         )
-        self.runner = JobRunner(self.store, executor, slots, queue, worker, self._notify, self._concluded)
+        self.runner = JobRunner(
+            self.store, executor, slots, queue, worker, self._notify, self._concluded, self._unrecorded_end
+        )
         self.runner.start()
         for job in await self.store.jobs_to_publish():  # this process stopped in their publish step
             self._concluded(job)
@@ -161,43 +155,22 @@ class JobService:
             await self._check_checkpoint_is_free(spec.resume_from)
         if not requester.is_admin:
             await self._check_quotas(requester.owner)
-        jobs_dir = self.config.jobs_dir()
         if upload is not None:
             spec = spec.replace(dataset=dataclasses.replace(spec.dataset, label=upload_label(upload)))
-        incoming = _stage_upload(jobs_dir, upload) if upload is not None else None
-
-        def spec_for_id(job_id: int) -> JobSpec:
-            folder = job_dir or jobs_dir / str(job_id)
-            if job_dir is None and folder.is_dir() and any(folder.iterdir()):
-                # Backstop: ids are seeded above the job folders at open (storage/job_folders.py).
-                raise UserFacingError(
-                    f"job folder {folder} already exists and holds another job's files",
-                    "restart qlora-bot so job ids continue above the existing job folders",
-                )
-            placed = spec.replace(output_dir=str(folder), cache_dir=str(self.config.cache_dir()))
-            if incoming is None:
-                return placed
-            dataset_path = folder / UPLOAD_DIR / f"dataset{incoming.suffix}"
-            dataset_path.parent.mkdir(parents=True, exist_ok=True)
-            incoming.replace(dataset_path)
-            return placed.replace(dataset=dataclasses.replace(spec.dataset, source=str(dataset_path)))
-
-        try:
+        placement = Placement(self.config.jobs_dir(), self.config.cache_dir(), job_dir)
+        with disk_full_refused(self.config.data_dir()), placement.staged(upload):
             # The worker's own data checks, now: a file that fails them gets no job (the worker checks again).
-            await self.data_checker.check(_with_source(spec, incoming))
+            await self.data_checker.check(placement.as_checked(spec))
             job, _created = await self.store.create_job(
                 owner=requester.owner,
                 name=spec.name or "adapter",
-                spec_for_id=spec_for_id,
+                spec_for_id=lambda job_id: placement.spec_for(spec, job_id),
                 idempotency_key=idempotency_key,
                 guild_id=guild_id,
                 channel_id=channel_id,
                 push_requested=push,
                 hub_private=private,
             )
-        finally:
-            if incoming is not None:
-                incoming.unlink(missing_ok=True)  # left over only when no job took it
         Path(job.spec.output_dir).mkdir(parents=True, exist_ok=True)
         self._notify(job.id)
         return job
@@ -339,6 +312,8 @@ class JobService:
             last_job = job
             if job.state in TERMINAL_STATES and not job.publish_pending:
                 return
+            if job_id in self._unrecorded:
+                raise _unrecorded_error(self._unrecorded[job_id], job_id)
             changed = self._changed[job_id]
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), poll_s)
@@ -381,6 +356,10 @@ class JobService:
     def _notify(self, job_id: int) -> None:
         self._changed[job_id].set()
 
+    def _unrecorded_end(self, job_id: int, full: DiskFull) -> None:
+        self._unrecorded[job_id] = full
+        self._notify(job_id)
+
     def _concluded(self, job: Job) -> None:
         if job.publish_pending and job.id not in self._publishing:
             self._start_publish(job)
@@ -401,34 +380,8 @@ class JobService:
         return task
 
 
-def _with_source(spec: JobSpec, staged: Path | None) -> JobSpec:
-    """The spec as the data check reads it: an upload from where it is staged."""
-    if staged is None:
-        return spec
-    return spec.replace(dataset=dataclasses.replace(spec.dataset, source=str(staged)))
-
-
-def default_data_checker(config: Config) -> DataChecker:
-    return DataChecker(
-        timeout_s=config.limits.data_check_timeout_s,
-        memory_mb=config.limits.data_check_memory_mb,
-        log_path=config.logs_dir() / "data-check.log",
-        staging_dir=config.data_dir() / "checks",
-        python=config.worker.python,
+def _unrecorded_error(full: DiskFull, job_id: int) -> UserFacingError:
+    return UserFacingError(
+        f"{full}: the end of job {job_id} could not be recorded",
+        "free space there; the next qlora-bot start records it (its newest checkpoint is kept)",
     )
-
-
-def upload_label(upload: Upload) -> str:
-    """The attachment's own file name, made safe to show: no folders, no control characters, short."""
-    name = PurePosixPath(upload.filename.replace("\\", "/")).name
-    name = "".join(char for char in name if char.isprintable()).strip()
-    return (name or f"upload{upload.suffix}")[:100]
-
-
-def _stage_upload(jobs_dir: Path, upload: Upload) -> Path:
-    """Write an upload under a generated name (never the name the person chose) before it has a job."""
-    staging = jobs_dir / ".incoming"
-    staging.mkdir(parents=True, exist_ok=True)
-    path = staging / f"{uuid.uuid4().hex}{upload.suffix}"
-    path.write_bytes(upload.data)
-    return path

@@ -13,7 +13,7 @@ from discord.ext import commands
 from bot.discord_bot.permissions import requester_for, require_role
 from bot.errors import UserFacingError
 from bot.job_specs import clean_name, make_spec, name_from_dataset
-from bot.jobs.service import Upload
+from bot.jobs.submission import Upload
 from trainer.protocol import DATASET_FORMATS, DatasetSpec
 
 if TYPE_CHECKING:

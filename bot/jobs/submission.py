@@ -1,0 +1,108 @@
+"""Where a submitted job's files go: its folder (named after its id unless given), an upload staged
+under a generated name until the job exists, and the data check's view of the spec; plus a full disk
+found on the way, refused as such.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from bot.config import Config
+from bot.errors import UserFacingError
+from bot.jobs.data_check import DataChecker
+from storage.disk_space import is_disk_full
+from trainer.protocol import JobSpec
+
+UPLOAD_DIR = "upload"
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A dataset file a person attached: stored in the job folder under a generated name."""
+
+    suffix: str  # ".jsonl", ".csv", ...: the parser is chosen by it
+    data: bytes
+    filename: str = ""  # the name the person gave it: every message about the data uses it
+
+
+class Placement:
+    """One submission's files. With an upload, the file is written aside first and moved into the job
+    folder while the job is created, so no runner can start the job without it."""
+
+    def __init__(self, jobs_dir: Path, cache_dir: Path, job_dir: Path | None) -> None:
+        self.jobs_dir = jobs_dir
+        self.cache_dir = cache_dir
+        self.job_dir = job_dir  # given (`train --output`), else jobs_dir/ID
+        self.incoming: Path | None = None
+
+    @contextlib.contextmanager
+    def staged(self, upload: Upload | None) -> Iterator[None]:
+        """Stage the upload for the block; whatever no job took is removed after it."""
+        if upload is not None:
+            staging = self.jobs_dir / ".incoming"
+            staging.mkdir(parents=True, exist_ok=True)
+            # A generated name, never the one the person chose.
+            self.incoming = staging / f"{uuid.uuid4().hex}{upload.suffix}"
+            self.incoming.write_bytes(upload.data)
+        try:
+            yield
+        finally:
+            if self.incoming is not None:
+                self.incoming.unlink(missing_ok=True)
+
+    def as_checked(self, spec: JobSpec) -> JobSpec:
+        """The spec as the data check reads it: an upload from where it is staged."""
+        if self.incoming is None:
+            return spec
+        return spec.replace(dataset=dataclasses.replace(spec.dataset, source=str(self.incoming)))
+
+    def spec_for(self, spec: JobSpec, job_id: int) -> JobSpec:
+        """The job's spec once it has an id; runs inside the job-creating transaction (quick, no Store)."""
+        folder = self.job_dir or self.jobs_dir / str(job_id)
+        if self.job_dir is None and folder.is_dir() and any(folder.iterdir()):
+            # Backstop: ids are seeded above the job folders at open (storage/job_folders.py).
+            raise UserFacingError(
+                f"job folder {folder} already exists and holds another job's files",
+                "restart qlora-bot so job ids continue above the existing job folders",
+            )
+        placed = spec.replace(output_dir=str(folder), cache_dir=str(self.cache_dir))
+        if self.incoming is None:
+            return placed
+        dataset_path = folder / UPLOAD_DIR / f"dataset{self.incoming.suffix}"
+        dataset_path.parent.mkdir(parents=True, exist_ok=True)
+        self.incoming.replace(dataset_path)
+        return placed.replace(dataset=dataclasses.replace(spec.dataset, source=str(dataset_path)))
+
+
+@contextlib.contextmanager
+def disk_full_refused(data_dir: Path) -> Iterator[None]:
+    """A submission that meets a full disk (staging, the check's files, the database) is refused as
+    that, not as a traceback."""
+    try:
+        yield
+    except OSError as error:
+        if not is_disk_full(error):
+            raise
+        raise UserFacingError(f"disk full under {data_dir}", "free space there, then submit again") from None
+
+
+def upload_label(upload: Upload) -> str:
+    """The attachment's own file name, made safe to show: no folders, no control characters, short."""
+    name = PurePosixPath(upload.filename.replace("\\", "/")).name
+    name = "".join(char for char in name if char.isprintable()).strip()
+    return (name or f"upload{upload.suffix}")[:100]
+
+
+def default_data_checker(config: Config) -> DataChecker:
+    return DataChecker(
+        timeout_s=config.limits.data_check_timeout_s,
+        memory_mb=config.limits.data_check_memory_mb,
+        log_path=config.logs_dir() / "data-check.log",
+        staging_dir=config.data_dir() / "checks",
+        python=config.worker.python,
+    )
