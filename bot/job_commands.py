@@ -16,7 +16,7 @@ from bot.errors import UserFacingError
 from bot.jobs.job_log import job_log_tail
 from bot.jobs.local import open_service, terminal_requester
 from bot.jobs.service import JobService
-from bot.terminal_progress import describe_event, format_duration
+from bot.terminal_progress import describe_end, describe_event, format_duration
 from storage.models import JOB_STATES, Job
 from trainer.protocol import LOG_FILE_NAME
 
@@ -91,7 +91,7 @@ async def _job(service: JobService, console: Console, job_id: int) -> None:
         ("checkpoint", job.checkpoint_path or ""),
         ("adapter", job.adapter_path or ""),
         ("hub", _hub(job)),
-        ("error", f"{job.error_kind}: {job.error_message}" if job.error_message else ""),
+        ("error", f"{job.error_kind}: {describe_end(job)}" if job.error_message else ""),
         ("hint", job.error_hint or ""),
     ]
     console.print(f"job {job.id}: {job.name}", style="bold", highlight=False)

@@ -39,6 +39,14 @@ def describe_progress(event: ProgressEvent) -> str:
     return ", ".join(parts)
 
 
+def describe_end(job: Any) -> str:
+    """Why a job ended, as the terminal says it: a cancel names who asked (an owner id is fine here)."""
+    message = job.error_message or job.state
+    if job.state == "cancelled" and message == "cancelled" and job.cancel_requested_by:
+        return f"cancelled by {job.cancel_requested_by}"
+    return message
+
+
 def describe_event(event: Event) -> str:
     """One line for any event, as `qlora-bot job` lists them."""
     if isinstance(event, Started):

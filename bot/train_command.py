@@ -17,7 +17,7 @@ from bot.jobs.executor import LocalExecutor
 from bot.jobs.local import configured_slots, open_service, terminal_requester
 from bot.jobs.service import JobService, Requester, RunnerBusy
 from bot.stop_signals import StopSignals
-from bot.terminal_progress import TerminalProgress, format_duration
+from bot.terminal_progress import TerminalProgress, describe_end, format_duration
 from storage.models import Job
 from trainer.protocol import (
     LOG_FILE_NAME,
@@ -237,7 +237,7 @@ def _report(job: Job, done: Event | None, argv: list[str], console: Console) -> 
         console.print(f"[green]done:[/] {', '.join(summary)}", highlight=False)
         print(f"adapter: {job.adapter_path}")  # stdout: the one line a script wants
         return 0
-    console.print(f"[red]{job.error_kind or job.state}:[/] {job.error_message}", highlight=False)
+    console.print(f"[red]{job.error_kind or job.state}:[/] {describe_end(job)}", highlight=False)
     if job.error_hint:
         console.print(f"hint: {job.error_hint}", highlight=False)
     if job.error_kind != "user_error":

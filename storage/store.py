@@ -137,6 +137,13 @@ class Store:
             ),
         )
 
+    async def jobs_resuming_from(self, checkpoint: str) -> list[Job]:
+        """Jobs submitted to continue from this checkpoint (spec.resume_from), oldest first."""
+        found = await self._db.run(
+            "SELECT * FROM jobs WHERE json_extract(spec, '$.resume_from') = ? ORDER BY id", (checkpoint,)
+        )
+        return [to_job(row) for row in found]
+
     async def job_by_idempotency_key(self, key: str) -> Job | None:
         return _first(to_job, await self._db.run("SELECT * FROM jobs WHERE idempotency_key = ?", (key,)))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 from tests.discord_helpers import EDIT_INTERVAL_S, bot_config, embed_field, fake_dataset, running_bot
@@ -90,6 +91,48 @@ async def test_the_cancel_button_works_for_the_owner_only(fake_discord, tmp_path
         assert ended.state == "cancelled"
         await fake.wait_for(lambda: embed_field(status, "State") == "cancelled", timeout=10)
         assert status.components == []
+
+
+async def test_a_cancelled_job_says_who_cancelled_and_its_owner_can_resume_it(fake_discord, tmp_path):
+    """No owner ids or paths in the channel: a mention, and a Resume button that queues a new job
+    continuing from the checkpoint (only its owner or an admin may press it)."""
+    fake = fake_discord
+    stranger = fake.add_member(4243, "stranger")
+    home = tmp_path / "home"
+    async with running_bot(fake, bot_config(home, fake, base_models=(FAKE_MODEL,))) as (_bot, service):
+        await _finetune(fake, "steps=40;step_s=0.1;checkpoint_every=5")
+        await wait_until(lambda: service.store.last_event(1, "checkpoint"))
+        call = await fake.slash("cancel", {"id": 1})
+        await call.wait_followups(1)
+        [ended] = await fake.wait_for(lambda: fake.messages_mentioning(fake.user.id), timeout=30)
+        checkpoint = (await service.get(1)).checkpoint_path
+        step = int(Path(checkpoint).name.split("-")[-1])
+
+        shown = ended.content + json.dumps(ended.embeds)
+        assert f"Cancelled by <@{fake.user.id}>" in shown
+        assert "discord:" not in shown and str(home) not in shown and "checkpoint-" not in shown
+        assert f"continue from its checkpoint at step {step}" in shown
+        status = status_message(fake, 1)
+        await fake.wait_for(lambda: embed_field(status, "State") == "cancelled", timeout=10)
+        assert "discord:" not in json.dumps(status.embeds) and str(home) not in json.dumps(status.embeds)
+
+        refused = await fake.click(ended, "qlora:resume:1", user=stranger)
+        [answer] = await refused.wait_followups(1)
+        assert "job 1 is not yours" in answer.content
+        assert [job.id for job in await service.list()] == [1]
+
+        pressed = await fake.click(ended, "qlora:resume:1")
+        [answer] = await pressed.wait_followups(1)
+        assert "Resuming job 1 as job **2**" in answer.content
+        resumed = await wait_until(lambda: _ended(service, 2), timeout=60)
+        assert resumed.state == "succeeded" and resumed.spec.resume_from == checkpoint
+        steps = [s.event.step for s in await service.events(2) if isinstance(s.event, Progress)]
+        assert steps[0] == step + 1 and steps[-1] == 40
+        assert await fake.wait_for(lambda: status_message(fake, 2), timeout=10)
+        again = await fake.click(ended, "qlora:resume:1")  # a second press: job 2 exists, not a third
+        [answer] = await again.wait_followups(1)
+        assert "job 1 was already resumed as job 2 (succeeded)" in answer.content
+        assert len(await service.list()) == 2
 
 
 async def test_cancel_command_by_id(fake_discord, tmp_path):

@@ -15,6 +15,7 @@ from bot.config import Config
 from bot.discord_bot.cancel_button import CancelButton
 from bot.discord_bot.command_sync import sync_commands_if_changed
 from bot.discord_bot.permissions import requester_for
+from bot.discord_bot.resume_button import ResumeButton
 from bot.discord_bot.status_publisher import StatusPublisher
 from bot.errors import UserFacingError
 from bot.jobs.service import JobService
@@ -53,7 +54,7 @@ class QloraBot(commands.Bot):
         from bot.discord_bot.cogs.hub import HubCog
         from bot.discord_bot.cogs.jobs import JobsCog
 
-        self.add_dynamic_items(CancelButton)
+        self.add_dynamic_items(CancelButton, ResumeButton)
         await self.add_cog(FinetuneCog(self))
         await self.add_cog(JobsCog(self))
         await self.add_cog(AskCog(self))
@@ -78,6 +79,24 @@ class QloraBot(commands.Bot):
             await reply(interaction, f"Job {job_id} cancelled.")
         else:
             await reply(interaction, f"Cancelling job {job_id}: it saves a checkpoint, then stops.")
+
+    async def press_resume(self, interaction: discord.Interaction, job_id: int) -> None:
+        """The Resume button: a new job continues the cancelled one (its owner or an admin only)."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            job = await self.service.resume(
+                job_id,
+                requester_for(interaction.user, self.config.discord),
+                idempotency_key=f"discord-interaction:{interaction.id}",
+                guild_id=interaction.guild_id,
+                channel_id=interaction.channel_id,
+            )
+        except UserFacingError as error:
+            await reply(interaction, f"{error.message}. {error.hint}".strip())
+            return
+        if job.status_message_id is None and job.channel_id is not None:
+            await self.publisher.post_status(job, job.channel_id)
+        await reply(interaction, f"Resuming job {job_id} as job **{job.id}**: see its status message.")
 
     async def on_app_command_error(
         self, interaction: discord.Interaction, error: app_commands.AppCommandError

@@ -21,6 +21,7 @@ from bot.config import Config
 from bot.discord_bot.cancel_button import cancel_view
 from bot.discord_bot.edit_budget import EditBudget
 from bot.discord_bot.permissions import discord_user_id
+from bot.discord_bot.resume_button import resume_view
 from bot.discord_bot.status_view import completion_embed, status_embed
 from bot.jobs.outcomes import adapter_name
 from bot.jobs.service import JobService
@@ -156,10 +157,12 @@ class StatusPublisher:
         user_id = discord_user_id(job.owner)
         mention = f"<@{user_id}> " if user_id is not None else ""
         channel = self.client.get_partial_messageable(job.channel_id)
+        view = resume_view(job)
         message = await channel.send(
             f"{mention}job {job.id} ({job.name}) {job.state}",
             embed=embed,
             files=files,
             allowed_mentions=discord.AllowedMentions(users=True, roles=False, everyone=False),
+            **({"view": view} if view is not None else {}),
         )
         await self.service.store.set_completion_message(job.id, message.id)

@@ -6,6 +6,8 @@ import time
 
 import discord
 
+from bot.discord_bot.permissions import discord_user_id
+from bot.jobs.checkpoints import checkpoint_step, checkpoint_to_resume
 from bot.jobs.scheduler import QueueEntry
 from bot.terminal_progress import format_duration
 from storage.models import Job
@@ -64,7 +66,10 @@ def status_embed(
         embed.add_field(
             name="Error", value=_clip(f"{job.error_kind}: {job.error_message}", 1024), inline=False
         )
-    embed.set_footer(text=f"{job.spec.base_model} · LoRA r={job.spec.lora.r} · {job.owner}")
+    if job.state == "cancelled":
+        embed.add_field(name="Ended", value=_clip(ending(job), 1024), inline=False)
+    embed.add_field(name="Owner", value=person(job.owner))
+    embed.set_footer(text=f"{job.spec.base_model} · LoRA r={job.spec.lora.r}")
     return embed
 
 
@@ -87,10 +92,40 @@ def completion_embed(job: Job, metrics: dict, adapter: str | None) -> discord.Em
         if hub:
             embed.add_field(name="Hugging Face Hub", value=_clip(hub, 1024), inline=False)
     else:
-        embed.description = _clip(job.error_message or job.state, 2000)
-        if job.error_hint:
-            embed.add_field(name="What to do", value=_clip(job.error_hint, 1024), inline=False)
+        embed.description = _clip(ending(job), 2000)
+        advice = what_to_do(job)
+        if advice:
+            embed.add_field(name="What to do", value=_clip(advice, 1024), inline=False)
     return embed
+
+
+def person(owner: str) -> str:
+    """An owner id as Discord shows a person: a mention (it renders as their name), never the raw id."""
+    user_id = discord_user_id(owner)
+    if user_id is not None:
+        return f"<@{user_id}>"
+    return f"{owner.removeprefix('local:')} (terminal)" if owner.startswith("local:") else owner
+
+
+def ending(job: Job) -> str:
+    """Why the job ended, in Discord's words: a cancel names the person with a mention, not an id."""
+    message = job.error_message or job.state
+    if job.state != "cancelled" or message != "cancelled":
+        return message
+    by = job.cancel_requested_by
+    return f"Cancelled by {person(by)}." if by else "Cancelled."
+
+
+def what_to_do(job: Job) -> str:
+    """What the person can do about the ending in Discord (never a path on the bot's machine)."""
+    if job.state == "cancelled":
+        checkpoint = checkpoint_to_resume(job)
+        if checkpoint is None:
+            return "It saved no checkpoint: start it again with `/finetune`."
+        step = checkpoint_step(checkpoint)
+        at = f" at step {step}" if step else ""
+        return f"Its owner can press **Resume** to continue from its checkpoint{at}, as a new job."
+    return job.error_hint or ""
 
 
 def hub_line(job: Job) -> str:

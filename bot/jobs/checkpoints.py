@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trainer.protocol import CHECKPOINTS_DIR, JobSpec
+from storage.models import Job
+from trainer.protocol import CHECKPOINTS_DIR, JobSpec, newest_checkpoint
 
 TRAINER_STATE = "trainer_state.json"  # written last by the Trainer: its presence marks a whole checkpoint
 ADAPTER_CONFIG = "adapter_config.json"
@@ -33,6 +34,14 @@ def job_folder_of(path: str | Path) -> Path | None:
     return checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINTS_DIR else None
 
 
+def checkpoint_to_resume(job: Job) -> str | None:
+    """Where a new job would continue a cancelled or failed one: its newest whole checkpoint."""
+    if job.state not in ("cancelled", "failed"):
+        return None
+    found = newest_checkpoint(job.spec.output_dir) or job.checkpoint_path
+    return found if found is not None and is_checkpoint(found) else None
+
+
 def resume_problems(spec: JobSpec) -> list[str]:
     """Why `spec` cannot continue from spec.resume_from, as "dotted.key: what is wrong"; empty if it can.
 
@@ -41,11 +50,13 @@ def resume_problems(spec: JobSpec) -> list[str]:
     if not spec.resume_from:
         return []
     checkpoint = Path(spec.resume_from)
+    # Named by its last parts: these messages may reach Discord, which never sees the bot's paths.
+    shown = "/".join(checkpoint.parts[-3:])
     if not is_checkpoint(checkpoint):
-        return [f"resume_from: {checkpoint} is not a checkpoint folder (no {TRAINER_STATE})"]
+        return [f"resume_from: {shown} is not a checkpoint folder (no {TRAINER_STATE})"]
     saved = _read_json(checkpoint / ADAPTER_CONFIG)
     if not saved:
-        return [f"resume_from: {checkpoint} has no readable {ADAPTER_CONFIG}, so it is not a LoRA checkpoint"]
+        return [f"resume_from: {shown} has no readable {ADAPTER_CONFIG}, so it is not a LoRA checkpoint"]
     problems = []
     base = saved.get("base_model_name_or_path")
     if isinstance(base, str) and not _same_model(base, spec.base_model):

@@ -64,12 +64,14 @@ async def conclude(
             job.id, resume_from=_resume_point(job, final), outcome="stopped", detail="the job runner stopped"
         )
     if stop_reason is not None or isinstance(final, Error):
+        # Who cancelled is job.cancel_requested_by, and how to resume is each front end's to say (a
+        # Resume button in Discord, a command in the terminal): the stored words name neither an owner
+        # id nor a path.
         return await store.finish_job(
             job.id,
             "cancelled",
             error_kind="cancelled",
-            error_message=_cancel_message(job, stop_reason, max_wall_time_h),
-            error_hint=_resume_hint(job, final),
+            error_message=_cancel_message(stop_reason, max_wall_time_h),
         )
     return await _crashed(store, job, final, max_attempts, crash_detail)
 
@@ -110,13 +112,7 @@ def _resume_point(job: Job, final: Done | Error | WorkerLost | None) -> str | No
     return newest_checkpoint(job.spec.output_dir) or reported or job.checkpoint_path
 
 
-def _cancel_message(job: Job, stop_reason: StopReason | None, max_wall_time_h: float) -> str:
+def _cancel_message(stop_reason: StopReason | None, max_wall_time_h: float) -> str:
     if stop_reason == "timeout":
         return f"stopped after the maximum run time of {max_wall_time_h:g} h (queue.max_wall_time_h)"
-    by = job.cancel_requested_by
-    return f"cancelled by {by}" if by else "cancelled"
-
-
-def _resume_hint(job: Job, final: Done | Error | WorkerLost | None) -> str:
-    checkpoint = _resume_point(job, final)
-    return f"the newest checkpoint is {checkpoint}" if checkpoint else ""
+    return "cancelled"

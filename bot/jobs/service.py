@@ -22,7 +22,7 @@ from bot.errors import UserFacingError
 from bot.hub.access import HubAccess
 from bot.hub.model_card import is_hub_id
 from bot.hub.publisher import HubPublisher
-from bot.jobs.checkpoints import is_checkpoint, job_folder_of, resume_problems
+from bot.jobs.checkpoints import checkpoint_to_resume, job_folder_of, resume_problems
 from bot.jobs.data_check import DataChecker
 from bot.jobs.executor import Executor
 from bot.jobs.publishing import publish_job
@@ -34,7 +34,7 @@ from bot.jobs.submission import Placement, Upload, default_data_checker, disk_fu
 from storage.disk_space import DiskFull
 from storage.models import TERMINAL_STATES, Job, StoredEvent
 from storage.store import Store
-from trainer.protocol import Event, JobSpec, Progress, newest_checkpoint, spec_problems
+from trainer.protocol import Event, JobSpec, Progress, spec_problems
 
 DAY_S = 24 * 3600
 
@@ -197,11 +197,18 @@ class JobService:
             raise UserFacingError(
                 f"job {job_id} finished", "its adapter is ready; start a new job to train more"
             )
-        checkpoint = newest_checkpoint(job.spec.output_dir) or job.checkpoint_path
-        if checkpoint is None or not is_checkpoint(checkpoint):
+        checkpoint = checkpoint_to_resume(job)
+        if checkpoint is None:
             raise UserFacingError(
                 f"job {job_id} saved no checkpoint to resume from", "start it again as a new job"
             )
+        # One press, one continuation: a second would train the same steps again beside the first.
+        for later in await self.store.jobs_resuming_from(checkpoint):
+            if later.state not in ("failed", "cancelled"):
+                raise UserFacingError(
+                    f"job {job_id} was already resumed as job {later.id} ({later.state})",
+                    f"follow job {later.id}",
+                )
         return await self.submit(
             job.spec.replace(output_dir="", resume_from=checkpoint, cache_dir=None),
             requester,
@@ -227,7 +234,7 @@ class JobService:
         await self.store.request_cancel(job_id, requester.owner)
         if job.state == "queued":
             cancelled = await self.store.finish_job(
-                job_id, "cancelled", error_kind="cancelled", error_message=f"cancelled by {requester.owner}"
+                job_id, "cancelled", error_kind="cancelled", error_message="cancelled"
             )
             if cancelled is not None:
                 self._notify(job_id)

@@ -99,6 +99,7 @@ def main() -> int:
             path = job_dir / CHECKPOINTS_DIR / f"checkpoint-{step}"
             path.mkdir(parents=True, exist_ok=True)
             (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+            (path / "adapter_config.json").write_text(json.dumps(adapter_config(spec)))
             emit(Checkpoint(step=step, path=str(path)))
         if stop["requested"]:
             emit(Error(kind="cancelled", message="cancelled; a checkpoint was saved", checkpoint=str(path)))
@@ -117,6 +118,16 @@ def main() -> int:
     return 0
 
 
+def adapter_config(spec: JobSpec) -> dict:
+    """What peft writes into every checkpoint and adapter folder (the part qlora-bot reads)."""
+    return {
+        "base_model_name_or_path": spec.base_model,
+        "peft_type": "LORA",
+        "r": spec.lora.r,
+        "lora_alpha": spec.lora.resolved_alpha,
+    }
+
+
 def write_adapter(adapter: Path, spec: JobSpec, seed: float) -> None:
     """The files of a real adapter folder, with made-up contents."""
     adapter.mkdir(parents=True, exist_ok=True)
@@ -127,8 +138,7 @@ def write_adapter(adapter: Path, spec: JobSpec, seed: float) -> None:
     (adapter / "adapter_model.safetensors").write_bytes(
         struct.pack("<Q", len(header)) + header.encode() + weights
     )
-    config = {"base_model_name_or_path": spec.base_model, "peft_type": "LORA", "r": spec.lora.r}
-    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    (adapter / "adapter_config.json").write_text(json.dumps(adapter_config(spec)))
     (adapter / "tokenizer.json").write_text('{"version": "1.0"}')
     (adapter / "tokenizer_config.json").write_text('{"model_max_length": 2048}')
     (adapter / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")

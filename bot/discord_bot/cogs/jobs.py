@@ -10,7 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord_bot.permissions import discord_user_id, requester_for
-from bot.discord_bot.status_view import COLOURS, hub_line
+from bot.discord_bot.status_view import COLOURS, ending, hub_line, what_to_do
 from bot.jobs.job_log import job_log_tail
 from bot.terminal_progress import format_duration
 from storage.models import JOB_STATES, Job
@@ -66,10 +66,11 @@ class JobsCog(commands.Cog):
                 name="Progress", value=f"step {progress.step}/{progress.total_steps}{loss}", inline=False
             )
         if job.error_message:
-            hint = f"\n{job.error_hint}" if job.error_hint else ""
-            embed.add_field(
-                name="Error", value=_clip(f"{job.error_kind}: {job.error_message}{hint}", 1024), inline=False
-            )
+            advice = what_to_do(job)
+            hint = f"\n{advice}" if advice else ""
+            name = "Ended" if job.state == "cancelled" else "Error"
+            text = ending(job) if job.state == "cancelled" else f"{job.error_kind}: {job.error_message}"
+            embed.add_field(name=name, value=_clip(text + hint, 1024), inline=False)
         hub = hub_line(job)
         if hub:
             embed.add_field(name="Hugging Face Hub", value=_clip(hub, 1024), inline=False)
