@@ -2,7 +2,8 @@
 edit budget) and arbitrary error statuses on any REST route.
 
 The 429 carries what discord.py 2.7 checks before it retries (http.py, webhook/async_.py): a JSON body
-with `retry_after`, and a `Via` header (without it discord.py assumes a Cloudflare ban and raises).
+with `retry_after`, and a `Via` header (without it discord.py assumes a Cloudflare ban and raises). A
+route fault with status 429 is that other kind: Cloudflare's, with a Retry-After header and no Via.
 """
 
 from __future__ import annotations
@@ -30,8 +31,19 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     )
 
 
-def error_response(status: int, message: str, code: int = 0) -> web.Response:
-    return json_response({"message": message, "code": code}, status)
+def error_response(
+    status: int, message: str, code: int = 0, headers: dict[str, str] | None = None
+) -> web.Response:
+    return json_response({"message": message, "code": code}, status, headers)
+
+
+# What Discord says with the JSON error codes tests inject most.
+ERROR_MESSAGES = {
+    10003: "Unknown Channel",
+    10008: "Unknown Message",
+    50001: "Missing Access",
+    50013: "Missing Permissions",
+}
 
 
 @dataclass
@@ -42,6 +54,7 @@ class _RouteFault:
     remaining: int
     code: int
     message: str
+    retry_after: float | None
 
 
 @dataclass
@@ -69,16 +82,30 @@ class Faults:
         *,
         code: int = 0,
         message: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         """The next `count` requests whose path (without /api/v10) fully matches `path_regex`, and whose
-        method matches (None: any), get `status` with {"message", "code"}. Note discord.py retries
-        500/502/504/524 itself after sleeping 1 s, 3 s, ...; 503 and 4xx raise at once."""
-        text = message or {500: "500: Internal Server Error", 503: "503: Service Unavailable"}.get(
-            status, "error"
+        method matches (None: any), get `status` with {"message", "code"}; `retry_after` adds a
+        Retry-After header (whole seconds, as HTTP has it). Note discord.py retries 500/502/504/524
+        itself after sleeping 1 s, 3 s, ... (five tries, 25 s); 503 and 4xx (this 429 too) raise at once."""
+        text = (
+            message
+            or ERROR_MESSAGES.get(code)
+            or {
+                429: "You are being blocked from accessing our API temporarily.",
+                500: "500: Internal Server Error",
+                503: "503: Service Unavailable",
+            }.get(status, "error")
         )
         self._route_faults.append(
-            _RouteFault(method and method.upper(), re.compile(path_regex), status, count, code, text)
+            _RouteFault(
+                method and method.upper(), re.compile(path_regex), status, count, code, text, retry_after
+            )
         )
+
+    def clear_route_faults(self) -> None:
+        """Discord is back: the route faults not used up yet are dropped."""
+        self._route_faults.clear()
 
     def rate_limit_edits(
         self,
@@ -105,7 +132,10 @@ class Faults:
             if fault.remaining > 0 and fault.method in (None, method) and fault.pattern.fullmatch(path):
                 fault.remaining -= 1
                 self.injected.append((method, path, fault.status))
-                return error_response(fault.status, fault.message, fault.code)
+                headers = None
+                if fault.retry_after is not None:
+                    headers = {"Retry-After": str(math.ceil(fault.retry_after))}
+                return error_response(fault.status, fault.message, fault.code, headers)
         return None
 
     def check_edit(self, channel_id: int, path: str) -> tuple[web.Response | None, dict[str, str]]:

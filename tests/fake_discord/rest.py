@@ -347,8 +347,11 @@ class RestApi:
         payload, uploads = await read_body(request)
         if not (payload.get("content") or payload.get("embeds") or uploads or payload.get("components")):
             return error_response(400, "Cannot send an empty message", 50006)
-        message = self.state.create_message(channel.id, payload, uploads)
-        return json_response(message.payload(self.state.users))
+        message = self.state.message_for_nonce(self.state.bot_user, payload)
+        if message is None:
+            message = self.state.create_message(channel.id, payload, uploads)
+            self.state.remember_nonce(message, payload)
+        return json_response({**message.payload(self.state.users), "nonce": message.nonce})
 
     async def channel_message(self, request: web.Request) -> web.Response:
         message = self.state.messages.get(int(request.match_info["mid"]))
