@@ -1,5 +1,5 @@
 """Faults a test can inject into the fake Discord: 429s on channel edits (one-off or a standing
-edit budget) and arbitrary error statuses on any REST route.
+edit budget), arbitrary error statuses on any REST route, and slow routes.
 
 The 429 carries what discord.py 2.7 checks before it retries (http.py, webhook/async_.py): a JSON body
 with `retry_after`, and a `Via` header (without it discord.py assumes a Cloudflare ban and raises). A
@@ -68,6 +68,7 @@ class _EditLimit:
 class Faults:
     def __init__(self) -> None:
         self._route_faults: list[_RouteFault] = []
+        self._slow_routes: list[tuple[str | None, re.Pattern[str], float]] = []
         self._edit_limits: dict[int, list[_EditLimit]] = {}
         self._budget: tuple[int, float] | None = None
         self._edit_times: dict[int, deque[float]] = {}
@@ -104,8 +105,18 @@ class Faults:
         )
 
     def clear_route_faults(self) -> None:
-        """Discord is back: the route faults not used up yet are dropped."""
+        """Discord is back: the route faults not used up yet are dropped (slow routes too)."""
         self._route_faults.clear()
+        self._slow_routes.clear()
+
+    def slow_route(self, method: str | None, path_regex: str, seconds: float) -> None:
+        """Requests whose path fully matches take `seconds` longer to be answered (still answered)."""
+        self._slow_routes.append((method and method.upper(), re.compile(path_regex), seconds))
+
+    def route_delay(self, method: str, path: str) -> float:
+        return sum(
+            s for m, pattern, s in self._slow_routes if m in (None, method) and pattern.fullmatch(path)
+        )
 
     def rate_limit_edits(
         self,

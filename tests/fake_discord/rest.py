@@ -6,6 +6,7 @@ Every request is logged; a route the fake does not know answers 404 JSON and is 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -99,6 +100,9 @@ class RestApi:
             return await handler(request)
         path = path[len(API) :]
         request[RECORD] = record = {"body": None, "files": ()}
+        delay = self.state.faults.route_delay(request.method, path)
+        if delay:
+            await asyncio.sleep(delay)
         response = self._precheck(request, path)
         if response is None:
             try:
