@@ -139,8 +139,12 @@ async def test_a_change_during_a_delivery_keeps_the_entry_pending(store: Store, 
     await store.append_event(job.id, 1, progress(1))  # while the post was on its way
     posted = await store.outbox.mark_posted(status, 42, revision=status.revision, content_hash="h1")
     assert (posted.state, posted.delivered_revision, posted.revision) == ("pending", 2, 3)
+    await store.append_event(job.id, 1, progress(2))  # while an edit of revision 3 was on its way
+    stale = await store.outbox.mark_edited(posted, revision=posted.revision, content_hash="h1b")
+    assert (stale.state, stale.delivered_revision, stale.revision) == ("pending", 3, 4)
+    posted = stale
     edited = await store.outbox.mark_edited(posted, revision=posted.revision, content_hash="h2")
-    assert (edited.state, edited.delivered_revision, edited.delivered_hash) == ("delivered", 3, "h2")
+    assert (edited.state, edited.delivered_revision, edited.delivered_hash) == ("delivered", 4, "h2")
     assert await store.outbox.due(clock.now) == []
     clock.advance(1)
     await store.set_phase(job.id, "saving")  # a delivered entry is due again at once
