@@ -291,25 +291,6 @@ class Store:
             ),
         )
 
-    async def set_status_message(self, job_id: int, channel_id: int, message_id: int) -> None:
-        await self._db.run(
-            "UPDATE jobs SET channel_id = ?, status_message_id = ? WHERE id = ?",
-            (channel_id, message_id, job_id),
-        )
-
-    async def set_completion_message(self, job_id: int, message_id: int) -> None:
-        await self._db.run("UPDATE jobs SET completion_message_id = ? WHERE id = ?", (message_id, job_id))
-
-    async def jobs_to_announce(self, *, since: float) -> list[Job]:
-        """Ended jobs with a status message whose completion was never announced (the bot was down)."""
-        found = await self._db.run(
-            "SELECT * FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled')"
-            " AND status_message_id IS NOT NULL AND completion_message_id IS NULL AND finished_at >= ?"
-            " ORDER BY id",
-            (since,),
-        )
-        return [to_job(row) for row in found]
-
     async def set_hub_state(
         self,
         job_id: int,

@@ -411,24 +411,6 @@ async def test_jobs_whose_requested_publish_never_ended(store: Store):
     assert await store.jobs_to_publish() == []  # a failed publish waits for /push, not for a restart
 
 
-async def test_status_message_is_remembered(store: Store):
-    job = await new_job(store)
-    await store.set_status_message(job.id, channel_id=11, message_id=22)
-    stored = await store.get_job(job.id)
-    assert (stored.channel_id, stored.status_message_id) == (11, 22)
-
-
-async def test_ended_jobs_whose_completion_was_not_announced(store: Store, clock: FakeClock):
-    announced, silent, no_message = [await running_job(store) for _ in range(3)]
-    for job in (announced, silent):
-        await store.set_status_message(job.id, 11, 100 + job.id)
-    for job in (announced, silent, no_message):
-        await store.finish_job(job.id, "succeeded")
-    await store.set_completion_message(announced.id, 999)
-    assert [job.id for job in await store.jobs_to_announce(since=clock.now - 60)] == [silent.id]
-    assert await store.jobs_to_announce(since=clock.now + 1) == []
-
-
 async def test_the_check_constraint_backs_up_the_guards(store: Store, db_path: Path):
     job = await new_job(store)
     with sqlite3.connect(db_path) as db:

@@ -1,5 +1,5 @@
 """The discord.py client: receives its dependencies, registers cogs and the persistent Cancel button,
-syncs commands, and renders every user-facing error in one place."""
+syncs commands, runs the outbox deliverer, and renders every user-facing error in one place."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from discord.ext import commands
 from bot.config import Config
 from bot.discord_bot.cancel_button import CancelButton
 from bot.discord_bot.command_sync import sync_commands_if_changed
+from bot.discord_bot.deliverer import Deliverer
 from bot.discord_bot.permissions import requester_for
-from bot.discord_bot.status_publisher import StatusPublisher
 from bot.errors import UserFacingError
 from bot.jobs.service import JobService
 from bot.serving.serve_client import ServeClient
@@ -44,7 +44,7 @@ class QloraBot(commands.Bot):
         self.service = service
         self.serve_client = serve_client  # None: /ask explains that serving is off
         self.hub_push_default = hub_push_default  # /finetune publishes by default when HF_TOKEN is set
-        self.publisher = StatusPublisher(self, service, config)
+        self.deliverer = Deliverer(self, service, config)  # everything the bot owes a channel
         self.tree.on_error = self.on_app_command_error
 
     async def setup_hook(self) -> None:
@@ -61,10 +61,10 @@ class QloraBot(commands.Bot):
         await sync_commands_if_changed(
             self.tree, self.config.discord.guild_ids, self.config.data_dir() / "discord-commands.sha256"
         )
-        await self.publisher.resume()
+        self.deliverer.start()  # also what an earlier process left undelivered
 
     async def close(self) -> None:
-        await self.publisher.close()
+        await self.deliverer.close()
         await super().close()
 
     async def press_cancel(self, interaction: discord.Interaction, job_id: int) -> None:
