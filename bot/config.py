@@ -70,6 +70,11 @@ class DiscordConfig:
     status_edit_interval_s: float = 15.0
     old_status_edit_interval_s: float = 60.0
     channel_edits_per_minute: int = 20
+    outbox_poll_s: float = 1.0
+    outbox_backoff_s: float = 2.0
+    outbox_max_backoff_s: float = 300.0
+    outbox_nonce_window_s: float = 60.0
+    outbox_history_limit: int = 100
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The frozen records the Store hands out (jobs, attempts, stored events, adapters) and their states.
+"""The frozen records the Store hands out (jobs, attempts, stored events, adapters, owed Discord messages)
+and their states.
 
 Nothing here touches SQLite: these are what callers see, so rows never leak out of storage/.
 """
@@ -18,6 +19,12 @@ QUEUED_EXITS: tuple[str, ...] = ("cancelled", "failed")
 
 HubState = Literal["none", "pushed", "push_failed"]
 HUB_STATES: tuple[str, ...] = ("none", "pushed", "push_failed")
+
+# What the outbox (migration 0003) holds: a job's status message, posted once and then edited in place
+# to its newest state, and its completion ping, posted once. New kinds (thread posts) join OUTBOX_KINDS.
+OUTBOX_KINDS: tuple[str, ...] = ("status", "completion")
+EDITED_KINDS: tuple[str, ...] = ("status",)
+OutboxState = Literal["pending", "delivered", "failed"]
 
 # How an attempt usually ends: the three terminal states, plus the ways an attempt ends without its job
 # ending (the worker died, the bot went away under it) and the job is re-queued. Not enforced: callers
@@ -105,3 +112,31 @@ class Adapter:
     path: str
     created_at: float
     hub_repo: str | None
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """A message the bot owes a channel, and how delivering it went."""
+
+    id: int
+    job_id: int
+    kind: str  # one of OUTBOX_KINDS
+    channel_id: int
+    nonce: str  # the create's nonce, and the marker that finds the message in the channel's history
+    payload: str | None  # kind-specific JSON; None for status and completion (rendered from the job)
+    state: OutboxState  # failed: given up after a permanent error (`error`, `error_code`)
+    created_at: float
+    next_attempt_at: float
+    tries: int  # failed tries since the last success
+    first_sent_at: float | None  # a create was handed to Discord at this time: it may exist there
+    message_id: int | None
+    revision: int  # edited kinds: bumped by every change the message should show
+    delivered_revision: int  # the newest revision written to Discord
+    delivered_hash: str | None  # the content that revision wrote, so identical content is never re-sent
+    delivered_at: float | None
+    error: str | None  # the last failure, e.g. "Missing Permissions (50013)"
+    error_code: int | None
+
+    @property
+    def posted(self) -> bool:
+        return self.message_id is not None

@@ -1,6 +1,7 @@
 """The Store: the repository of jobs, attempts, events and adapters, and the one owner of their SQL.
 
-Callers get frozen dataclasses (storage.models), never rows.
+Callers get frozen dataclasses (storage.models), never rows. The transitions also write, in the same
+transaction, what the change owes Discord (storage/outbox.py, reached as `store.outbox`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from storage.models import (
     Job,
     StoredEvent,
 )
+from storage.outbox import Outbox
 from storage.rows import job_filter, marks, to_adapter, to_attempt, to_event, to_job
 from trainer.protocol import EVENT_TYPES, PHASES, Event, JobSpec, decode_event, encode_event, event_type
 
@@ -48,6 +50,7 @@ class Store:
     def __init__(self, db: Database, clock: Clock = time.time) -> None:
         self._db = db
         self._clock = clock
+        self.outbox = Outbox(db, clock)
 
     @classmethod
     async def open(
@@ -122,6 +125,8 @@ class Store:
             updated = await db.execute_fetchall(
                 "UPDATE jobs SET spec = ? WHERE id = ? RETURNING *", (spec_for_id(job_id).to_json(), job_id)
             )
+            if channel_id is not None:  # a job from Discord owes its channel a status message
+                await self.outbox.owe_status(db, job_id, channel_id, self._clock())
             return to_job(updated[0]), True
 
     async def get_job(self, job_id: int) -> Job | None:
@@ -212,6 +217,7 @@ class Store:
                 " VALUES (?, ?, ?, ?, ?)",
                 (job_id, job.attempt, now, slot, resumed_from),
             )
+            await self.outbox.status_changed(db, job_id, now)
             return job
 
     async def set_worker_pid(self, job_id: int, attempt: int, pid: int) -> None:
@@ -223,12 +229,13 @@ class Store:
         """Only while running."""
         if phase not in PHASES:
             raise ValueError(f"unknown phase {phase!r} (known: {', '.join(PHASES)})")
-        return _first(
-            to_job,
-            await self._db.run(
+        async with self._db.transaction() as db:
+            updated = await db.execute_fetchall(
                 "UPDATE jobs SET phase = ? WHERE id = ? AND state = 'running' RETURNING *", (phase, job_id)
-            ),
-        )
+            )
+            if updated:
+                await self.outbox.status_changed(db, job_id, self._clock())
+        return _first(to_job, list(updated))
 
     async def record_checkpoint(self, job_id: int, path: str) -> Job | None:
         """Only while running: the newest checkpoint, where a re-queued attempt resumes."""
@@ -271,6 +278,9 @@ class Store:
             job = to_job(updated[0])
             # A job finished from queued has no open attempt, so this then changes nothing.
             await _close_attempt(db, job_id, job.attempt, now, outcome, attempt_detail)
+            await self.outbox.status_changed(db, job_id, now)
+            if not job.publish_pending:  # else set_hub_state owes it, once the publish ended
+                await self.outbox.owe_completion(db, job, now)
             return job
 
     async def requeue_job(
@@ -289,6 +299,7 @@ class Store:
                 return None
             job = to_job(updated[0])
             await _close_attempt(db, job_id, job.attempt - 1, now, outcome, detail)
+            await self.outbox.status_changed(db, job_id, now)
             return job
 
     async def request_cancel(self, job_id: int, by: str) -> Job | None:
@@ -303,25 +314,6 @@ class Store:
             ),
         )
 
-    async def set_status_message(self, job_id: int, channel_id: int, message_id: int) -> None:
-        await self._db.run(
-            "UPDATE jobs SET channel_id = ?, status_message_id = ? WHERE id = ?",
-            (channel_id, message_id, job_id),
-        )
-
-    async def set_completion_message(self, job_id: int, message_id: int) -> None:
-        await self._db.run("UPDATE jobs SET completion_message_id = ? WHERE id = ?", (message_id, job_id))
-
-    async def jobs_to_announce(self, *, since: float) -> list[Job]:
-        """Ended jobs with a status message whose completion was never announced (the bot was down)."""
-        found = await self._db.run(
-            "SELECT * FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled')"
-            " AND status_message_id IS NOT NULL AND completion_message_id IS NULL AND finished_at >= ?"
-            " ORDER BY id",
-            (since,),
-        )
-        return [to_job(row) for row in found]
-
     async def set_hub_state(
         self,
         job_id: int,
@@ -334,14 +326,20 @@ class Store:
         """Only for succeeded jobs; `url`, `error` and `commit` replace the stored ones."""
         if state not in HUB_STATES:
             raise ValueError(f"unknown hub state {state!r} (known: {', '.join(HUB_STATES)})")
-        return _first(
-            to_job,
-            await self._db.run(
+        now = self._clock()
+        async with self._db.transaction() as db:
+            updated = await db.execute_fetchall(
                 "UPDATE jobs SET hub_state = ?, hub_url = ?, hub_error = ?, hub_commit = ?"
                 " WHERE id = ? AND state = 'succeeded' RETURNING *",
                 (state, url, error, commit, job_id),
-            ),
-        )
+            )
+            if not updated:
+                return None
+            job = to_job(updated[0])
+            await self.outbox.status_changed(db, job_id, now)
+            if not job.publish_pending:  # the first publish outcome ends the job's story: announce it
+                await self.outbox.owe_completion(db, job, now)
+            return job
 
     async def jobs_to_publish(self) -> list[Job]:
         """Succeeded jobs whose requested publish never ended (the process stopped during it)."""
@@ -361,11 +359,14 @@ class Store:
     async def append_event(self, job_id: int, attempt: int, event: Event) -> StoredEvent:
         body = encode_event(event)
         now = self._clock()
-        inserted = await self._db.run(
-            "INSERT INTO events (job_id, attempt, created_at, type, body)"
-            " VALUES (?, ?, ?, ?, ?) RETURNING id",
-            (job_id, attempt, now, event_type(event), body),
-        )
+        async with self._db.transaction() as db:
+            inserted = await db.execute_fetchall(
+                "INSERT INTO events (job_id, attempt, created_at, type, body)"
+                " VALUES (?, ?, ?, ?, ?) RETURNING id",
+                (job_id, attempt, now, event_type(event), body),
+            )
+            if event_type(event) == "progress":  # the status message shows the newest step, loss and ETA
+                await self.outbox.status_changed(db, job_id, now)
         # Decoded from what was stored (a NaN loss becomes None), so it equals what a later read returns.
         return StoredEvent(int(inserted[0]["id"]), job_id, attempt, now, decode_event(body))
 

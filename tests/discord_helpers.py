@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+
+import discord.http
+import pytest
 
 from bot.config import Config, DiscordConfig, LimitsConfig, PathsConfig, QueueConfig, WorkerConfig
 from bot.discord_bot.client import QloraBot
@@ -21,6 +25,7 @@ from tests.fake_discord.server import FakeDiscord
 from tests.service_helpers import fake_data_checker, fake_executor
 
 EDIT_INTERVAL_S = 0.5
+OUTBOX_BACKOFF_S = 0.05
 
 
 def bot_config(
@@ -31,6 +36,9 @@ def bot_config(
         status_edit_interval_s=EDIT_INTERVAL_S,
         old_status_edit_interval_s=EDIT_INTERVAL_S * 4,
         channel_edits_per_minute=120,
+        outbox_poll_s=0.5,
+        outbox_backoff_s=OUTBOX_BACKOFF_S,
+        outbox_max_backoff_s=0.5,
     )
     return Config(
         paths=PathsConfig(data_dir=str(data_dir)),
@@ -72,3 +80,21 @@ def embed_field(message: Any, name: str) -> str | None:
             if field["name"] == name:
                 return field["value"]
     return None
+
+
+class _QuickRetries:
+    """Stands in for the asyncio module inside discord.http, where the pauses between discord.py's own
+    retries of a 500 (1, 3, 5, 7 and 9 s: 25 s before it gives up) are the only int-valued sleeps; they
+    shrink a hundredfold, so a test sees discord.py give up on five 500s in a quarter of a second.
+    Float sleeps (a 429's retry_after, a bucket's reset) keep their length."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    @staticmethod
+    async def sleep(delay: float, result: Any = None) -> Any:
+        return await asyncio.sleep(delay / 100 if isinstance(delay, int) else delay, result)
+
+
+def quick_5xx_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(discord.http, "asyncio", _QuickRetries())

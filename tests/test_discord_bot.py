@@ -16,7 +16,8 @@ FAKE_MODEL = "fake/model"
 
 
 def status_message(fake, job_id: int):
-    return next(m for m in fake.channel_messages() if _is_status(m, job_id))
+    """The job's status message; None until the outbox delivered it (just after the job was queued)."""
+    return next((m for m in fake.channel_messages() if _is_status(m, job_id)), None)
 
 
 def _is_status(message, job_id: int) -> bool:

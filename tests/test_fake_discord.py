@@ -316,3 +316,38 @@ async def test_dropped_gateway_resumes(fake_discord: FakeDiscord) -> None:
         assert resumed.session_id == fake.sessions[0].session_id
         call = await fake.slash("ask", {"adapter": "a", "prompt": "b"})
         assert (await call.wait_response())["data"]["content"] == "a: b"
+
+
+async def test_a_repeated_nonce_returns_the_first_message_within_the_window(
+    fake_discord: FakeDiscord,
+) -> None:
+    fake = fake_discord
+    async with fake.running(TinyBot()) as bot:
+        channel = bot.get_channel(fake.channel_id)
+        first = await channel.send("ping", nonce="a1b2c3")  # discord.py sets enforce_nonce
+        again = await channel.send("ping, again", nonce="a1b2c3")
+        assert again.id == first.id and first.nonce == "a1b2c3"
+        assert [m.content for m in fake.channel_messages()] == ["ping"]
+        [listed] = [m async for m in channel.history(limit=5)]
+        assert listed.id == first.id and listed.nonce is None  # the history does not return nonces
+
+        fake.nonce_window_s = 0.0  # Discord forgot it
+        later = await channel.send("ping, later", nonce="a1b2c3")
+        assert later.id != first.id
+        assert [m.content for m in fake.channel_messages()] == ["ping", "ping, later"]
+
+
+async def test_a_cloudflare_429_raises_with_its_retry_after(fake_discord: FakeDiscord) -> None:
+    fake = fake_discord
+    async with fake.running(TinyBot()) as bot:
+        fake.fail_route("POST", r"/channels/\d+/messages", status=429, retry_after=1.5)
+        with pytest.raises(discord.HTTPException) as caught:
+            await bot.get_channel(fake.channel_id).send("x")
+        assert caught.value.status == 429 and caught.value.response.headers["Retry-After"] == "2"
+        fake.fail_route("POST", r"/channels/\d+/messages", status=403, count=5, code=50013)
+        with pytest.raises(discord.Forbidden) as caught:
+            await bot.get_channel(fake.channel_id).send("x")
+        assert (caught.value.code, caught.value.text) == (50013, "Missing Permissions")
+        fake.faults.clear_route_faults()
+        await bot.get_channel(fake.channel_id).send("y")
+        assert [m.content for m in fake.channel_messages()] == ["y"]

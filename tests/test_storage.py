@@ -15,7 +15,7 @@ import pytest
 
 from storage.database import DatabaseUnusable
 from storage.migrate import MigrationError, apply_migrations, load_migrations, split_statements
-from storage.models import Job
+from storage.models import Job, OutboxEntry
 from storage.store import AdapterNameTaken, Store
 from trainer.protocol import Checkpoint, DatasetSpec, Done, Error, JobSpec, Phase, Progress, Started
 
@@ -113,7 +113,7 @@ async def test_the_schema_has_the_tables_columns_and_indexes(store: Store, db_pa
             unique = [row[1] for row in db.execute(f"PRAGMA index_list({table})") if row[2]]
             return {tuple(indexed(index)) for index in unique}
 
-    assert {"jobs", "attempts", "events", "adapters", "schema_migrations"} <= tables
+    assert {"jobs", "attempts", "events", "adapters", "outbox", "schema_migrations"} <= tables
     assert columns("jobs") == set(Job.__dataclass_fields__)
     assert columns("attempts") == {
         "job_id", "number", "started_at", "finished_at", "pid", "slot", "outcome", "detail", "resumed_from",
@@ -126,11 +126,17 @@ async def test_the_schema_has_the_tables_columns_and_indexes(store: Store, db_pa
         "jobs_owner_created": ["owner", "created_at"],
         "events_job": ["job_id", "id"],
     }
-    assert all(sql is None or "CREATE INDEX" in sql for sql in indexes.values())
+    # Uniqueness lives in the tables' constraints, except where it holds for some rows only.
+    partial = {name for name, sql in indexes.items() if sql and "CREATE UNIQUE INDEX" in sql}
+    assert partial == {"outbox_once_per_job"} and "WHERE kind IN" in indexes["outbox_once_per_job"]
+    assert all(sql is None or "CREATE INDEX" in sql for name, sql in indexes.items() if name not in partial)
+    assert columns("outbox") == set(OutboxEntry.__dataclass_fields__)
+    assert ("nonce",) in unique_columns("outbox") and ("job_id", "kind") in unique_columns("outbox")
     assert ("idempotency_key",) in unique_columns("jobs")
     assert ("job_id", "number") in unique_columns("attempts")
     assert ("name",) in unique_columns("adapters")
     assert foreign_tables("attempts") == foreign_tables("events") == foreign_tables("adapters") == {"jobs"}
+    assert foreign_tables("outbox") == {"jobs"}
 
 
 async def test_reopening_an_existing_database_applies_nothing(store: Store, db_path: Path, clock: FakeClock):
@@ -457,24 +463,6 @@ async def test_jobs_whose_requested_publish_never_ended(store: Store):
     assert [job.id for job in pending] == [asked.id] and pending[0].publish_pending
     await store.set_hub_state(asked.id, "push_failed", error="503")
     assert await store.jobs_to_publish() == []  # a failed publish waits for /push, not for a restart
-
-
-async def test_status_message_is_remembered(store: Store):
-    job = await new_job(store)
-    await store.set_status_message(job.id, channel_id=11, message_id=22)
-    stored = await store.get_job(job.id)
-    assert (stored.channel_id, stored.status_message_id) == (11, 22)
-
-
-async def test_ended_jobs_whose_completion_was_not_announced(store: Store, clock: FakeClock):
-    announced, silent, no_message = [await running_job(store) for _ in range(3)]
-    for job in (announced, silent):
-        await store.set_status_message(job.id, 11, 100 + job.id)
-    for job in (announced, silent, no_message):
-        await store.finish_job(job.id, "succeeded")
-    await store.set_completion_message(announced.id, 999)
-    assert [job.id for job in await store.jobs_to_announce(since=clock.now - 60)] == [silent.id]
-    assert await store.jobs_to_announce(since=clock.now + 1) == []
 
 
 async def test_the_check_constraint_backs_up_the_guards(store: Store, db_path: Path):

@@ -1,5 +1,5 @@
 """The discord.py client: receives its dependencies, registers cogs and the persistent Cancel button,
-syncs commands, and renders every user-facing error in one place."""
+syncs commands, runs the outbox deliverer, and renders every user-facing error in one place."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from discord.ext import commands
 from bot.config import Config
 from bot.discord_bot.cancel_button import CancelButton
 from bot.discord_bot.command_sync import sync_commands_if_changed
+from bot.discord_bot.deliverer import Deliverer
 from bot.discord_bot.permissions import requester_for
 from bot.discord_bot.resume_button import ResumeButton
-from bot.discord_bot.status_publisher import StatusPublisher
 from bot.errors import UserFacingError
 from bot.jobs.service import JobService
 from bot.serving.serve_client import ServeClient
@@ -45,7 +45,7 @@ class QloraBot(commands.Bot):
         self.service = service
         self.serve_client = serve_client  # None: /ask explains that serving is off
         self.hub_push_default = hub_push_default  # /finetune publishes by default when HF_TOKEN is set
-        self.publisher = StatusPublisher(self, service, config)
+        self.deliverer = Deliverer(self, service, config)  # everything the bot owes a channel
         self.tree.on_error = self.on_app_command_error
 
     async def setup_hook(self) -> None:
@@ -62,10 +62,10 @@ class QloraBot(commands.Bot):
         await sync_commands_if_changed(
             self.tree, self.config.discord.guild_ids, self.config.data_dir() / "discord-commands.sha256"
         )
-        await self.publisher.resume()
+        self.deliverer.start()  # also what an earlier process left undelivered
 
     async def close(self) -> None:
-        await self.publisher.close()
+        await self.deliverer.close()
         await super().close()
 
     async def press_cancel(self, interaction: discord.Interaction, job_id: int) -> None:
@@ -94,8 +94,7 @@ class QloraBot(commands.Bot):
         except UserFacingError as error:
             await reply(interaction, f"{error.message}. {error.hint}".strip())
             return
-        if job.status_message_id is None and job.channel_id is not None:
-            await self.publisher.post_status(job, job.channel_id)
+        # Its status message is owed by the job's creation (the outbox posts it).
         await reply(interaction, f"Resuming job {job_id} as job **{job.id}**: see its status message.")
 
     async def on_app_command_error(

@@ -1,8 +1,9 @@
 """Faults a test can inject into the fake Discord: 429s on channel edits (one-off or a standing
-edit budget) and arbitrary error statuses on any REST route.
+edit budget), arbitrary error statuses on any REST route, and slow routes.
 
 The 429 carries what discord.py 2.7 checks before it retries (http.py, webhook/async_.py): a JSON body
-with `retry_after`, and a `Via` header (without it discord.py assumes a Cloudflare ban and raises).
+with `retry_after`, and a `Via` header (without it discord.py assumes a Cloudflare ban and raises). A
+route fault with status 429 is that other kind: Cloudflare's, with a Retry-After header and no Via.
 """
 
 from __future__ import annotations
@@ -30,8 +31,19 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     )
 
 
-def error_response(status: int, message: str, code: int = 0) -> web.Response:
-    return json_response({"message": message, "code": code}, status)
+def error_response(
+    status: int, message: str, code: int = 0, headers: dict[str, str] | None = None
+) -> web.Response:
+    return json_response({"message": message, "code": code}, status, headers)
+
+
+# What Discord says with the JSON error codes tests inject most.
+ERROR_MESSAGES = {
+    10003: "Unknown Channel",
+    10008: "Unknown Message",
+    50001: "Missing Access",
+    50013: "Missing Permissions",
+}
 
 
 @dataclass
@@ -42,6 +54,7 @@ class _RouteFault:
     remaining: int
     code: int
     message: str
+    retry_after: float | None
 
 
 @dataclass
@@ -55,6 +68,7 @@ class _EditLimit:
 class Faults:
     def __init__(self) -> None:
         self._route_faults: list[_RouteFault] = []
+        self._slow_routes: list[tuple[str | None, re.Pattern[str], float]] = []
         self._edit_limits: dict[int, list[_EditLimit]] = {}
         self._budget: tuple[int, float] | None = None
         self._edit_times: dict[int, deque[float]] = {}
@@ -69,15 +83,39 @@ class Faults:
         *,
         code: int = 0,
         message: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         """The next `count` requests whose path (without /api/v10) fully matches `path_regex`, and whose
-        method matches (None: any), get `status` with {"message", "code"}. Note discord.py retries
-        500/502/504/524 itself after sleeping 1 s, 3 s, ...; 503 and 4xx raise at once."""
-        text = message or {500: "500: Internal Server Error", 503: "503: Service Unavailable"}.get(
-            status, "error"
+        method matches (None: any), get `status` with {"message", "code"}; `retry_after` adds a
+        Retry-After header (whole seconds, as HTTP has it). Note discord.py retries 500/502/504/524
+        itself after sleeping 1 s, 3 s, ... (five tries, 25 s); 503 and 4xx (this 429 too) raise at once."""
+        text = (
+            message
+            or ERROR_MESSAGES.get(code)
+            or {
+                429: "You are being blocked from accessing our API temporarily.",
+                500: "500: Internal Server Error",
+                503: "503: Service Unavailable",
+            }.get(status, "error")
         )
         self._route_faults.append(
-            _RouteFault(method and method.upper(), re.compile(path_regex), status, count, code, text)
+            _RouteFault(
+                method and method.upper(), re.compile(path_regex), status, count, code, text, retry_after
+            )
+        )
+
+    def clear_route_faults(self) -> None:
+        """Discord is back: the route faults not used up yet are dropped (slow routes too)."""
+        self._route_faults.clear()
+        self._slow_routes.clear()
+
+    def slow_route(self, method: str | None, path_regex: str, seconds: float) -> None:
+        """Requests whose path fully matches take `seconds` longer to be answered (still answered)."""
+        self._slow_routes.append((method and method.upper(), re.compile(path_regex), seconds))
+
+    def route_delay(self, method: str, path: str) -> float:
+        return sum(
+            s for m, pattern, s in self._slow_routes if m in (None, method) and pattern.fullmatch(path)
         )
 
     def rate_limit_edits(
@@ -105,7 +143,10 @@ class Faults:
             if fault.remaining > 0 and fault.method in (None, method) and fault.pattern.fullmatch(path):
                 fault.remaining -= 1
                 self.injected.append((method, path, fault.status))
-                return error_response(fault.status, fault.message, fault.code)
+                headers = None
+                if fault.retry_after is not None:
+                    headers = {"Retry-After": str(math.ceil(fault.retry_after))}
+                return error_response(fault.status, fault.message, fault.code, headers)
         return None
 
     def check_edit(self, channel_id: int, path: str) -> tuple[web.Response | None, dict[str, str]]:

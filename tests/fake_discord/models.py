@@ -230,6 +230,7 @@ class FakeMessage:
     interaction: FakeInteraction | None = None
     message_reference: dict[str, Any] | None = None
     deleted: bool = False
+    nonce: str | None = None  # in the create's response only: Discord's history does not return it
 
     @property
     def current(self) -> MessageVersion:
@@ -350,3 +351,4 @@ class RequestRecord:
     query: dict[str, str]
     body: Any = None
     files: tuple[str, ...] = ()
+    at: float = field(default_factory=time.monotonic)  # when it was answered

@@ -6,6 +6,7 @@ Every request is logged; a route the fake does not know answers 404 JSON and is 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -99,6 +100,9 @@ class RestApi:
             return await handler(request)
         path = path[len(API) :]
         request[RECORD] = record = {"body": None, "files": ()}
+        delay = self.state.faults.route_delay(request.method, path)
+        if delay:
+            await asyncio.sleep(delay)
         response = self._precheck(request, path)
         if response is None:
             try:
@@ -347,8 +351,11 @@ class RestApi:
         payload, uploads = await read_body(request)
         if not (payload.get("content") or payload.get("embeds") or uploads or payload.get("components")):
             return error_response(400, "Cannot send an empty message", 50006)
-        message = self.state.create_message(channel.id, payload, uploads)
-        return json_response(message.payload(self.state.users))
+        message = self.state.message_for_nonce(self.state.bot_user, payload)
+        if message is None:
+            message = self.state.create_message(channel.id, payload, uploads)
+            self.state.remember_nonce(message, payload)
+        return json_response({**message.payload(self.state.users), "nonce": message.nonce})
 
     async def channel_message(self, request: web.Request) -> web.Response:
         message = self.state.messages.get(int(request.match_info["mid"]))

@@ -132,9 +132,16 @@ class FakeDiscord(InteractionDriver):
         self.faults.set_edit_budget(limit, per)
 
     def fail_route(
-        self, method: str | None, path_regex: str, status: int = 500, count: int = 1, *, code: int = 0
+        self,
+        method: str | None,
+        path_regex: str,
+        status: int = 500,
+        count: int = 1,
+        *,
+        code: int = 0,
+        retry_after: float | None = None,
     ) -> None:
-        self.faults.fail_route(method, path_regex, status, count, code=code)
+        self.faults.fail_route(method, path_regex, status, count, code=code, retry_after=retry_after)
 
 
 async def _unless_crashed(task: asyncio.Task[Any], waiter: Any) -> Any:

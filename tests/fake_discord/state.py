@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import re
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
@@ -76,6 +77,11 @@ class DiscordState:
         self.command_syncs = 0
         self.requests: list[RequestRecord] = []
         self.unknown_routes: list[RequestRecord] = []
+        # enforce_nonce: a create with a nonce its author used in the last few minutes returns that
+        # message instead of posting another. Discord does not say how long it remembers ("the past few
+        # minutes"); a test shortens it (0: forgets at once) to see what a bot does after that.
+        self.nonce_window_s = 180.0
+        self._nonces: dict[tuple[int, str], tuple[FakeMessage, float]] = {}
 
     # -- configuration -------------------------------------------------------------------------------
 
@@ -270,6 +276,21 @@ class DiscordState:
             self._broadcast("MESSAGE_CREATE", msg.payload(self.users), intent=9 if channel.guild_id else 12)
         self.changed()
         return msg
+
+    def message_for_nonce(self, author: FakeUser, payload: dict[str, Any]) -> FakeMessage | None:
+        """The message a create with enforce_nonce gets back instead of a new one, if its nonce is known."""
+        nonce = payload.get("nonce")
+        if not payload.get("enforce_nonce") or nonce is None:
+            return None
+        known = self._nonces.get((author.id, str(nonce)))
+        if known is None or time.monotonic() - known[1] > self.nonce_window_s or known[0].deleted:
+            return None
+        return known[0]
+
+    def remember_nonce(self, message: FakeMessage, payload: dict[str, Any]) -> None:
+        if payload.get("nonce") is not None:
+            message.nonce = str(payload["nonce"])
+            self._nonces[(message.author.id, message.nonce)] = (message, time.monotonic())
 
     def edit_message(self, msg: FakeMessage, payload: dict[str, Any], uploads: list[Upload]) -> FakeMessage:
         old = msg.current

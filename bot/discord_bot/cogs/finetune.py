@@ -1,4 +1,4 @@
-"""/finetune: check the person and the options, queue the job, post its status message."""
+"""/finetune: check the person and the options, queue the job (which owes its channel a status message)."""
 
 from __future__ import annotations
 
@@ -87,6 +87,8 @@ class FinetuneCog(commands.Cog):
                 "eval_fraction": eval_fraction,
             },
         )
+        # The job's status message is owed in the same transaction that creates the job; that write wakes
+        # the deliverer, so the message appears at once (and after a restart, if Discord is down now).
         job = await self.bot.service.submit(
             spec,
             requester,
@@ -97,8 +99,6 @@ class FinetuneCog(commands.Cog):
             push=self.bot.hub_push_default if push is None else push,
             private=config.hub.private if private is None else private,
         )
-        if job.status_message_id is None and interaction.channel_id is not None:
-            await self.bot.publisher.post_status(job, interaction.channel_id)
         await interaction.followup.send(
             f"Queued job **{job.id}** (`{job.name}` on `{job.spec.base_model}`): see its status message.",
             ephemeral=True,

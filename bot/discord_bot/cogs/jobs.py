@@ -9,6 +9,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.discord_bot.owed_messages import delivery_problem
 from bot.discord_bot.permissions import discord_user_id, requester_for
 from bot.discord_bot.status_view import COLOURS, ending, hub_line, what_to_do
 from bot.jobs.job_log import job_log_tail
@@ -74,6 +75,11 @@ class JobsCog(commands.Cog):
         hub = hub_line(job)
         if hub:
             embed.add_field(name="Hugging Face Hub", value=_clip(hub, 1024), inline=False)
+        # What the bot owes the job's channel and could not (yet) deliver, in Discord's words.
+        problems = [delivery_problem(entry) for entry in await self.bot.service.store.outbox.entries(job.id)]
+        if any(problems):
+            text = "\n".join(problem for problem in problems if problem)
+            embed.add_field(name="Discord", value=_clip(text, 1024), inline=False)
         if requester.owner == job.owner or requester.is_admin:
             tail = job_log_tail(Path(job.spec.output_dir) / LOG_FILE_NAME)
             if tail:
