@@ -62,13 +62,16 @@ async def open_service(
     executor: LocalExecutor | None = None,
     slots: int = 1,
     hub: HubAccess | None = None,
+    start: bool = True,
     **queue: Any,
 ) -> JobService:
+    """A service on the data dir; with `start`, it holds the runner lock and runs the queue."""
     config = make_config(data_dir, **queue)
     store = await Store.open(config.database_path(), jobs_dir=config.jobs_dir())
     service = JobService(store, config, hub=hub, data_checker=fake_data_checker(config))
     devices = [str(i) for i in range(slots)] if slots > 1 else []  # one slot: the CPU, as on CI
-    await service.start_runner(executor or fake_executor(), build_slots(devices, 1))
+    if start:
+        await service.start_runner(executor or fake_executor(), build_slots(devices, 1))
     return service
 
 
