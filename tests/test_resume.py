@@ -11,36 +11,15 @@ from pathlib import Path
 import pytest
 
 from tests.test_cli_train import cli, job_events
-from tests.worker_helpers import write_chat_dataset
+from tests.worker_helpers import train_args, write_chat_dataset
 from trainer.protocol import Progress, Started
 
 STEPS = 6
 
 
-def train_args(model: Path, dataset: Path, *extra: str) -> list[str]:
-    # Dropout on: a resume that lost the RNG state would draw other dropout masks and another loss.
-    return [
-        "train",
-        "--base-model",
-        str(model),
-        "--dataset",
-        str(dataset),
-        "--max-steps",
-        str(STEPS),
-        "--checkpoint-steps",
-        "3",
-        "--max-length",
-        "64",
-        "--batch-size",
-        "1",
-        "--grad-accum",
-        "1",
-        "--lr",
-        "1e-3",
-        "--r",
-        "4",
-        *extra,
-    ]
+def resume_args(model: Path, dataset: Path) -> list[str]:
+    # Dropout on (the default): a resume that lost the RNG state would draw other masks, other losses.
+    return train_args(model, dataset, steps=STEPS, checkpoint_steps=3, extra=("--lr", "1e-3", "--r", "4"))
 
 
 def adapter_folder(result) -> Path:
@@ -66,7 +45,7 @@ def first_run(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     home = root / "home"
     dataset = write_chat_dataset(root / "chat.jsonl", rows=32)
-    args = train_args(tiny_model_dir, dataset)
+    args = resume_args(tiny_model_dir, dataset)
     job_dir = adapter_folder(cli(*args, home=home)).parent
     return home, args, job_dir
 

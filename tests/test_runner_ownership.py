@@ -27,7 +27,7 @@ from tests.service_helpers import (
     wait_until,
 )
 from tests.test_cli_train import cli
-from tests.worker_helpers import worker_env, write_chat_dataset
+from tests.worker_helpers import train_args, worker_env, write_chat_dataset
 from trainer.protocol import Progress
 
 ALICE = Requester("local:alice")
@@ -64,23 +64,7 @@ def start_train(args: list[str], home: Path) -> subprocess.Popen:
 
 
 def long_job(model: Path, dataset: Path, steps: int = 400) -> list[str]:
-    return [
-        "train",
-        "--base-model",
-        str(model),
-        "--dataset",
-        str(dataset),
-        "--max-steps",
-        str(steps),
-        "--checkpoint-steps",
-        "5",
-        "--max-length",
-        "64",
-        "--batch-size",
-        "1",
-        "--grad-accum",
-        "1",
-    ]
+    return train_args(model, dataset, steps=steps, checkpoint_steps=5)
 
 
 def job_state(home: Path, job_id: int) -> tuple:

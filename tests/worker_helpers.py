@@ -31,6 +31,28 @@ def write_chat_dataset(path: Path, rows: int = 48) -> Path:
     return path
 
 
+def train_args(model: Path, dataset: Path, *, steps: int, checkpoint_steps: int, extra: tuple = ()) -> list:
+    """`qlora-bot train` on the tiny model, one 64-token row per optimizer step (fast and exact)."""
+    return [
+        "train",
+        "--base-model",
+        str(model),
+        "--dataset",
+        str(dataset),
+        "--max-steps",
+        str(steps),
+        "--checkpoint-steps",
+        str(checkpoint_steps),
+        "--max-length",
+        "64",
+        "--batch-size",
+        "1",
+        "--grad-accum",
+        "1",
+        *extra,
+    ]
+
+
 def tiny_spec(model_dir: Path, dataset: Path, job_dir: Path, **training: object) -> JobSpec:
     settings = {
         "max_steps": 4,
