@@ -32,13 +32,13 @@ def db_events(kind):
         return 0
 
 def fill():
-    with open(home / "filler", "wb") as filler:  # every byte the tmpfs has left
-        try:
+    try:  # every byte the tmpfs has left (when it is already full, not even the file can be made)
+        with open(home / "filler", "ab") as filler:
             while True:
                 filler.write(b"\0" * (1 << 16))
                 filler.flush()
-        except OSError:
-            pass
+    except OSError:
+        pass
 
 cli = subprocess.Popen(train + ["--max-steps", "2000"], env=env, stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, text=True)
@@ -54,7 +54,7 @@ except subprocess.TimeoutExpired:
     out, err = cli.communicate()
     hung = True
 result = {"hung": hung, "code": cli.returncode, "stderr": err}
-(home / "filler").unlink()
+(home / "filler").unlink(missing_ok=True)
 with sqlite3.connect(home / "qlora-bot.db") as db:
     result["integrity"] = db.execute("PRAGMA integrity_check").fetchone()[0]
     result["jobs"] = db.execute("SELECT id, state, error_message FROM jobs ORDER BY id").fetchall()
@@ -63,6 +63,27 @@ result["again"] = {"code": again.returncode, "stdout": again.stdout, "stderr": a
 fill()  # a submission to a full disk is refused at once
 refused = subprocess.run(train + ["--max-steps", "2"], env=env, capture_output=True, text=True, timeout=180)
 result["refused"] = {"code": refused.returncode, "stderr": refused.stderr}
+(home / "filler").unlink(missing_ok=True)
+
+# Without the reserve (it could not be taken): the end cannot be recorded at all; the CLI must say so
+# and exit instead of following a job that stays `running`.
+second = home / "second"
+env2 = {**os.environ, "QLORA_BOT_HOME": str(second)}
+cli = subprocess.Popen(train + ["--max-steps", "2000"], env=env2, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+deadline = time.monotonic() + 120
+saved = "jobs/1/checkpoints/checkpoint-*/trainer_state.json"
+while not list(second.glob(saved)) and time.monotonic() < deadline:
+    time.sleep(0.2)
+(second / ".qlora-bot-reserve").unlink()
+fill()
+try:
+    _, err = cli.communicate(timeout=180)
+    result["unrecorded"] = {"hung": False, "code": cli.returncode, "stderr": err}
+except subprocess.TimeoutExpired:
+    cli.kill()
+    result["unrecorded"] = {"hung": True, "code": None, "stderr": cli.communicate()[1]}
+(home / "filler").unlink(missing_ok=True)
 print(json.dumps(result))
 """
 
@@ -108,3 +129,6 @@ def test_a_full_disk_fails_the_job_keeps_the_database_and_frees_up(tiny_model_di
     refused = result["refused"]
     assert refused["code"] == 2 and f"error: disk full under {home}" in refused["stderr"], refused["stderr"]
     assert "Traceback" not in refused["stderr"]
+    unrecorded = result["unrecorded"]
+    assert not unrecorded["hung"] and unrecorded["code"] == 1, unrecorded["stderr"][-2000:]
+    assert "the end of job 1 could not be recorded" in unrecorded["stderr"], unrecorded["stderr"][-2000:]

@@ -390,5 +390,5 @@ class JobService:
 def _unrecorded_error(full: DiskFull, job_id: int) -> UserFacingError:
     return UserFacingError(
         f"{full}: the end of job {job_id} could not be recorded",
-        "free space there; the next qlora-bot start records it (its newest checkpoint is kept)",
+        "free space there: the next qlora-bot process to run the queue resumes it from its newest checkpoint",
     )
