@@ -140,3 +140,13 @@ class OutboxEntry:
     @property
     def posted(self) -> bool:
         return self.message_id is not None
+
+
+@dataclass(frozen=True)
+class HubRepo:
+    """A Hub repo qlora-bot created (migration 0004): publishing into it is allowed for `adapter` only."""
+
+    repo_id: str  # "namespace/name"
+    adapter: str  # a job's adapter name, or "folder:<path>" for a folder published by hand
+    job_id: int | None
+    created_at: float

@@ -1,7 +1,8 @@
 """The Store: the repository of jobs, attempts, events and adapters, and the one owner of their SQL.
 
 Callers get frozen dataclasses (storage.models), never rows. The transitions also write, in the same
-transaction, what the change owes Discord (storage/outbox.py, reached as `store.outbox`).
+transaction, what the change owes Discord (storage/outbox.py, reached as `store.outbox`). The Hub repos
+qlora-bot created live in storage/hub_repos.py, reached as `store.hub_repos`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import aiosqlite
 
 from storage import migrate
 from storage.database import Database
+from storage.hub_repos import HubRepos
 from storage.models import (
     ATTEMPT_OUTCOMES,
     HUB_STATES,
@@ -51,6 +53,7 @@ class Store:
         self._db = db
         self._clock = clock
         self.outbox = Outbox(db, clock)
+        self.hub_repos = HubRepos(db, clock)  # the Hub repos qlora-bot created (storage/hub_repos.py)
 
     @classmethod
     async def open(
