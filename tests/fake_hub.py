@@ -1,13 +1,16 @@
 """A loopback fake of the Hugging Face Hub's upload and download routes that the real huggingface_hub
 client talks to (HfApi(endpoint=hub.url) or HF_ENDPOINT; HF_HUB_DISABLE_XET=1 so uploads take LFS).
 
-    hub = FakeHub({"hf_alice_write_token": "alice"}).start()
+    hub = FakeHub({"hf_alice_write_token": "alice"}, orgs={"acme": {"alice"}}).start()
     hub.fail("POST", r"/commit/", status=429, times=1)     # the next commit is rate limited once
     hub.repos["alice/x"].files["adapter_model.safetensors"]  # what was committed
+    hub.requests                                             # every request, in the order answered
 
-Routes (as huggingface_hub 2.4 calls them): whoami-v2, repos/create, validate-yaml, preupload, the LFS
-batch/upload/verify, commit (NDJSON), model info, tree, and HEAD/GET resolve. A thread-per-request
-http.server, so blocking client calls work from sync code and from worker threads alike.
+Routes (as huggingface_hub 2.4 calls them): whoami-v2, repos/create (409 with the repo's url when it
+exists), validate-yaml, preupload, the LFS batch/upload/verify, commit (NDJSON), model info (with
+`private`), settings (PUT: visibility), tree, and HEAD/GET resolve. A user writes to their own namespace
+and to the organisations they belong to. A thread-per-request http.server, so blocking client calls work
+from sync code and from worker threads alike.
 """
 
 from __future__ import annotations
@@ -58,6 +61,16 @@ class Fault:
     headers: dict[str, str]
 
 
+@dataclass
+class Hold:
+    """Requests matching it wait, once they `arrived`, until the test sets `release`."""
+
+    method: str
+    pattern: re.Pattern[str]
+    arrived: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+
 @dataclass(frozen=True)
 class Request:
     method: str
@@ -67,13 +80,20 @@ class Request:
 
 
 class FakeHub:
-    def __init__(self, tokens: dict[str, str], read_only: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        tokens: dict[str, str],
+        read_only: frozenset[str] = frozenset(),
+        orgs: dict[str, set[str]] | None = None,
+    ) -> None:
         self.tokens = dict(tokens)  # token -> user name
         self.read_only = read_only  # tokens that may read but not write
+        self.orgs = {name: set(members) for name, members in (orgs or {}).items()}  # org -> its members
         self.repos: dict[str, FakeRepo] = {}
         self.lfs_objects: dict[str, bytes] = {}
         self.requests: list[Request] = []
         self.faults: list[Fault] = []
+        self.holds: list[Hold] = []
         self.lock = threading.RLock()  # replies log under it, also from inside locked sections
         self._server: ThreadingHTTPServer | None = None
 
@@ -114,6 +134,14 @@ class FakeHub:
         with self.lock:
             self.faults.append(Fault(method, re.compile(path), status, times, headers or {}))
 
+    def hold(self, method: str, path: str) -> Hold:
+        """Keep requests whose path matches the regex `path` waiting (before they are handled) until the
+        returned Hold is released: a test can then act while, say, a create is in flight."""
+        hold = Hold(method, re.compile(path))
+        with self.lock:
+            self.holds.append(hold)
+        return hold
+
     def clear_faults(self) -> None:
         with self.lock:
             self.faults.clear()
@@ -127,6 +155,15 @@ class FakeHub:
 
     def calls(self, method: str, pattern: str) -> list[Request]:
         return [r for r in self.requests if r.method == method and re.search(pattern, r.path)]
+
+    def writes(self) -> list[Request]:
+        """Every request that asks the Hub to change something (create, settings, uploads, commits)."""
+        reads = ("/api/validate-yaml",)  # a POST that only checks a card's YAML
+        return [r for r in self.requests if r.method in ("POST", "PUT", "DELETE") and r.path not in reads]
+
+    def member_of(self, user: str | None, namespace: str) -> bool:
+        """`user` may see the private repos of `namespace` and write there: it is theirs or their org's."""
+        return user is not None and (user == namespace or user in self.orgs.get(namespace, set()))
 
     # --- state changes (called with the lock held)
 
@@ -154,6 +191,11 @@ class _Handler(BaseHTTPRequestHandler):
         token = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip() or None
         user = self.fake.tokens.get(token) if token else None
         self._user, self._token = user, token
+        with self.fake.lock:
+            holds = [h for h in self.fake.holds if h.method == self.command and h.pattern.search(path)]
+        for hold in holds:
+            hold.arrived.set()
+            hold.release.wait(timeout=30)
         with self.fake.lock:
             fault = self._fault(path)
         if fault is not None:
@@ -218,10 +260,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _repo(self, repo_id: str, *, write: bool = False) -> FakeRepo | None:
         """The repo if this caller may see it (write: may commit to it); else the reply is sent."""
         repo = self.fake.repos.get(repo_id)
-        if repo is None or (repo.private and self._user != repo.owner):
+        if repo is None or (repo.private and not self.fake.member_of(self._user, repo.owner)):
             self._reply(404, {"error": "Repository not found"}, headers={"X-Error-Code": "RepoNotFound"})
             return None
-        if write and (self._user != repo.owner or self._token in self.fake.read_only):
+        if write and (not self.fake.member_of(self._user, repo.owner) or self._token in self.fake.read_only):
             self._reply(403, {"error": "no write access"}, headers={"X-Error-Message": "no write access"})
             return None
         return repo
@@ -238,7 +280,7 @@ class _Handler(BaseHTTPRequestHandler):
     def create_repo(self, body: bytes) -> None:
         request = json.loads(body)
         namespace = request.get("organization") or self._user
-        if self._user is None or namespace != self._user or self._token in self.fake.read_only:
+        if not self.fake.member_of(self._user, namespace) or self._token in self.fake.read_only:
             message = f"You don't have the rights to create a model under the namespace {namespace}"
             self._reply(403, {"error": message}, headers={"X-Error-Message": message})
             return
@@ -249,8 +291,21 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reply(409, {"error": "You already created this model repo", "url": url})
                 return
             private = request.get("visibility", "public") == "private" or bool(request.get("private"))
-            self.fake.repos[repo_id] = FakeRepo(repo_id, self._user, private)
+            self.fake.repos[repo_id] = FakeRepo(repo_id, namespace, private)
         self._reply(200, {"url": url, "name": repo_id})
+
+    def settings(self, body: bytes, repo: str) -> None:
+        """PUT /api/models/{repo}/settings as update_repo_settings sends it: {"visibility": ...}."""
+        if (found := self._repo(repo, write=True)) is None:
+            return
+        visibility = json.loads(body or b"{}").get("visibility")
+        if visibility not in (None, "public", "private"):
+            self._reply(400, {"error": f"invalid visibility {visibility!r}"})
+            return
+        with self.fake.lock:
+            if visibility is not None:
+                found.private = visibility == "private"
+        self._reply(200, {})
 
     def validate_yaml(self, body: bytes) -> None:
         content = json.loads(body)["content"]
@@ -379,6 +434,7 @@ ROUTES = [
     ("POST", r"/lfs/(?P<oid>[0-9a-f]{64})/verify", _Handler.lfs_verify),
     ("POST", rf"/api/models/{REPO}/commit/(?P<rev>[^/]+)", _Handler.commit),
     ("GET", rf"/api/models/{REPO}(?:/revision/(?P<rev>[^/]+))?", _Handler.model_info),
+    ("PUT", rf"/api/models/{REPO}/settings", _Handler.settings),
     ("GET", rf"/api/models/{REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.+))?", _Handler.tree),
     ("GET|HEAD", rf"/{REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", _Handler.resolve),
 ]
