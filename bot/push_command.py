@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from bot.hub.access import HubAccess
 from bot.hub.model_card import is_hub_id
 from bot.hub.publisher import HubPublisher, PublishRequest, read_json
 from bot.jobs.local import open_service, open_store, terminal_requester
+from bot.jobs.outcomes import adapter_name
+from storage.store import Store
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 
@@ -31,12 +34,14 @@ def add_command(commands: argparse._SubParsersAction, common: argparse.ArgumentP
     )
     push.add_argument(
         "--repo",
-        help="Hub repo namespace/name (default for a job: hub.namespace or your user / adapter name)",
+        help="Hub repo namespace/name (default for a job: hub.namespace or your user / adapter name); "
+        "a repo that exists is written only if qlora-bot created it for this adapter",
     )
     push.add_argument(
         "--public",
         action="store_true",
-        help="create the repo public (default: hub.private in config.toml, normally private)",
+        help="make the repo public (default: hub.private in config.toml, normally private); "
+        "its visibility is set before the upload",
     )
 
 
@@ -66,13 +71,15 @@ async def _push(args: argparse.Namespace, config: Config) -> int:
         return 0
     if args.repo is None:
         raise UserFacingError("publishing a folder needs --repo namespace/name", "add --repo")
-    publisher = HubPublisher(HubAccess.for_config(config, Secrets.from_env().hf_token))
     request = _folder_request(folder.resolve(), args.repo, config.hub.private if private is None else private)
-    try:
-        published = await publisher.publish(request)
-    except UserFacingError as error:
-        print(f"publishing {folder} failed: {error}", file=sys.stderr)
-        return EXIT_FAILED
+    async with await open_store(config) as store:  # it knows which Hub repos qlora-bot created
+        request = await _with_owner(store, request)
+        publisher = HubPublisher(HubAccess.for_config(config, Secrets.from_env().hf_token), store.hub_repos)
+        try:
+            published = await publisher.publish(request)
+        except UserFacingError as error:
+            print(f"publishing {folder} failed: {error}", file=sys.stderr)
+            return EXIT_FAILED
     print(f"published: {published.url} (commit {published.commit})")
     return 0
 
@@ -85,6 +92,16 @@ async def _job_of_adapter(config: Config, name: str) -> int:
             f"{name!r} is neither a job id, an adapter name nor a folder", "see `qlora-bot jobs --all`"
         )
     return adapter.job_id
+
+
+async def _with_owner(store: Store, request: PublishRequest) -> PublishRequest:
+    """The adapter a folder's repo is created for: the job's adapter when the folder is a job's own (so a
+    repo made by that job's publish takes it), else the folder itself."""
+    folder = request.folder
+    job = await store.job_in_folder(str(folder.parent))
+    if job is not None and job.adapter_path and Path(job.adapter_path).resolve() == folder:
+        return dataclasses.replace(request, adapter=adapter_name(job), job_id=job.id)
+    return dataclasses.replace(request, adapter=f"folder:{folder}")
 
 
 def _folder_request(folder: Path, repo: str, private: bool) -> PublishRequest:
@@ -104,4 +121,5 @@ def _folder_request(folder: Path, repo: str, private: bool) -> PublishRequest:
         metrics=metrics,
         train_loss=train,
         eval_loss=evals,
+        any_namespace=terminal_requester().is_admin,  # whoever runs the command line is an admin
     )

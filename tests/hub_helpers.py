@@ -3,8 +3,10 @@ the Hub tests. A test module enables it by importing `fake_hub_fixture`."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +15,15 @@ import yaml
 
 from bot.config import HubConfig
 from bot.hub.access import HubAccess
+from bot.hub.publisher import HubPublisher
+from storage.store import Store
 from tests.fake_hub import FakeHub
 
 TOKEN = "hf_aliceWriteToken0123456789abcdefXYZ"  # alice's token, with write access
 READ_TOKEN = "hf_aliceReadOnlyToken0123456789abcdef"
 BAD_TOKEN = "hf_revokedToken0123456789abcdefghijkl"  # known to nobody: every request gets 401
 QUICK_RETRIES = HubConfig(max_attempts=3, backoff_s=0.05, max_backoff_s=0.2)
+ORG = "acme"  # an organisation alice belongs to: her token may create and write repos there
 
 
 @pytest.fixture(name="fake_hub")
@@ -28,7 +33,9 @@ def fake_hub_fixture(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
 
     # conftest sets HF_HUB_DISABLE_XET=1 before huggingface_hub is imported: Xet cannot be faked.
     assert constants.HF_HUB_DISABLE_XET
-    hub = FakeHub({TOKEN: "alice", READ_TOKEN: "alice"}, read_only=frozenset({READ_TOKEN})).start()
+    hub = FakeHub(
+        {TOKEN: "alice", READ_TOKEN: "alice"}, read_only=frozenset({READ_TOKEN}), orgs={ORG: {"alice"}}
+    ).start()
     # HF_HUB_OFFLINE=1 (conftest) blocks every request; this one goes to loopback only.
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
@@ -44,6 +51,18 @@ def fake_hub_fixture(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
 def access(tmp_path: Path, token: str | None = TOKEN, **config: Any) -> HubAccess:
     hub_config = HubConfig(**{**QUICK_RETRIES.__dict__, **config})
     return HubAccess(config=hub_config, token=token, cache_dir=tmp_path / "hub-cache")
+
+
+@contextlib.asynccontextmanager
+async def open_publisher(
+    tmp_path: Path,
+    token: str | None = TOKEN,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    **config: Any,
+) -> AsyncIterator[HubPublisher]:
+    """A HubPublisher whose record of created repos is a real Store in tmp_path (publisher.db)."""
+    async with await Store.open(tmp_path / "publisher.db") as store:
+        yield HubPublisher(access(tmp_path, token=token, **config), store.hub_repos, sleep=sleep)
 
 
 def sha256(data: bytes) -> str:

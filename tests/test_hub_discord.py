@@ -20,6 +20,7 @@ from tests.hub_helpers import (
     access,
     fake_hub_fixture,  # noqa: F401 - the fake_hub fixture
     folder_files,
+    open_publisher,
     sha256,
 )
 from tests.service_helpers import FAKES, fake_spec, wait_until
@@ -131,13 +132,68 @@ async def test_push_refuses_other_peoples_and_unfinished_jobs(fake_discord, fake
         assert fake_hub.repos == {}
 
 
+async def test_push_elsewhere_is_refused_for_non_admins_before_any_hub_write(
+    fake_discord, fake_hub, tmp_path
+):
+    fake = fake_discord
+    theirs = fake_hub.add_repo("acme/their-repo", {"README.md": b"# acme's model\n", "w.bin": b"1"})
+    before = (dict(theirs.files), list(theirs.commits))
+    admin = fake.add_member(4343, "admin", admin=True)
+    config = bot_config(tmp_path, fake, base_models=(FAKE_MODEL,))
+    async with running_bot(fake, config, hub=access(tmp_path)) as (_bot, service):
+        await _finetune(fake)  # by the default user, who is no admin; not published
+        await wait_until(lambda: _succeeded(service, 1))
+        call = await fake.slash("push", {"id": 1, "repo": "acme/their-repo"})
+        [answer] = await call.wait_followups(1, timeout=30)
+        assert "acme/their-repo is outside this bot's Hub namespace alice" in answer.content
+        assert "only admins may publish elsewhere" in answer.content and "alice/NAME" in answer.content
+        assert fake_hub.writes() == [] and (theirs.files, theirs.commits) == before
+        assert (await service.get(1)).hub_state == "none"
+
+        call = await fake.slash("push", {"id": 1, "repo": "acme/data-1"}, user=admin)  # an admin may
+        [answer] = await call.wait_followups(1, timeout=30)
+    assert answer.content == f"Job 1 is published: {fake_hub.url}/acme/data-1"
+    assert fake_hub.repos["acme/data-1"].private and (theirs.files, theirs.commits) == before
+
+
+async def test_push_refuses_a_repo_it_did_not_create_and_republishes_its_own_private_first(
+    fake_discord, fake_hub, tmp_path
+):
+    fake = fake_discord
+    theirs = fake_hub.add_repo("alice/existing", {"README.md": b"# my own model\n"})
+    before = (dict(theirs.files), list(theirs.commits), theirs.private)
+    config = bot_config(tmp_path, fake, base_models=(FAKE_MODEL,))
+    async with running_bot(fake, config, hub=access(tmp_path)) as (_bot, service):
+        await _finetune(fake, push=True)  # private, the default
+        await _completion(fake)
+        ours = fake_hub.repos["alice/data-1"]
+        assert (await service.get(1)).hub_state == "pushed" and ours.private
+
+        call = await fake.slash("push", {"id": 1, "repo": "alice/existing"})
+        [answer] = await call.wait_followups(1, timeout=30)
+        assert "alice/existing already exists and qlora-bot did not create it" in answer.content
+        assert "choose another repo name" in answer.content
+        assert (theirs.files, theirs.commits, theirs.private) == before
+
+        ours.private = False  # someone made it public on the Hub since
+        start = len(fake_hub.requests)
+        call = await fake.slash("push", {"id": 1})  # the job asked for private
+        [answer] = await call.wait_followups(1, timeout=30)
+    assert answer.content == f"Job 1 is published: {fake_hub.url}/alice/data-1"
+    assert ours.private and len(ours.commits) == 2
+    later = [(r.method, r.path) for r in fake_hub.requests[start:]]
+    change = later.index(("PUT", "/api/models/alice/data-1/settings"))
+    assert change < min(i for i, (method, path) in enumerate(later) if "/preupload/" in path)
+
+
 async def test_ask_accepts_a_hub_adapter_id(fake_discord, fake_hub, tmp_path):
     fake = fake_discord
-    from bot.hub.publisher import HubPublisher, PublishRequest
+    from bot.hub.publisher import PublishRequest
 
     folder = tmp_path / "made-elsewhere" / "adapter"
     write_adapter(folder, fake_spec().replace(output_dir=str(folder.parent)), seed=2.0)
-    await HubPublisher(access(tmp_path, namespace="alice")).publish(PublishRequest(folder, "shared", True))
+    async with open_publisher(tmp_path, namespace="alice") as publisher:
+        await publisher.publish(PublishRequest(folder, "shared", True))
     config = bot_config(tmp_path / "home", fake, base_models=(FAKE_MODEL,))
     config = dataclasses.replace(config, serve=dataclasses.replace(config.serve, stream_edit_interval_s=0.05))
     environ = {**worker_env(), "PYTHONPATH": f"{FAKES}:{worker_env()['PYTHONPATH']}"}

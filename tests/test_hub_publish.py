@@ -13,7 +13,7 @@ from bot.cli import main
 from bot.errors import UserFacingError
 from bot.hub.model_card import CardFacts, render_card
 from bot.hub.public_record import public_record
-from bot.hub.publisher import HubPublisher, PublishFailed, PublishRequest
+from bot.hub.publisher import PublishFailed, PublishRequest
 from bot.jobs.service import Requester
 from bot.jobs.submission import Upload
 from bot.serving.asking import resolve_adapter
@@ -27,6 +27,7 @@ from tests.hub_helpers import (
     card_metadata,
     fake_hub_fixture,  # noqa: F401 - the fake_hub fixture
     folder_files,
+    open_publisher,
     sha256,
 )
 from tests.service_helpers import fake_spec, open_service, shut
@@ -188,8 +189,8 @@ async def test_one_429_is_retried_and_a_public_repo_is_created_when_asked(fake_h
     async def sleep(seconds):
         delays.append(seconds)
 
-    publisher = HubPublisher(access(tmp_path, namespace="alice"), sleep=sleep)
-    published = await publisher.publish(PublishRequest(adapter_dir, name="open", private=False))
+    async with open_publisher(tmp_path, namespace="alice", sleep=sleep) as publisher:
+        published = await publisher.publish(PublishRequest(adapter_dir, name="open", private=False))
     assert [call.status for call in fake_hub.calls("POST", "/commit/")] == [429, 200]
     assert delays == [0.0]  # the Hub's Retry-After, not the backoff
     assert published.repo_id == "alice/open" and not fake_hub.repos["alice/open"].private
@@ -206,9 +207,9 @@ async def test_a_persistent_5xx_backs_off_then_fails_and_leaves_the_adapter_alon
     async def sleep(seconds):
         delays.append(seconds)
 
-    publisher = HubPublisher(access(tmp_path), sleep=sleep)
     with pytest.raises(PublishFailed, match=r"the Hub answered HTTP 503 after 3 tries") as failed:
-        await publisher.publish(PublishRequest(adapter_dir, name="flaky", private=True))
+        async with open_publisher(tmp_path, sleep=sleep) as publisher:
+            await publisher.publish(PublishRequest(adapter_dir, name="flaky", private=True))
     assert "retry later with /push" in failed.value.hint
     assert delays == [0.05, 0.1]  # backoff_s, doubled
     assert folder_files(adapter_dir) == before
@@ -218,9 +219,9 @@ async def test_a_persistent_5xx_backs_off_then_fails_and_leaves_the_adapter_alon
 async def test_refused_tokens_fail_at_once_with_advice_and_never_the_token(
     fake_hub, tmp_path, adapter_dir, token, status
 ):
-    publisher = HubPublisher(access(tmp_path, token=token, namespace="alice"))
     with pytest.raises(PublishFailed) as failed:
-        await publisher.publish(PublishRequest(adapter_dir, name="nope", private=True))
+        async with open_publisher(tmp_path, token=token, namespace="alice") as publisher:
+            await publisher.publish(PublishRequest(adapter_dir, name="nope", private=True))
     message = str(failed.value)
     assert f"HTTP {status}" in message and "check HF_TOKEN has write access to alice" in message
     assert token not in message and "hf_" not in message
@@ -229,7 +230,8 @@ async def test_refused_tokens_fail_at_once_with_advice_and_never_the_token(
 
 async def test_without_a_token_nothing_is_sent(fake_hub, tmp_path, adapter_dir):
     with pytest.raises(PublishFailed, match="HF_TOKEN is not set"):
-        await HubPublisher(access(tmp_path, token=None)).publish(PublishRequest(adapter_dir, "x", True))
+        async with open_publisher(tmp_path, token=None) as publisher:
+            await publisher.publish(PublishRequest(adapter_dir, "x", True))
     assert fake_hub.requests == []
 
 
@@ -265,9 +267,8 @@ async def _succeeded_job(db_path: Path, adapter_dir: Path) -> int:
 
 
 async def test_ask_by_hub_id_downloads_the_adapter_into_the_cache(fake_hub, tmp_path, adapter_dir):
-    await HubPublisher(access(tmp_path, namespace="alice")).publish(
-        PublishRequest(adapter_dir, name="asked", private=True)
-    )
+    async with open_publisher(tmp_path, namespace="alice") as publisher:
+        await publisher.publish(PublishRequest(adapter_dir, name="asked", private=True))
     async with await Store.open(tmp_path / "db.sqlite") as store:
         resolved = await resolve_adapter(store, "alice/asked", hub=access(tmp_path))
         assert resolved.label == "alice/asked" and resolved.base_model == "fake/model"

@@ -1,7 +1,6 @@
-"""Publish an adapter folder to the Hub from the event loop: stage the card, the chart and the public
-part of the adapter record (bot/hub/public_record.py), run the upload in a worker thread, and retry with
-backoff on 429, 5xx and connection errors. The adapter folder is only read, so a failed publish never
-risks the adapter.
+"""Publish an adapter folder to the Hub from the event loop: settle where it may go (bot/hub/destination.py),
+stage the card, the chart and the public part of the adapter record (bot/hub/public_record.py), upload in a
+worker thread, and retry with backoff on 429, 5xx and connection errors. The adapter folder is only read.
 """
 
 from __future__ import annotations
@@ -14,15 +13,17 @@ import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bot.errors import UserFacingError
 from bot.hub.access import HubAccess
+from bot.hub.destination import create_and_record, require_namespace, require_ours, set_visibility
 from bot.hub.failures import HubFailure, classify
 from bot.hub.model_card import CardFacts, render_card
 from bot.hub.public_record import public_record
-from bot.hub.upload import Published, base_model_license, namespace_of, upload
+from bot.hub.upload import Published, base_model_license, commit_adapter
 from bot.loss_chart import Points, loss_chart_png
+from storage.hub_repos import HubRepos
 from trainer.protocol import JobSpec
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ ADAPTER_RECORD = "qlora_bot.json"
 WEIGHTS = "adapter_model.safetensors"
 CHART_FILE = "loss.png"
 NO_TOKEN_HINT = "set HF_TOKEN to a token with write access, then retry with /push or `qlora-bot push`"
+T = TypeVar("T")
 
 
 class PublishFailed(UserFacingError):
@@ -40,64 +42,136 @@ class PublishFailed(UserFacingError):
 class PublishRequest:
     folder: Path  # the adapter folder (read only)
     name: str  # the adapter's name: the repo name unless `repo` is given
-    private: bool
+    private: bool  # the repo's visibility, set before the upload (also on a repo that exists)
     repo: str | None = None  # "namespace/name"; None: hub.namespace (or the token's user) / name
     spec: JobSpec | None = None  # the job's settings, for the card (else read from the folder's record)
     metrics: Mapping[str, Any] = field(default_factory=dict)
     train_loss: Points = field(default_factory=list)
     eval_loss: Points = field(default_factory=list)
+    adapter: str | None = None  # what a repo is created for, as recorded (storage/hub_repos.py); None: name
+    job_id: int | None = None  # the job of the adapter, when there is one
+    any_namespace: bool = False  # an admin's publish: `repo` may name a namespace other than ours
+
+    @property
+    def adapter_key(self) -> str:
+        return self.adapter or self.name
 
 
 class HubPublisher:
-    def __init__(self, access: HubAccess, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+    def __init__(
+        self,
+        access: HubAccess,
+        repos: HubRepos,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.access = access
+        self.repos = repos  # the repos qlora-bot created: the only ones it writes into again
         self._sleep = sleep
         self._namespace: str | None = None  # whoami is strictly rate-limited: ask once per process
+        self._claims: set[asyncio.Future[tuple[str, bool]]] = set()  # creates not yet recorded
 
     async def publish(self, request: PublishRequest) -> Published:
-        """Publish or raise PublishFailed, after up to hub.max_attempts tries of a retryable failure."""
-        token = self.access.token
-        if not token:
-            raise PublishFailed("HF_TOKEN is not set, so nothing can be published", NO_TOKEN_HINT)
+        """Publish or raise PublishFailed (or RepoRefused, before anything is written where it may not
+        go), after up to hub.max_attempts tries of a retryable failure."""
+        self._require_token()
         if not (request.folder / WEIGHTS).is_file():
             raise PublishFailed(
                 f"the adapter files are missing ({request.folder / WEIGHTS})", "train the adapter again"
             )
-        config = self.access.config
-        attempts = max(config.max_attempts, 1)
         with tempfile.TemporaryDirectory(prefix="qlora-bot-publish-") as staging:
-            attempt = 0
-            while True:
-                attempt += 1
-                try:
-                    return await asyncio.to_thread(self._publish_blocking, request, Path(staging))
-                except PublishFailed:
-                    raise
-                except Exception as error:
-                    failure = classify(
-                        error, token, namespace=(request.repo or self._namespace or config.namespace or None)
-                    )
-                    if not failure.retryable or attempt == attempts:
-                        suffix = f" after {attempt} tries" if attempt > 1 else ""
-                        raise PublishFailed(failure.message + suffix, _hint(failure)) from None
-                    delay = _delay(failure, attempt, config.backoff_s, config.max_backoff_s)
-                    log.warning(
-                        "publishing %s: %s; try %d of %d in %.1f s",
-                        request.name,
-                        failure.message,
-                        attempt + 1,
-                        attempts,
-                        delay,
-                    )
-                    await self._sleep(delay)
+            return await self._with_retries(
+                request.name, lambda: self._publish_once(request, Path(staging)), request.repo
+            )
 
-    def _publish_blocking(self, request: PublishRequest, staging: Path) -> Published:
+    async def check_namespace(self, repo: str) -> None:
+        """Refuse (RepoRefused) a repo outside this bot's namespace, hub.namespace else the token's user.
+        Writes nothing: at most it asks the Hub who the token belongs to."""
+        self._require_token()
+        require_namespace(repo, await self._with_retries(repo, self._own_namespace, repo))
+
+    async def drain(self) -> None:
+        """Wait for the creates still in flight to be recorded (a cancelled publish leaves them running)."""
+        await asyncio.gather(*self._claims, return_exceptions=True)
+
+    async def _publish_once(self, request: PublishRequest, staging: Path) -> Published:
         api = self.access.api()
-        repo_id = request.repo
-        if repo_id is None:
-            if self._namespace is None:
-                self._namespace = namespace_of(api, self.access.config.namespace)
-            repo_id = f"{self._namespace}/{request.name}"
+        if request.repo is None:
+            repo_id = f"{await self._own_namespace()}/{request.name}"
+        else:
+            repo_id = request.repo
+            if not request.any_namespace:
+                require_namespace(repo_id, await self._own_namespace())
+        url = await self._claim(api, repo_id, request)
+        await asyncio.to_thread(set_visibility, api, repo_id, request.private, self.access.token)
+        return await asyncio.to_thread(self._upload_blocking, api, repo_id, url, request, staging)
+
+    async def _claim(self, api: Any, repo_id: str, request: PublishRequest) -> str:
+        """The repo's URL once it is ours to write for this adapter; RepoRefused for any other."""
+        claim = asyncio.ensure_future(
+            create_and_record(
+                api,
+                self.repos,
+                repo_id,
+                adapter=request.adapter_key,
+                job_id=request.job_id,
+                private=request.private,
+            )
+        )
+        # Shielded (and awaited by drain): once the create is sent, a publish cancelled at shutdown must
+        # still record the repo it may have made, or every later publish would refuse its own repo.
+        self._claims.add(claim)
+        claim.add_done_callback(self._claims.discard)
+        url, created = await asyncio.shield(claim)
+        if not created:
+            await require_ours(self.repos, repo_id, request.adapter_key)
+        return url
+
+    async def _own_namespace(self) -> str:
+        """hub.namespace, else the user the token belongs to."""
+        if self._namespace is None:
+            configured = self.access.config.namespace
+            self._namespace = configured or await asyncio.to_thread(self._whoami)
+        return self._namespace
+
+    def _whoami(self) -> str:
+        return self.access.api().whoami()["name"]
+
+    async def _with_retries(self, what: str, step: Callable[[], Awaitable[T]], repo: str | None) -> T:
+        """`step`, tried again on a retryable failure; a UserFacingError (a refusal) is never retried."""
+        token, config = self.access.token, self.access.config
+        attempts = max(config.max_attempts, 1)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await step()
+            except UserFacingError:
+                raise
+            except Exception as error:
+                failure = classify(
+                    error, token, namespace=(repo or self._namespace or config.namespace or None)
+                )
+                if not failure.retryable or attempt == attempts:
+                    suffix = f" after {attempt} tries" if attempt > 1 else ""
+                    raise PublishFailed(failure.message + suffix, _hint(failure)) from None
+                delay = _delay(failure, attempt, config.backoff_s, config.max_backoff_s)
+                log.warning(
+                    "publishing %s: %s; try %d of %d in %.1f s",
+                    what,
+                    failure.message,
+                    attempt + 1,
+                    attempts,
+                    delay,
+                )
+                await self._sleep(delay)
+
+    def _require_token(self) -> None:
+        if not self.access.token:
+            raise PublishFailed("HF_TOKEN is not set, so nothing can be published", NO_TOKEN_HINT)
+
+    def _upload_blocking(
+        self, api: Any, repo_id: str, url: str, request: PublishRequest, staging: Path
+    ) -> Published:
         record = read_json(request.folder / ADAPTER_RECORD)
         # The record's spec is the resolved one (the base revision pinned); the job's is what was asked.
         spec = _spec_from_record(record) or request.spec
@@ -119,7 +193,7 @@ class HubPublisher:
         )
         staged = _stage(request, record, facts, staging)
         message = f"Upload adapter {request.name} (qlora-bot)"
-        return upload(api, repo_id, request.folder, staged, private=request.private, message=message)
+        return commit_adapter(api, repo_id, url, request.folder, staged, message=message)
 
 
 def _stage(

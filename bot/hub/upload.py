@@ -1,4 +1,4 @@
-"""The blocking half of a publish, run in a worker thread: find the namespace, create the repo, and upload the
+"""The blocking upload of a publish, run in a worker thread once bot/hub/destination.py settled the repo: the
 adapter files, the tokenizer, the card and the chart in one commit. It only ever reads the adapter folder.
 """
 
@@ -19,11 +19,6 @@ class Published:
     repo_id: str
     url: str
     commit: str
-
-
-def namespace_of(api: Any, configured: str) -> str:
-    """hub.namespace, else the user the token belongs to."""
-    return configured or api.whoami()["name"]
 
 
 def base_model_license(api: Any, base_model: str) -> str | None:
@@ -59,14 +54,13 @@ def adapter_files(folder: Path, replaced: Mapping[str, Path]) -> dict[str, Path]
     return found
 
 
-def upload(
-    api: Any, repo_id: str, folder: Path, staged: Mapping[str, Path], *, private: bool, message: str
+def commit_adapter(
+    api: Any, repo_id: str, url: str, folder: Path, staged: Mapping[str, Path], *, message: str
 ) -> Published:
-    """create_repo (exist_ok) then one commit: the adapter folder's files, then the `staged` ones that
-    replace or join them, the card last (trl's README.md never wins)."""
+    """One commit: the adapter folder's files, then the `staged` ones that replace or join them, the card
+    last (trl's README.md never wins). The repo exists already and is ours (bot/hub/destination.py)."""
     from huggingface_hub import CommitOperationAdd
 
-    repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     files = adapter_files(folder, staged)
     ordered = sorted(staged.items(), key=lambda item: item[0] == TRL_CARD)  # README.md last
     operations = [
@@ -74,4 +68,4 @@ def upload(
         for name, path in [*files.items(), *ordered]
     ]
     info = api.create_commit(repo_id, operations=operations, commit_message=message, repo_type="model")
-    return Published(repo_id=repo_id, url=str(repo_url), commit=str(info.oid))
+    return Published(repo_id=repo_id, url=url, commit=str(info.oid))

@@ -20,10 +20,17 @@ log = logging.getLogger(__name__)
 
 
 async def publish_job(
-    store: Store, publisher: HubPublisher, job: Job, *, repo: str | None = None, private: bool | None = None
+    store: Store,
+    publisher: HubPublisher,
+    job: Job,
+    *,
+    repo: str | None = None,
+    private: bool | None = None,
+    any_namespace: bool = False,
 ) -> Job:
     """Publish a succeeded job's adapter; returns the job with its new hub state. Never raises for a
-    failed publish: the reason is stored (hub_error) for the completion message, /job and /push."""
+    failed publish: the reason is stored (hub_error) for the completion message, /job and /push.
+    `any_namespace`: an admin asked, so `repo` may lie outside the bot's namespace."""
     events = [stored.event for stored in await store.events(job.id)]
     done = next((event for event in reversed(events) if isinstance(event, Done)), None)
     train, evals = loss_points(events)
@@ -37,6 +44,9 @@ async def publish_job(
         metrics=done.metrics if done is not None else {},
         train_loss=train,
         eval_loss=evals,
+        adapter=name,  # the repo is recorded as created for this adapter; only it may publish there again
+        job_id=job.id,
+        any_namespace=any_namespace,
     )
     try:
         published = await publisher.publish(request)

@@ -83,7 +83,7 @@ class JobService:
         self.runner: JobRunner | None = None
         self.runner_lock = RunnerLock(config.data_dir())
         # Without a token every publish ends push_failed, saying HF_TOKEN is not set.
-        self.hub = HubPublisher(hub or HubAccess.for_config(config, token=None))
+        self.hub = HubPublisher(hub or HubAccess.for_config(config, token=None), store.hub_repos)
         self._changed: dict[int, asyncio.Event] = defaultdict(asyncio.Event)
         self._publishing: dict[int, asyncio.Task[Job]] = {}
         self._unrecorded: dict[int, DiskFull] = {}  # ended jobs whose end could not be written yet
@@ -121,6 +121,7 @@ class JobService:
         for task in list(self._publishing.values()):
             task.cancel()
         await asyncio.gather(*self._publishing.values(), return_exceptions=True)
+        await self.hub.drain()  # a Hub repo created just before the cancel is still recorded as ours
 
     # --- commands
 
@@ -248,7 +249,8 @@ class JobService:
         self, job_id: int, requester: Requester, *, repo: str | None = None, private: bool | None = None
     ) -> Job:
         """Publish (or publish again) a succeeded job's adapter now; the returned job says how it went
-        (hub_state pushed with hub_url, or push_failed with hub_error). `private` None: as the job asked."""
+        (hub_state pushed with hub_url, or push_failed with hub_error). `private` None: as the job asked.
+        A non-admin's `repo` outside the bot's Hub namespace is refused here, before any Hub write."""
         job = await self.get(job_id)
         if job.owner != requester.owner and not requester.is_admin:
             raise UserFacingError(f"job {job_id} is not yours", "only its owner or an admin can publish it")
@@ -259,10 +261,14 @@ class JobService:
             )
         if repo is not None and not is_hub_id(repo):
             raise UserFacingError(f"{repo!r} is not a Hub repo id", "write it as namespace/name")
+        if repo is not None and not requester.is_admin:
+            await self.hub.check_namespace(repo)
         running = self._publishing.get(job_id)
         if running is not None:  # the automatic publish is under way: its outcome is the answer
             return await asyncio.shield(running)
-        return await asyncio.shield(self._start_publish(job, repo=repo, private=private))
+        return await asyncio.shield(
+            self._start_publish(job, repo=repo, private=private, admin=requester.is_admin)
+        )
 
     # --- queries
 
@@ -372,11 +378,10 @@ class JobService:
             self._start_publish(job)
 
     def _start_publish(
-        self, job: Job, *, repo: str | None = None, private: bool | None = None
+        self, job: Job, *, repo: str | None = None, private: bool | None = None, admin: bool = False
     ) -> asyncio.Task[Job]:
-        task = asyncio.create_task(
-            publish_job(self.store, self.hub, job, repo=repo, private=private), name=f"publish-{job.id}"
-        )
+        publishing = publish_job(self.store, self.hub, job, repo=repo, private=private, any_namespace=admin)
+        task = asyncio.create_task(publishing, name=f"publish-{job.id}")
         self._publishing[job.id] = task
 
         def finished(_task: asyncio.Task[Job]) -> None:

@@ -21,8 +21,8 @@ class HubCog(commands.Cog):
     @app_commands.command(name="push", description="Publish a finished adapter to the Hugging Face Hub")
     @app_commands.describe(
         id="The job whose adapter to publish",
-        repo="Hub repo as namespace/name (default: the configured namespace / the adapter name)",
-        public="Make a new repo public (default: as the job asked, private unless told otherwise)",
+        repo="Hub repo as namespace/name in the bot's namespace (default: the adapter's name there)",
+        public="Make the repo public (default: as the job asked, private unless told otherwise)",
     )
     async def push(
         self, interaction: discord.Interaction, id: int, repo: str | None = None, public: bool | None = None
