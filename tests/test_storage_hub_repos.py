@@ -20,6 +20,7 @@ async def test_a_created_repo_is_recorded_for_its_adapter_whatever_the_letter_ca
         assert await store.hub_repos.created("ALICE/demo-1") == recorded
         # A create that succeeded again means the old repo is gone: the new one belongs to its adapter.
         by_hand = await store.hub_repos.record_created("alice/demo-1", adapter="folder:/x", job_id=None)
+        assert by_hand == HubRepo("alice/demo-1", "folder:/x", None, 100.0)
         assert await store.hub_repos.created("alice/DEMO-1") == by_hand
     with sqlite3.connect(tmp_path / "db.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM hub_repos").fetchone()[0] == 1
