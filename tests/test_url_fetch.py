@@ -1,0 +1,341 @@
+"""trainer.url_fetch: dataset URLs never reach this machine or its private network (SSRF), follow only
+checked https redirects, finish within their deadline or fail, and are never shown with their secrets."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.discord_helpers import bot_config, running_bot
+from tests.fake_discord.fixture import fake_discord_fixture  # noqa: F401 - the fake_discord fixture
+from tests.url_servers import (
+    JSONL_BODY,
+    LoopbackServer,
+    body,
+    redirect,
+    trickle,
+    truncated,
+    write_certificate,
+)
+from trainer.data_sources import read_records
+from trainer.errors import UserError
+from trainer.protocol import DatasetSpec, Limits, redact_url
+from trainer.url_fetch import FetchPolicy, address_refusal, open_url
+
+LOOPBACK = ("127.0.0.1",)  # the admin's allow-list entry that lets a test reach its loopback server
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return write_certificate(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def trusted(certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """The test certificate trusted as the worker would trust it: were a refused URL connected to, its
+    download would succeed."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))
+    return certificate
+
+
+def limits(**changes: object) -> Limits:
+    return Limits(**{"max_dataset_bytes": 1 << 20, "max_rows": 1000, **changes})  # type: ignore[arg-type]
+
+
+def read(url: str, tmp_path: Path, **changes: object):
+    return read_records(DatasetSpec(source=url), tmp_path / "downloads", limits(**changes))
+
+
+def refusal(url: str, tmp_path: Path, **changes: object) -> UserError:
+    with pytest.raises(UserError) as caught:
+        read(url, tmp_path, **changes)
+    assert caught.value.hint, "every user error says what to do"
+    return caught.value
+
+
+def fetch(url: str, policy: FetchPolicy, **kwargs: object) -> bytes:
+    with open_url(url, policy, **kwargs) as download:  # type: ignore[arg-type]
+        return b"".join(download.chunks())
+
+
+# ---------------------------------------------------------------------------------------------
+# The address checker
+
+
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("127.0.0.1", "a loopback address"),
+        ("127.255.0.9", "a loopback address"),
+        ("::1", "a loopback address"),
+        ("10.1.2.3", "a private network address"),
+        ("172.16.0.1", "a private network address"),
+        ("192.168.1.1", "a private network address"),
+        ("fd00::1", "a unique local (private network) address"),
+        ("fc00::1", "a unique local (private network) address"),
+        ("169.254.169.254", "the cloud metadata service's address"),
+        ("fd00:ec2::254", "the cloud metadata service's address"),
+        ("169.254.10.1", "a link-local address"),
+        ("fe80::1", "a link-local address"),
+        ("fe80::1%eth0", "a link-local address"),
+        ("100.64.0.1", "a carrier-grade NAT (shared) address"),
+        ("100.127.255.254", "a carrier-grade NAT (shared) address"),
+        ("224.0.0.251", "a multicast address"),
+        ("ff02::1", "a multicast address"),
+        ("0.0.0.0", "an unspecified ('this network') address"),
+        ("::", "an unspecified address"),
+        ("240.0.0.1", "a reserved address"),
+        ("255.255.255.255", "a reserved address"),
+        ("198.18.0.1", "a reserved address (benchmarking)"),
+        ("::ffff:127.0.0.1", "a loopback address (IPv4-mapped)"),
+        ("::ffff:169.254.169.254", "the cloud metadata service's address (IPv4-mapped)"),
+        ("::ffff:10.0.0.1", "a private network address (IPv4-mapped)"),
+        ("::ffff:0:7f00:1", "a loopback address (IPv4-translated)"),
+        ("64:ff9b::a9fe:a9fe", "the cloud metadata service's address (NAT64)"),
+        ("64:ff9b::7f00:1", "a loopback address (NAT64)"),
+        ("2002:7f00:1::", "a loopback address (6to4)"),
+        ("2002:c0a8:101::1", "a private network address (6to4)"),
+        ("::127.0.0.1", "a deprecated IPv4-compatible IPv6 address"),
+        ("2001::1", "a Teredo tunnel address"),
+    ],
+)
+def test_the_address_checker_refuses_every_non_public_form(address: str, why: str) -> None:
+    assert address_refusal(address) == why
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111", "::ffff:93.184.216.34", "2002:5db8:d822::1"],
+)
+def test_public_addresses_pass(address: str) -> None:
+    assert address_refusal(address) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Refused before connecting: a real server listens behind every one of these URLs
+
+
+def test_urls_that_name_this_machine_are_refused_before_connecting(tmp_path: Path, trusted) -> None:
+    with (
+        LoopbackServer({"/x.jsonl": body()}, tls=trusted) as v4,
+        LoopbackServer({"/x.jsonl": body()}, tls=trusted, address="::1") as v6,
+    ):
+        port = v4.port
+        literal = "127.0.0.1 is a loopback address"
+        cases = [
+            (f"https://127.0.0.1:{port}/x.jsonl", literal),
+            (f"https://127.1:{port}/x.jsonl", literal),
+            (f"https://2130706433:{port}/x.jsonl", literal),
+            (f"https://0x7f.0.0.1:{port}/x.jsonl", literal),
+            (f"https://0x7f000001:{port}/x.jsonl", literal),
+            (f"https://0177.0.0.1:{port}/x.jsonl", literal),
+            (
+                f"https://[::ffff:127.0.0.1]:{port}/x.jsonl",
+                "::ffff:7f00:1 is a loopback address (IPv4-mapped)",
+            ),
+            (f"https://0.0.0.0:{port}/x.jsonl", "0.0.0.0 is an unspecified ('this network') address"),
+            (f"https://localhost:{port}/x.jsonl", "localhost resolves to a loopback address"),
+            (f"https://LOCALHOST.:{port}/x.jsonl", "localhost resolves to a loopback address"),
+            (f"https://[::1]:{v6.port}/x.jsonl", "::1 is a loopback address"),
+        ]
+        refused = 0
+        for url, why in cases:
+            error = refusal(url, tmp_path)
+            assert error.message == (
+                f"{url.replace('LOCALHOST', 'localhost')}: {why}; "
+                "dataset URLs may not reach this server or its network"
+            )
+            assert "limits.allowed_url_hosts" in error.hint
+            refused += 1
+        # What the admin's allow-list opens, with the same server and certificate: the data was there.
+        assert read(f"https://127.0.0.1:{port}/x.jsonl", tmp_path, allowed_url_hosts=LOOPBACK).rows
+        assert (v4.connections, v6.connections) == (1, 0)  # only the allowed read
+    print(f"\nURLs tried: {len(cases)}, refused before connecting: {refused}")
+
+
+def test_every_address_a_name_resolves_to_is_checked() -> None:
+    """A DNS answer with one public and one private address is refused, whichever comes first, and the
+    message names no address (it would map this network's names for whoever asks)."""
+    for answer in (["93.184.216.34", "10.0.0.7"], ["10.0.0.7", "93.184.216.34"]):
+        with pytest.raises(UserError) as caught:
+            fetch("https://data.example/x.jsonl", FetchPolicy(timeout_s=2), resolver=lambda *_, a=answer: a)
+        assert caught.value.message == (
+            "https://data.example/x.jsonl: data.example resolves to a private network address; "
+            "dataset URLs may not reach this server or its network"
+        )
+
+
+def test_the_checked_address_is_the_one_connected_to(trusted, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One lookup, through the checker's resolver; the connection goes to that address and TLS verifies
+    the URL's name (Host header and SNI) rather than the address."""
+    lookups: list[object] = []
+
+    def no_second_lookup(host: object, *args: object, **kwargs: object) -> object:
+        lookups.append(host)
+        raise OSError(f"a second lookup of {host}")
+
+    resolved: list[tuple[str, int]] = []
+
+    def resolver(host: str, port: int) -> list[str]:
+        resolved.append((host, port))
+        return ["127.0.0.1"]
+
+    with LoopbackServer({"/x.jsonl": body()}, tls=trusted) as server:
+        monkeypatch.setattr(socket, "getaddrinfo", no_second_lookup)
+        policy = FetchPolicy(frozenset({"data.test"}))
+        assert fetch(server.url("/x.jsonl?sig=1", host="data.test"), policy, resolver=resolver) == JSONL_BODY
+    assert resolved == [("data.test", server.port)] and lookups == []
+    assert server.requests == [("/x.jsonl?sig=1", f"data.test:{server.port}", "data.test")]
+
+
+def test_credentials_in_a_url_are_refused(tmp_path: Path, trusted) -> None:
+    with LoopbackServer({"/x.jsonl": body()}, tls=trusted) as server:
+        url = f"https://alice:pa55word@127.0.0.1:{server.port}/x.jsonl?sig=secret"
+        error = refusal(url, tmp_path, allowed_url_hosts=LOOPBACK)  # only the credentials stop it
+        assert server.connections == 0
+    assert error.message == (
+        f"https://127.0.0.1:{server.port}/x.jsonl: URLs with a user name or password (user:password@) "
+        "are refused"
+    )
+
+
+@pytest.mark.parametrize("url", ["http://example.com/x.jsonl", "http://10.0.0.1/x.jsonl"])
+def test_plain_http_is_refused_unless_allowed(tmp_path: Path, url: str) -> None:
+    assert refusal(url, tmp_path).message == f"{url}: plain http:// URLs are refused"
+
+
+# ---------------------------------------------------------------------------------------------
+# Redirects
+
+
+def test_a_redirect_to_a_denied_address_is_refused_after_the_redirect(tmp_path: Path, trusted) -> None:
+    with LoopbackServer({"/x.jsonl": body()}, tls=trusted) as target:
+        routes = {"/start": redirect(target.url("/x.jsonl?sig=secret", host="localhost"))}
+        with LoopbackServer(routes, tls=trusted) as allowed:
+            error = refusal(allowed.url("/start?token=abc"), tmp_path, allowed_url_hosts=LOOPBACK)
+            assert [path for path, _host, _sni in allowed.requests] == ["/start?token=abc"]
+            assert target.connections == 0
+    assert error.message == (
+        f"https://localhost:{target.port}/x.jsonl (redirected from {allowed.url('/start')}): "
+        "localhost resolves to a loopback address; dataset URLs may not reach this server or its network"
+    )
+
+
+def test_a_redirect_from_https_to_http_is_refused(tmp_path: Path, trusted) -> None:
+    """Even to a host the allow-list opens to plain http: a redirect never downgrades."""
+    with LoopbackServer({"/x.jsonl": body()}) as plain:
+        with LoopbackServer({"/start": redirect(plain.url("/x.jsonl"))}, tls=trusted) as secure:
+            error = refusal(secure.url("/start"), tmp_path, allowed_url_hosts=LOOPBACK)
+        assert plain.connections == 0
+    assert error.message == (
+        f"{secure.url('/start')}: redirected from https to plain http ({plain.url('/x.jsonl')}), "
+        "which is refused"
+    )
+
+
+def test_redirects_are_bounded(tmp_path: Path, trusted) -> None:
+    routes = {f"/hop/{n}": redirect(f"/hop/{n + 1}") for n in range(20)}
+    with LoopbackServer(routes, tls=trusted) as server:
+        error = refusal(server.url("/hop/0"), tmp_path, allowed_url_hosts=LOOPBACK)
+        assert len(server.requests) == 6  # the URL and five redirects
+    assert (
+        error.message
+        == f"{server.url('/hop/5')} (redirected from {server.url('/hop/4')}): more than 5 redirects"
+    )
+
+
+def test_redirects_within_bounds_are_followed_and_checked(tmp_path: Path, trusted) -> None:
+    routes = {"/a": redirect("/b", 301), "/b": redirect("/x.jsonl", 307), "/x.jsonl": body()}
+    with LoopbackServer(routes, tls=trusted) as server:
+        records = read(server.url("/a"), tmp_path, allowed_url_hosts=LOOPBACK)
+    assert records.rows == [{"text": "one"}, {"text": "two"}]
+
+
+# ---------------------------------------------------------------------------------------------
+# Time and length
+
+
+@pytest.mark.parametrize("in_headers", [True, False], ids=["headers", "body"])
+def test_a_trickling_server_hits_the_total_deadline(tmp_path: Path, trusted, in_headers: bool) -> None:
+    """A byte every 0.1 s never trips a per-read timeout; the one deadline for the download does."""
+    with LoopbackServer({"/slow.jsonl": trickle(in_headers, for_s=10)}, tls=trusted) as server:
+        started = time.monotonic()
+        error = refusal(
+            server.url("/slow.jsonl"), tmp_path, allowed_url_hosts=LOOPBACK, download_timeout_s=1.0
+        )
+        elapsed = time.monotonic() - started
+    assert error.message == (
+        f"{server.url('/slow.jsonl')}: the download took longer than 1 s (limits.download_timeout_s)"
+    )
+    assert elapsed < 4, elapsed  # 1 s, plus slack for a loaded machine; the trickle would go on for 10
+    assert list((tmp_path / "downloads").glob("*")) == []
+
+
+def test_a_body_shorter_than_its_content_length_is_refused(tmp_path: Path, trusted) -> None:
+    with LoopbackServer(
+        {"/cut.jsonl": truncated(b'{"text": "one"}\n', announced=100)}, tls=trusted
+    ) as server:
+        error = refusal(server.url("/cut.jsonl"), tmp_path, allowed_url_hosts=LOOPBACK)
+    assert (
+        error.message
+        == f"{server.url('/cut.jsonl')}: the download was cut short (16 bytes of the 100 it announced)"
+    )
+    assert list((tmp_path / "downloads").glob("*")) == []  # no partial file left behind
+
+
+# ---------------------------------------------------------------------------------------------
+# What is shown of a URL
+
+
+def test_redact_url_keeps_only_scheme_host_port_and_path() -> None:
+    cases = {
+        "https://bob:pw@data.example.com:8443/chat.jsonl?X-Amz-Signature=s3cr3t#top": (
+            "https://data.example.com:8443/chat.jsonl"
+        ),
+        "HTTPS://Data.Example.com/a.jsonl?sig=1": "https://data.example.com/a.jsonl",
+        "https://[::1]:8443/a.jsonl?sig=1": "https://[::1]:8443/a.jsonl",
+        "https://bob:pw@[::1/a.jsonl?sig=1": "https://[::1/a.jsonl",  # not parseable: cut as text
+        "https://h:99999/a.jsonl?sig=1": "https://h:99999/a.jsonl",
+        "org/name": "org/name",
+    }
+    assert {url: redact_url(url) for url in cases} == cases
+
+
+def test_errors_and_origins_never_show_the_query(tmp_path: Path, trusted) -> None:
+    routes = {"/bad.jsonl": body(b'{"text": "one"}\n{"text": \n')}
+    with LoopbackServer(routes, tls=trusted) as server:
+        missing = refusal(server.url("/missing.jsonl?sig=secret"), tmp_path, allowed_url_hosts=LOOPBACK)
+        bad = refusal(server.url("/bad.jsonl?sig=secret"), tmp_path, allowed_url_hosts=LOOPBACK)
+    assert missing.message == f"{server.url('/missing.jsonl')}: download failed with HTTP 404 Not Found"
+    assert bad.message.startswith(f"{server.url('/bad.jsonl')} line 2: not valid JSON"), bad.message
+
+
+# ---------------------------------------------------------------------------------------------
+# Through Discord: the submit-time data check refuses the URL, in the person's own reply
+
+
+async def test_finetune_with_a_url_to_this_machine_is_refused_before_connecting(
+    fake_discord, tmp_path: Path, trusted
+) -> None:
+    fake = fake_discord
+    config = bot_config(tmp_path / "home", fake, base_models=("fake/model",))
+    with LoopbackServer({"/x.jsonl": body()}, tls=trusted) as server:
+        async with running_bot(fake, config) as (_bot, service):
+            url = server.url("/x.jsonl?sig=secret")
+            call = await fake.slash("finetune", {"base_model": "fake/model", "dataset": url})
+            [answer] = await call.wait_followups(1, timeout=30)
+            assert await service.list() == []
+        assert server.connections == 0
+    assert call.ephemeral
+    assert answer.content.startswith(
+        f"https://127.0.0.1:{server.port}/x.jsonl: 127.0.0.1 is a loopback address; "
+        "dataset URLs may not reach this server or its network."
+    ), answer.content
+    sent_to_discord = json.dumps([request.body for request in fake.requests], default=str)
+    assert "sig=secret" not in sent_to_discord and "secret" not in answer.content
+    log = config.logs_dir() / "data-check.log"
+    assert not log.exists() or "secret" not in log.read_text()
