@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.discord_helpers import bot_config, running_bot
+from bot.config import Config
+from bot.job_specs import make_spec, name_from_dataset
+from storage.store import Store
+from tests.discord_helpers import bot_config, embed_field, running_bot
 from tests.fake_discord.fixture import fake_discord_fixture  # noqa: F401 - the fake_discord fixture
 from tests.url_servers import (
     JSONL_BODY,
@@ -21,6 +26,7 @@ from tests.url_servers import (
     truncated,
     write_certificate,
 )
+from tests.worker_helpers import worker_env
 from trainer.data_sources import read_records
 from trainer.errors import UserError
 from trainer.protocol import DatasetSpec, Limits, redact_url
@@ -303,6 +309,7 @@ def test_redact_url_keeps_only_scheme_host_port_and_path() -> None:
         "org/name": "org/name",
     }
     assert {url: redact_url(url) for url in cases} == cases
+    assert name_from_dataset("https://bob:pw@data.example.com?sig=1") == "data.example"  # the adapter's name
 
 
 def test_errors_and_origins_never_show_the_query(tmp_path: Path, trusted) -> None:
@@ -339,3 +346,41 @@ async def test_finetune_with_a_url_to_this_machine_is_refused_before_connecting(
     assert "sig=secret" not in sent_to_discord and "secret" not in answer.content
     log = config.logs_dir() / "data-check.log"
     assert not log.exists() or "secret" not in log.read_text()
+
+
+SIGNED = "https://bob:pa55word@data.example.com:8443/chat.jsonl?X-Amz-Signature=s3cr3t#top"
+
+
+async def _cancelled_job_on(config: Config, source: str, owner: str) -> None:
+    """A job as /finetune would have made it (the data check aside), ended before it ran."""
+    spec = make_spec(
+        config.defaults, base_model="fake/model", dataset=DatasetSpec(source), name=None, lora={}, training={}
+    )
+    async with await Store.open(config.database_path(), jobs_dir=config.jobs_dir()) as store:
+        job, _ = await store.create_job(
+            owner=owner,
+            name=spec.name or "adapter",
+            spec_for_id=lambda job_id: spec.replace(output_dir=str(config.jobs_dir() / str(job_id))),
+        )
+        await store.finish_job(job.id, "cancelled", error_kind="cancelled", error_message="cancelled")
+
+
+async def test_a_url_dataset_is_shown_without_its_secrets_in_discord_and_the_cli(fake_discord, tmp_path):
+    fake = fake_discord
+    config = bot_config(tmp_path / "home", fake, base_models=("fake/model",))
+    await _cancelled_job_on(config, SIGNED, owner=f"discord:{fake.user.id}")
+    async with running_bot(fake, config):
+        call = await fake.slash("job", {"id": 1})
+        [answer] = await call.wait_followups(1)
+    assert embed_field(answer, "Dataset") == "https://data.example.com:8443/chat.jsonl"
+    assert answer.embeds[0]["title"] == "Job 1 · chat"
+    sent_to_discord = json.dumps([request.body for request in fake.requests], default=str)
+    assert "s3cr3t" not in sent_to_discord and "pa55word" not in sent_to_discord
+
+    env = {**worker_env(), "QLORA_BOT_HOME": str(config.data_dir())}
+    shown = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "job", "1"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "  dataset     https://data.example.com:8443/chat.jsonl\n" in shown.stdout, shown.stdout
+    assert "s3cr3t" not in shown.stdout + shown.stderr and "pa55word" not in shown.stdout + shown.stderr
