@@ -4,6 +4,7 @@ checked https redirects, finish within their deadline or fail, and are never sho
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 from bot.config import Config
 from bot.job_specs import make_spec, name_from_dataset
+from bot.logging_setup import setup_logging
 from storage.store import Store
 from tests.discord_helpers import bot_config, embed_field, running_bot
 from tests.fake_discord.fixture import fake_discord_fixture  # noqa: F401 - the fake_discord fixture
@@ -325,8 +327,21 @@ def test_errors_and_origins_never_show_the_query(tmp_path: Path, trusted) -> Non
 # Through Discord: the submit-time data check refuses the URL, in the person's own reply
 
 
+@pytest.fixture
+def debug_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """The bot process's log as `qlora-bot run -v` writes it; the root logger is restored after."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    path = setup_logging(tmp_path / "logs", [], verbose=True)
+    yield path
+    for handler in root.handlers:
+        if handler not in saved[0]:
+            handler.close()
+    root.handlers[:], root.level = saved
+
+
 async def test_finetune_with_a_url_to_this_machine_is_refused_before_connecting(
-    fake_discord, tmp_path: Path, trusted
+    fake_discord, tmp_path: Path, trusted, debug_log: Path
 ) -> None:
     fake = fake_discord
     config = bot_config(tmp_path / "home", fake, base_models=("fake/model",))
@@ -344,8 +359,15 @@ async def test_finetune_with_a_url_to_this_machine_is_refused_before_connecting(
     ), answer.content
     sent_to_discord = json.dumps([request.body for request in fake.requests], default=str)
     assert "sig=secret" not in sent_to_discord and "secret" not in answer.content
-    log = config.logs_dir() / "data-check.log"
-    assert not log.exists() or "secret" not in log.read_text()
+    check_log = config.logs_dir() / "data-check.log"
+    assert not check_log.exists() or "secret" not in check_log.read_text()
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.flush()
+    logged = debug_log.read_text()
+    # The path was exercised: discord.py logged the gateway event that carries the option's value.
+    assert "INTERACTION_CREATE" in logged and f"127.0.0.1:{server.port}/x.jsonl?[secret]" in logged
+    assert "sig=secret" not in logged
 
 
 SIGNED = "https://bob:pa55word@data.example.com:8443/chat.jsonl?X-Amz-Signature=s3cr3t#top"
