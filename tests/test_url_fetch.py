@@ -15,10 +15,12 @@ import pytest
 
 from bot.config import Config
 from bot.job_specs import make_spec, name_from_dataset
+from bot.jobs.service import Requester
 from bot.logging_setup import setup_logging
 from storage.store import Store
 from tests.discord_helpers import bot_config, embed_field, running_bot
 from tests.fake_discord.fixture import fake_discord_fixture  # noqa: F401 - the fake_discord fixture
+from tests.service_helpers import open_service, shut
 from tests.url_servers import (
     JSONL_BODY,
     LoopbackServer,
@@ -31,7 +33,7 @@ from tests.url_servers import (
 from tests.worker_helpers import worker_env
 from trainer.data_sources import read_records
 from trainer.errors import UserError
-from trainer.protocol import DatasetSpec, Limits, redact_url
+from trainer.protocol import DatasetSpec, JobSpec, Limits, redact_url, spec_problems
 from trainer.url_fetch import FetchPolicy, address_refusal, open_url
 
 LOOPBACK = ("127.0.0.1",)  # the admin's allow-list entry that lets a test reach its loopback server
@@ -216,6 +218,22 @@ def test_plain_http_is_refused_unless_allowed(tmp_path: Path, url: str) -> None:
     assert refusal(url, tmp_path).message == f"{url}: plain http:// URLs are refused"
 
 
+def test_the_url_limits_are_checked_with_the_spec() -> None:
+    spec = JobSpec(
+        base_model="m",
+        dataset=DatasetSpec("d"),
+        output_dir="o",
+        limits=Limits(
+            download_timeout_s=0, allowed_url_hosts=("data.corp", "[::1]", "127.0.0.1:8080", "https://x")
+        ),
+    )
+    assert spec_problems(spec) == [
+        "limits.download_timeout_s: must be > 0 (got 0)",
+        "limits.allowed_url_hosts: '127.0.0.1:8080' is not a host name or address (no scheme or port)",
+        "limits.allowed_url_hosts: 'https://x' is not a host name or address (no scheme or port)",
+    ]
+
+
 # ---------------------------------------------------------------------------------------------
 # Redirects
 
@@ -321,6 +339,29 @@ def test_errors_and_origins_never_show_the_query(tmp_path: Path, trusted) -> Non
         bad = refusal(server.url("/bad.jsonl?sig=secret"), tmp_path, allowed_url_hosts=LOOPBACK)
     assert missing.message == f"{server.url('/missing.jsonl')}: download failed with HTTP 404 Not Found"
     assert bad.message.startswith(f"{server.url('/bad.jsonl')} line 2: not valid JSON"), bad.message
+
+
+# ---------------------------------------------------------------------------------------------
+# Across the process boundary: the spec carries the allow-list to the submit-time check's subprocess
+
+
+async def test_an_allowed_host_passes_the_submit_time_check_in_its_subprocess(tmp_path: Path, trusted):
+    """The spec's limits reach trainer.check_data as the job's worker gets them, and the worker trusts
+    the certificates SSL_CERT_FILE names (passed through bot/worker_env.py)."""
+    service = await open_service(tmp_path / "home", start=False)
+    try:
+        with LoopbackServer({"/x.jsonl": body()}, tls=trusted) as server:
+            spec = JobSpec(
+                base_model="fake/model",
+                dataset=DatasetSpec(source=server.url("/x.jsonl?sig=1")),
+                output_dir="",
+                limits=limits(allowed_url_hosts=LOOPBACK),
+            )
+            job = await service.submit(spec, Requester("local:alice"))
+            assert [path for path, _host, _sni in server.requests] == ["/x.jsonl?sig=1"]
+        assert job.state == "queued" and job.spec.limits.allowed_url_hosts == LOOPBACK
+    finally:
+        await shut(service)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -145,6 +145,11 @@ def spec_problems(spec: JobSpec) -> list[str]:
             spec.limits.download_timeout_s <= 0,
             f"limits.download_timeout_s: must be > 0 (got {spec.limits.download_timeout_s})",
         ),
+        *(
+            (True, f"limits.allowed_url_hosts: {host!r} is not a host name or address (no scheme or port)")
+            for host in spec.limits.allowed_url_hosts
+            if not _BARE_HOST.fullmatch(host)
+        ),
         (lora.r < 1, f"lora.r: must be at least 1 (got {lora.r})"),
         (lora.alpha is not None and lora.alpha < 1, f"lora.alpha: must be at least 1 (got {lora.alpha})"),
         (not 0 <= lora.dropout < 1, f"lora.dropout: must be in [0, 1) (got {lora.dropout})"),
@@ -177,6 +182,8 @@ def spec_problems(spec: JobSpec) -> list[str]:
     return [message for failed, message in checks if failed]
 
 
+# A name or an IPv4 address, or an IPv6 one (two colons at least) with or without its brackets.
+_BARE_HOST = re.compile(r"[A-Za-z0-9._-]+|\[?[0-9A-Fa-f.]*:[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\]?")
 _URL_USERINFO = re.compile(r"^([^:/?#]+://)[^/?#]*@")
 
 
