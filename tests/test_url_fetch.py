@@ -159,7 +159,7 @@ def test_urls_that_name_this_machine_are_refused_before_connecting(tmp_path: Pat
                 f"{url.replace('LOCALHOST', 'localhost')}: {why}; "
                 "dataset URLs may not reach this server or its network"
             )
-            assert "limits.allowed_url_hosts" in error.hint
+            assert "defaults.limits.allowed_url_hosts" in error.hint
             refused += 1
         # What the admin's allow-list opens, with the same server and certificate: the data was there.
         assert read(f"https://127.0.0.1:{port}/x.jsonl", tmp_path, allowed_url_hosts=LOOPBACK).rows
@@ -290,7 +290,7 @@ def test_a_trickling_server_hits_the_total_deadline(tmp_path: Path, trusted, in_
         )
         elapsed = time.monotonic() - started
     assert error.message == (
-        f"{server.url('/slow.jsonl')}: the download took longer than 1 s (limits.download_timeout_s)"
+        f"{server.url('/slow.jsonl')}: the download took longer than 1 s (defaults.limits.download_timeout_s)"
     )
     assert elapsed < 4, elapsed  # 1 s, plus slack for a loaded machine; the trickle would go on for 10
     assert list((tmp_path / "downloads").glob("*")) == []

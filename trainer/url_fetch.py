@@ -30,7 +30,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
 
 _URL_HINT = "use a public https:// URL, or upload the file instead"
-_ALLOW_HINT = f"{_URL_HINT} (an admin can allow a trusted host in limits.allowed_url_hosts)"
+_ALLOW_HINT = f"{_URL_HINT} (an admin can allow a trusted host in defaults.limits.allowed_url_hosts)"
 
 # Most specific first: the metadata addresses are named apart from the ranges that hold them.
 _DENIED_V4 = [
@@ -417,7 +417,8 @@ class _Deadline:
 
     def passed(self) -> UserError:
         return UserError(
-            f"{self.shown}: the download took longer than {self.seconds:g} s (limits.download_timeout_s)",
+            f"{self.shown}: the download took longer than {self.seconds:g} s "
+            "(defaults.limits.download_timeout_s)",
             "use a faster server or a smaller file, or ask an admin to raise the limit",
         )
 
