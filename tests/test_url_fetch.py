@@ -1,5 +1,6 @@
-"""trainer.url_fetch: dataset URLs never reach this machine or its private network (SSRF), follow only
-checked https redirects, finish within their deadline or fail, and are never shown with their secrets."""
+"""trainer.url_fetch and url_addresses: dataset URLs never reach this machine or its private network
+(SSRF), follow only checked https redirects, finish within their deadline or fail, and are never shown
+with their secrets (in errors, Discord, the CLI and the log)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ from tests.worker_helpers import worker_env
 from trainer.data_sources import read_records
 from trainer.errors import UserError
 from trainer.protocol import DatasetSpec, JobSpec, Limits, redact_url, spec_problems
-from trainer.url_fetch import FetchPolicy, address_refusal, open_url
+from trainer.url_addresses import address_refusal
+from trainer.url_fetch import FetchPolicy, open_url
 
 LOOPBACK = ("127.0.0.1",)  # the admin's allow-list entry that lets a test reach its loopback server
 
