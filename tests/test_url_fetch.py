@@ -366,11 +366,15 @@ async def test_an_allowed_host_passes_the_submit_time_check_in_its_subprocess(tm
 
 
 @pytest.fixture
-def debug_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    """The bot process's log as `qlora-bot run -v` writes it; the root logger is restored after."""
+def debug_log(tmp_path: Path):
+    """The bot process's log file as `qlora-bot run -v` writes it (its console copy left out: this test
+    reads the file); the root logger is restored after."""
     root = logging.getLogger()
     saved = root.handlers[:], root.level
     path = setup_logging(tmp_path / "logs", [], verbose=True)
+    for handler in root.handlers[:]:
+        if handler not in saved[0] and not isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
     yield path
     for handler in root.handlers:
         if handler not in saved[0]:
@@ -400,8 +404,7 @@ async def test_finetune_with_a_url_to_this_machine_is_refused_before_connecting(
     check_log = config.logs_dir() / "data-check.log"
     assert not check_log.exists() or "secret" not in check_log.read_text()
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.flush()
+        handler.flush()
     logged = debug_log.read_text()
     # The path was exercised: discord.py logged the gateway event that carries the option's value.
     assert "INTERACTION_CREATE" in logged and f"127.0.0.1:{server.port}/x.jsonl?[secret]" in logged
