@@ -18,7 +18,7 @@ from bot.jobs.local import open_service, terminal_requester
 from bot.jobs.service import JobService
 from bot.terminal_progress import describe_end, describe_event, format_duration
 from storage.models import JOB_STATES, Job
-from trainer.protocol import LOG_FILE_NAME
+from trainer.protocol import LOG_FILE_NAME, redact_url
 
 
 def run_jobs(args: argparse.Namespace, config: Config) -> int:
@@ -126,9 +126,10 @@ async def _cancel(service: JobService, console: Console, job_id: int) -> None:
 
 
 def _dataset(job: Job) -> str:
-    """An upload by the name it was given, and where it is stored."""
+    """An upload by the name it was given, and where it is stored; a URL without its secrets."""
     dataset = job.spec.dataset
-    return f"{dataset.label} ({dataset.source})" if dataset.label else dataset.source
+    source = redact_url(dataset.source)
+    return f"{dataset.label} ({source})" if dataset.label else source
 
 
 def _state(job: Job, entry) -> str:

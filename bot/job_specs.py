@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import JobDefaults
-from trainer.protocol import DatasetSpec, JobSpec
+from trainer.protocol import DatasetSpec, JobSpec, redact_url
 
 
 def make_spec(
@@ -35,8 +35,9 @@ def make_spec(
 
 
 def name_from_dataset(source: str) -> str:
-    """A readable adapter name from a dataset id, path or URL: org/guanaco-1k -> guanaco-1k."""
-    stem = Path(source.rstrip("/").split("?")[0]).stem or "adapter"
+    """A readable adapter name from a dataset id, path or URL: org/guanaco-1k -> guanaco-1k (never from a
+    URL's query or user:password)."""
+    stem = Path(redact_url(source).rstrip("/")).stem or "adapter"
     return clean_name(stem)
 
 

@@ -27,17 +27,23 @@ _SECRET_KEY = r"[A-Za-z0-9_\-]*(?:token|secret|password|api_key|apikey)"
 _QUOTED_SECRET = re.compile(r"""(?i)(['"]""" + _SECRET_KEY + r"""['"]\s*:\s*)(['"])(?:\\.|(?!\2).)*\2""")
 _ASSIGNED_SECRET = re.compile(r"(?i)(\b" + _SECRET_KEY + r"=)(?!\[token\])[^\s&,;'\")\]}]+")
 _HF_TOKEN_SHAPE = re.compile(r"hf_[A-Za-z0-9]{8,}")
+# A URL's user:password@ and its query and fragment (signed download links carry credentials there), e.g.
+# a dataset URL inside a gateway event that discord.py logs at debug level.
+_URL_USERINFO = re.compile(r"(?i)\b(https?://)[^\s/?#@'\"]+@")
+_URL_QUERY = re.compile(r"(?i)(\bhttps?://[^\s?#'\"]+)[?#][^\s'\"]*")
 MIN_SECRET_LENGTH = 8  # a shorter "secret" would mask innocent text all over the log
 
 
 def redact_secrets(text: str, secrets: Iterable[str | None]) -> str:
     """`text` with the given secrets, Hub-token-shaped strings, tokens in Discord URLs and Authorization
-    headers, and values under token-like keys masked. The one masking rule for log lines and for
-    messages we store or show."""
+    headers, values under token-like keys, and URLs' credentials, queries and fragments masked. The one
+    masking rule for log lines and for messages we store or show."""
     text = _URL_TOKENS.sub(r"\1[token]", text)
     text = _AUTH_HEADER.sub(r"\1[token]", text)
     text = _QUOTED_SECRET.sub(r"\1\2[token]\2", text)
     text = _ASSIGNED_SECRET.sub(r"\1[token]", text)
+    text = _URL_USERINFO.sub(r"\1[secret]@", text)
+    text = _URL_QUERY.sub(r"\1?[secret]", text)
     for secret in secrets:
         if secret:
             text = text.replace(secret, "[secret]")

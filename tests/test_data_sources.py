@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import json
 import socket
@@ -215,8 +216,10 @@ def test_corrupt_parquet(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# URLs, against a loopback server
+# URLs, against a loopback server that the admin's allow-list opens to plain http (tests/test_url_fetch.py
+# covers what is refused without it)
 
+URL_LIMITS = Limits(max_dataset_bytes=1 << 20, max_rows=1000, allowed_url_hosts=("127.0.0.1",))
 JSONL_BODY = b'{"text": "one"}\n{"text": "two"}\n'
 
 
@@ -267,7 +270,7 @@ def server() -> Iterator[str]:
 
 def test_url_download_is_parsed_with_the_url_as_origin(tmp_path: Path, server: str) -> None:
     url = f"{server}/data.jsonl"
-    records = read(url, tmp_path)
+    records = read(url, tmp_path, URL_LIMITS)
     assert records.rows == [{"text": "one"}, {"text": "two"}]
     assert records.where(1) == f"{url} line 2"
     [downloaded] = (tmp_path / "downloads").iterdir()
@@ -275,18 +278,18 @@ def test_url_download_is_parsed_with_the_url_as_origin(tmp_path: Path, server: s
 
 
 def test_url_without_extension_uses_the_content_type(tmp_path: Path, server: str) -> None:
-    assert read(f"{server}/api/rows?page=1", tmp_path).rows == [{"text": "one"}, {"text": "two"}]
+    assert read(f"{server}/api/rows?page=1", tmp_path, URL_LIMITS).rows == [{"text": "one"}, {"text": "two"}]
 
 
 def test_url_404(tmp_path: Path, server: str) -> None:
     url = f"{server}/missing.jsonl"
-    assert user_error(url, tmp_path).message == f"{url}: download failed with HTTP 404 Not Found"
+    assert user_error(url, tmp_path, URL_LIMITS).message == f"{url}: download failed with HTTP 404 Not Found"
 
 
 @pytest.mark.parametrize("name", ["big.jsonl", "big-declared.jsonl"])
 def test_oversize_download_is_refused_and_removed(tmp_path: Path, server: str, name: str) -> None:
     url = f"{server}/{name}"
-    error = user_error(url, tmp_path, Limits(max_dataset_bytes=1024, max_rows=10))
+    error = user_error(url, tmp_path, dataclasses.replace(URL_LIMITS, max_dataset_bytes=1024, max_rows=10))
     expected = "is larger than" if name == "big.jsonl" else "is 4.0 KiB, above"
     assert error.message == f"{url} {expected} the dataset size limit of 1.0 KiB"
     assert list((tmp_path / "downloads").iterdir()) == []
@@ -295,8 +298,11 @@ def test_oversize_download_is_refused_and_removed(tmp_path: Path, server: str, n
 def test_redirect_to_plain_http_elsewhere_is_refused(
     tmp_path: Path, server: str, no_remote_network: list[str]
 ) -> None:
-    error = user_error(f"{server}/redirect.jsonl", tmp_path)
-    assert error.message == "http://example.com/data.jsonl: plain http:// URLs are refused"
+    error = user_error(f"{server}/redirect.jsonl", tmp_path, URL_LIMITS)
+    assert error.message == (
+        f"http://example.com/data.jsonl (redirected from {server}/redirect.jsonl): "
+        "plain http:// URLs are refused"
+    )
     assert no_remote_network == []
 
 
@@ -305,7 +311,7 @@ def test_connection_refused(tmp_path: Path) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}/data.jsonl"
-    assert user_error(url, tmp_path).message.startswith(f"{url}: download failed (")
+    assert user_error(url, tmp_path, URL_LIMITS).message.startswith(f"{url}: download failed (")
 
 
 @pytest.mark.parametrize(

@@ -288,7 +288,7 @@ def test_the_card_of_a_local_base_model_names_no_base_and_no_local_paths(tmp_pat
         repo_id="alice/local",
         name="local",
         base_model=str(tmp_path),  # an existing folder: not a Hub id
-        dataset=DatasetSpec(source="https://example.com/data.jsonl?X-Signature=secret"),
+        dataset=DatasetSpec(source="https://bob:pa55word@example.com/data.jsonl?X-Signature=secret"),
         lora=None,
         training=None,
         metrics={},
@@ -298,5 +298,5 @@ def test_the_card_of_a_local_base_model_names_no_base_and_no_local_paths(tmp_pat
     card = render_card(facts)
     metadata = card_metadata(card.encode())
     assert "base_model" not in metadata and "license" not in metadata
-    assert str(tmp_path) not in card and "secret" not in card
+    assert str(tmp_path) not in card and "secret" not in card and "pa55word" not in card
     assert "`https://example.com/data.jsonl`" in card and 'tokenizer("Your prompt"' in card

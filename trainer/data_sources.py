@@ -7,22 +7,19 @@ from __future__ import annotations
 
 import ast
 import csv
-import http.client
 import io
-import ipaddress
 import json
 import os
 import re
 import tempfile
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from trainer.errors import UserError
-from trainer.protocol import DatasetSpec, Limits
+from trainer.protocol import DatasetSpec, Limits, redact_url
+from trainer.url_fetch import FetchPolicy, open_url
 
 EXTENSIONS: tuple[str, ...] = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 # Used only when a URL's path has no known extension (an API endpoint, a signed download link).
@@ -35,8 +32,6 @@ CONTENT_TYPES: dict[str, str] = {
     "application/vnd.apache.parquet": ".parquet",
     "application/x-parquet": ".parquet",
 }
-DOWNLOAD_TIMEOUT_S = 60
-_CHUNK_BYTES = 1 << 16
 _HUB_HINT = (
     "check the dataset id (owner/name); for a private or gated dataset set HF_TOKEN to a token of an "
     "account with access; or pass a local file or an https:// URL instead"
@@ -61,7 +56,8 @@ def read_records(spec: DatasetSpec, download_dir: Path, limits: Limits) -> Recor
     """Read every row of the dataset `spec` names; raise UserError for anything the person must fix."""
     source = spec.source.strip()
     if "://" in source:
-        records = read_file(download(source, download_dir, limits), spec.label or source, limits)
+        origin = spec.label or redact_url(source)  # never a signed link's query, nor user:password
+        records = read_file(download(source, download_dir, limits), origin, limits)
     elif _looks_local(source):
         path = Path(source).expanduser()
         # A folder of data files is what datasets.load_dataset reads best; it parses data, never code.
@@ -236,92 +232,37 @@ def _read_parquet(path: Path, origin: str, limits: Limits) -> Records:
 
 
 def download(url: str, download_dir: Path, limits: Limits) -> Path:
-    """Stream `url` into a new file under `download_dir`, refusing it past the size limit."""
-    _check_url(url)
-    opener = urllib.request.build_opener(_CheckedRedirects())
-    if _is_loopback(urllib.parse.urlsplit(url).hostname):
-        # A proxy from the environment cannot reach this machine's loopback; talk to it directly.
-        opener = urllib.request.build_opener(_CheckedRedirects(), urllib.request.ProxyHandler({}))
-    request = urllib.request.Request(url, headers={"User-Agent": "qlora-bot"})
-    download_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        with opener.open(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
-            suffix = _url_suffix(url, response.headers.get_content_type())
-            _check_suffix(suffix, url)
-            length = response.headers.get("Content-Length", "")
-            if length.isdigit() and int(length) > limits.max_dataset_bytes:
-                raise _too_large(url, int(length), limits)
-            handle, name = tempfile.mkstemp(prefix="dataset-", suffix=suffix, dir=download_dir)
-            path = Path(name)
-            try:
-                with os.fdopen(handle, "wb") as out:
-                    total = 0
-                    while chunk := response.read(_CHUNK_BYTES):
-                        total += len(chunk)
-                        if total > limits.max_dataset_bytes:
-                            raise _too_large(url, None, limits)
-                        out.write(chunk)
-            except BaseException:
-                path.unlink(missing_ok=True)  # never leave a partial download behind
-                raise
-    except urllib.error.HTTPError as error:
-        raise UserError(
-            f"{url}: download failed with HTTP {error.code} {error.reason}",
-            "check the URL; a private file needs a public or pre-signed link",
-        ) from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
-        reason = error.reason if isinstance(error, urllib.error.URLError) else error
-        raise UserError(
-            f"{url}: download failed ({reason})", "check the URL and that its server is reachable"
-        ) from None
+    """Stream `url` into a new file under `download_dir`, refusing it past the size limit (which hosts,
+    schemes and redirects may be followed, and for how long: trainer/url_fetch.py)."""
+    shown = redact_url(url)
+    with open_url(url, FetchPolicy.from_limits(limits)) as response:
+        download_dir.mkdir(parents=True, exist_ok=True)
+        # The URL given, else the one a redirect led to (a download link to a named file), else the type.
+        suffix = _url_suffix((url, response.target.url), response.content_type)
+        _check_suffix(suffix, shown)
+        if response.length is not None and response.length > limits.max_dataset_bytes:
+            raise _too_large(shown, response.length, limits)
+        handle, name = tempfile.mkstemp(prefix="dataset-", suffix=suffix, dir=download_dir)
+        path = Path(name)
+        try:
+            with os.fdopen(handle, "wb") as out:
+                total = 0
+                for chunk in response.chunks():
+                    total += len(chunk)
+                    if total > limits.max_dataset_bytes:
+                        raise _too_large(shown, None, limits)
+                    out.write(chunk)
+        except BaseException:
+            path.unlink(missing_ok=True)  # never leave a partial download behind
+            raise
     return path
 
 
-def _check_url(url: str) -> None:
-    try:
-        parts = urllib.parse.urlsplit(url)
-        scheme, host = parts.scheme.lower(), parts.hostname
-    except ValueError as error:  # e.g. an unclosed [ in an IPv6 host
-        raise UserError(f"{url}: not a valid URL ({error})", "check the URL") from None
-    if scheme == "https" and host:
-        return
-    if scheme == "http" and _is_loopback(host):
-        return  # tests and local tooling serve plain http on this machine only
-    if scheme == "http":
-        raise UserError(f"{url}: plain http:// URLs are refused", "use the https:// address of the file")
-    raise UserError(
-        f"{url}: unsupported URL scheme {scheme!r}",
-        "give an https:// URL, a Hub dataset id or upload the file",
-    )
-
-
-def _is_loopback(host: str | None) -> bool:
-    # Only a literal address or "localhost": resolving the name would itself reach the network.
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
-    """A redirect must follow the same scheme rules as the URL the person gave."""
-
-    def redirect_request(
-        self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any, newurl: str
-    ) -> urllib.request.Request | None:
-        _check_url(newurl)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-def _url_suffix(url: str, content_type: str) -> str:
-    suffix = PurePosixPath(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).suffix.lower()
-    if suffix in EXTENSIONS:
-        return suffix
-    return CONTENT_TYPES.get(content_type, suffix)
+def _url_suffix(urls: tuple[str, ...], content_type: str) -> str:
+    paths = [PurePosixPath(urllib.parse.unquote(urllib.parse.urlsplit(url).path)) for url in urls]
+    suffixes = [path.suffix.lower() for path in paths]
+    known = [suffix for suffix in suffixes if suffix in EXTENSIONS]
+    return known[0] if known else CONTENT_TYPES.get(content_type, suffixes[0])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -87,6 +89,12 @@ class TrainingSpec:
 class Limits:
     max_dataset_bytes: int = 1 << 30
     max_rows: int = 1_000_000
+    # Seconds a dataset URL's whole download may take (redirects and body included; a trickle never holds
+    # a worker longer).
+    download_timeout_s: float = 600.0
+    # Hosts (names or addresses, as written in URLs) that dataset URLs may reach although they resolve to
+    # loopback or private addresses, and over plain http: the admin's one way around trainer/url_fetch.py.
+    allowed_url_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,15 @@ def spec_problems(spec: JobSpec) -> list[str]:
         (not spec.base_model.strip(), "base_model: must name a Hub model id or a local folder"),
         (not spec.dataset.source.strip(), "dataset.source: must name a Hub dataset, a file or a URL"),
         (not spec.output_dir.strip(), "output_dir: must be a folder path"),
+        (
+            spec.limits.download_timeout_s <= 0,
+            f"limits.download_timeout_s: must be > 0 (got {spec.limits.download_timeout_s})",
+        ),
+        *(
+            (True, f"limits.allowed_url_hosts: {host!r} is not a host name or address (no scheme or port)")
+            for host in spec.limits.allowed_url_hosts
+            if not _BARE_HOST.fullmatch(host)
+        ),
         (lora.r < 1, f"lora.r: must be at least 1 (got {lora.r})"),
         (lora.alpha is not None and lora.alpha < 1, f"lora.alpha: must be at least 1 (got {lora.alpha})"),
         (not 0 <= lora.dropout < 1, f"lora.dropout: must be in [0, 1) (got {lora.dropout})"),
@@ -163,6 +180,28 @@ def spec_problems(spec: JobSpec) -> list[str]:
         (training.keep_checkpoints < 1, "training.keep_checkpoints: must be at least 1"),
     ]
     return [message for failed, message in checks if failed]
+
+
+# A name or an IPv4 address, or an IPv6 one (two colons at least) with or without its brackets.
+_BARE_HOST = re.compile(r"[A-Za-z0-9._-]+|\[?[0-9A-Fa-f.]*:[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\]?")
+_URL_USERINFO = re.compile(r"^([^:/?#]+://)[^/?#]*@")
+
+
+def redact_url(url: str) -> str:
+    """A URL as it may be shown (messages, the job's display, logs): scheme, host, port and path. Its
+    user:password, query and fragment never are: signed download links carry their credentials there.
+    Text that is not a URL (a Hub id, a path) is returned as it is."""
+    if "://" not in url:
+        return url
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:  # an unclosed [ or a bad port: cut what may hold a secret as text
+        return _URL_USERINFO.sub(r"\1", re.split(r"[?#]", url, maxsplit=1)[0])
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 literal keeps its brackets, or the port would read as part of it
+    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 def newest_checkpoint(job_dir: str | Path) -> str | None:

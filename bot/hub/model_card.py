@@ -10,9 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from trainer.protocol import DatasetSpec, LoraSpec, TrainingSpec
+from trainer.protocol import DatasetSpec, LoraSpec, TrainingSpec, redact_url
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 TAGS = ("peft", "lora", "qlora", "trl", "sft", "qlora-bot")
@@ -129,8 +128,7 @@ def _dataset(facts: CardFacts) -> str:
         extra = f", configuration `{spec.config}`" if spec.config else ""
         where += f" (split `{spec.split}`{extra})"
     elif spec.source.startswith(("https://", "http://")):
-        parts = urlsplit(spec.source)  # the query is dropped: signed URLs carry credentials there
-        where = f"`{parts.scheme}://{parts.netloc}{parts.path}`"
+        where = f"`{redact_url(spec.source)}`"  # signed URLs carry credentials in the query
     else:
         where = f"a local file, `{Path(spec.source).name}`"  # never the local path
     data_format = facts.data_format or spec.format

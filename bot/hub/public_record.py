@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import PurePath
 from typing import Any
-from urllib.parse import urlsplit
+
+from trainer.protocol import redact_url
 
 # Field names per level of the record (trainer/train.py writes it); a name missing here is left out.
 _TOP = ("data_format", "prompt_style", "chat_template_source")
@@ -72,10 +73,7 @@ def public_reference(reference: str) -> str:
     """A model or dataset reference as a stranger may see it: a URL without its secrets, a local path
     reduced to its last part, anything else (a Hub id) unchanged."""
     if reference.startswith(("https://", "http://")):
-        parts = urlsplit(reference)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-        return f"{parts.scheme}://{host}{port}{parts.path}"
+        return redact_url(reference)
     if reference.startswith(("/", "~", ".", "\\")) or PurePath(reference).is_absolute():
         return PurePath(reference).name
     return reference

@@ -12,6 +12,7 @@ from discord.ext import commands
 from bot.discord_bot.owed_messages import delivery_problem
 from bot.discord_bot.permissions import discord_user_id, requester_for
 from bot.discord_bot.status_view import COLOURS, ending, hub_line, what_to_do
+from bot.hub.public_record import public_reference
 from bot.jobs.job_log import job_log_tail
 from bot.terminal_progress import format_duration
 from storage.models import JOB_STATES, Job
@@ -58,7 +59,7 @@ class JobsCog(commands.Cog):
         embed.add_field(name="Attempt", value=str(job.attempt))
         embed.add_field(name="Base model", value=job.spec.base_model, inline=False)
         dataset = job.spec.dataset
-        embed.add_field(name="Dataset", value=dataset.label or Path(dataset.source).name or dataset.source)
+        embed.add_field(name="Dataset", value=dataset.label or public_reference(dataset.source))
         lora = job.spec.lora
         embed.add_field(name="LoRA", value=f"r={lora.r}, alpha={lora.resolved_alpha}, dropout={lora.dropout}")
         if progress is not None:
