@@ -142,7 +142,7 @@ def prepare(spec: JobSpec, emit: Any, cancel: CancelFlag) -> PreparedRun:
     # --- validating: the dataset is read, checked and tokenized before any weight is loaded. The data
     # modules are stdlib-only, so a bad file is reported before torch has even been imported.
     emit(Phase(name="validating"))
-    records = read_records(spec.dataset, job_dir / "data", spec.limits)
+    records = read_records(spec.dataset, job_dir / "data", spec.limits, job_dir=job_dir)
     data_format, examples = to_examples(records, spec.dataset.format)
     from transformers import set_seed
 

@@ -39,6 +39,13 @@ def emit(event) -> None:
     sys.stdout.flush()
 
 
+def source_of(spec: JobSpec) -> str:
+    """The dataset as a path to read (an upload lies in the spec's folder), or the "fake:..." text."""
+    if spec.dataset.kind == "upload":
+        return str(Path(spec.output_dir) / spec.dataset.source)
+    return spec.dataset.source
+
+
 def options(source: str) -> dict[str, str]:
     """From "fake:..." or, for an uploaded file, from its first line: {"fake": "steps=4;..."}."""
     if source.startswith("fake:"):
@@ -50,7 +57,7 @@ def options(source: str) -> dict[str, str]:
 
 def main() -> int:
     spec = JobSpec.from_json(Path(sys.argv[1]).read_text())
-    opts = options(spec.dataset.source)
+    opts = options(source_of(spec))
     steps, step_s = int(opts.get("steps", "5")), float(opts.get("step_s", "0.02"))
     checkpoint_every = int(opts.get("checkpoint_every", spec.training.checkpoint_steps))
     stop = {"requested": False}
