@@ -117,4 +117,5 @@ def default_data_checker(config: Config) -> DataChecker:
         log_path=config.logs_dir() / "data-check.log",
         staging_dir=config.data_dir() / "checks",
         python=config.worker.python,
+        cache_dir=config.cache_dir(),
     )
