@@ -4,10 +4,16 @@ names and Hub ids and obeys the base-model allow-list; no message shows an absol
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+from bot.serving.serve_client import ServeClient
 from tests.discord_helpers import bot_config, running_bot
 from tests.fake_discord.fixture import fake_discord_fixture  # noqa: F401 - the fake_discord fixture
+from tests.fakes.fake_trainer import write_adapter
+from tests.hub_helpers import access, fake_hub_fixture, folder_files  # noqa: F401 - the fake_hub fixture
+from tests.service_helpers import FAKES, fake_spec
+from tests.worker_helpers import worker_env
 
 FAKE_MODEL = "fake/model"
 NEVER_READ = "files on the bot's machine are never read"
@@ -46,3 +52,57 @@ async def test_finetune_refuses_every_local_path_before_anything_reads_it(
     # Refused on its text alone: no data check ran (its log is written by the first one), nothing was read.
     assert not (home / "logs" / "data-check.log").exists()
     assert not list((home / "jobs").glob("*/spec.json"))
+
+
+async def test_ask_takes_names_and_hub_ids_only_and_obeys_the_allow_list(
+    fake_discord, fake_hub, tmp_path, monkeypatch
+):
+    """A Hub adapter of another base model is refused to a member and served to an admin; a path, whether
+    it exists (an adapter folder, /etc) or not, gets the same plain "no adapter named" answer."""
+    fake = fake_discord
+    admin = fake.add_member(9001, "admin", admin=True)
+    made = tmp_path / "made-elsewhere"
+    write_adapter(made / "evil", fake_spec().replace(base_model="evil/base"), seed=1.0)
+    fake_hub.add_repo("evil/other-base", folder_files(made / "evil"))
+    write_adapter(made / "fine", fake_spec(), seed=2.0)  # an adapter folder on disk, of an allowed base
+    monkeypatch.chdir(made)
+    config = bot_config(tmp_path / "home", fake, base_models=(FAKE_MODEL,))
+    config = dataclasses.replace(config, serve=dataclasses.replace(config.serve, stream_edit_interval_s=0.05))
+    environ = {**worker_env(), "PYTHONPATH": f"{FAKES}:{worker_env()['PYTHONPATH']}"}
+    client = ServeClient(config.serve, tmp_path / "serve.log", environ=environ, module="fake_serve")
+
+    async def ask(adapter: str, user=None) -> str:
+        """The refusal (a private followup) or the final answer (the edited reply)."""
+        call = await fake.slash("ask", {"prompt": "hi there", "adapter": adapter}, user=user)
+
+        def outcome() -> str | None:
+            if call.followups:
+                return call.followups[0].content
+            reply = call.original
+            if (
+                reply is None
+                or reply.loading
+                or reply.content.endswith("▌")
+                or reply.content.startswith("⏳")
+            ):
+                return None
+            return reply.content or None
+
+        return await fake.wait_for(outcome, timeout=30)
+
+    try:
+        async with running_bot(fake, config, hub=access(tmp_path / "home"), serve_client=client):
+            refused = await ask("evil/other-base")
+            assert "adapter evil/other-base needs base model evil/base, which is not on the allowed list" in (
+                refused
+            ), refused
+            assert await ask("evil/other-base", user=admin) == "echo: hi there "
+            answers = {
+                name: await ask(name) for name in ("/etc", "/no/such/folder", str(made / "fine"), "fine")
+            }
+            hint = "list adapters with /adapters, or give a Hub adapter id (owner/name)"
+            for name, answer in answers.items():  # word for word the same, whatever exists there
+                assert answer == f"there is no adapter named {name!r}. {hint}", answer
+            assert client.starts == 1  # only the admin's ask reached a serve worker
+    finally:
+        await client.close()

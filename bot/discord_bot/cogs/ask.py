@@ -10,7 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_bot.permissions import require_role
+from bot.discord_bot.permissions import requester_for, require_role
 from bot.errors import UserFacingError
 from bot.serving.asking import build_request, resolve_adapter
 from bot.serving.serve_client import Waiting
@@ -51,8 +51,16 @@ class AskCog(commands.Cog):
         require_role(interaction.user, config.discord.ask_roles, config.discord, "/ask")
         if self.bot.serve_client is None:
             raise UserFacingError("this bot does not serve adapters", "ask an admin to enable serving")
+        requester = requester_for(interaction.user, config.discord)
         await interaction.response.defer(thinking=True)
-        resolved = await resolve_adapter(self.bot.service.store, adapter, hub=self.bot.service.hub.access)
+        # From Discord: adapter names and Hub ids only, and the base models /finetune allows (admins: any).
+        resolved = await resolve_adapter(
+            self.bot.service.store,
+            adapter,
+            hub=self.bot.service.hub.access,
+            folders=False,
+            allowed_base_models=None if requester.is_admin else config.limits.base_models,
+        )
         request = build_request(
             resolved,
             prompt,
