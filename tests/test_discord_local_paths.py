@@ -5,14 +5,15 @@ names and Hub ids and obeys the base-model allow-list; no message shows an absol
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 from bot.serving.serve_client import ServeClient
-from tests.discord_helpers import bot_config, running_bot
+from tests.discord_helpers import bot_config, fake_dataset, running_bot
 from tests.fake_discord.fixture import fake_discord_fixture  # noqa: F401 - the fake_discord fixture
 from tests.fakes.fake_trainer import write_adapter
 from tests.hub_helpers import access, fake_hub_fixture, folder_files  # noqa: F401 - the fake_hub fixture
-from tests.service_helpers import FAKES, fake_spec
+from tests.service_helpers import FAKES, fake_spec, wait_until
 from tests.worker_helpers import worker_env
 
 FAKE_MODEL = "fake/model"
@@ -106,3 +107,46 @@ async def test_ask_takes_names_and_hub_ids_only_and_obeys_the_allow_list(
             assert client.starts == 1  # only the admin's ask reached a serve worker
     finally:
         await client.close()
+
+
+async def test_a_failed_job_shows_no_server_path_in_any_discord_message(fake_discord, tmp_path):
+    """The worker's error names the job's upload and log by their full paths, and a crashed job's hint
+    names its log; every message the bot sent (status edits, completion pings, /job with its log tail)
+    names them relative to the job folder instead."""
+    fake = fake_discord
+    home = tmp_path / "home"
+    config = bot_config(home, fake, base_models=(FAKE_MODEL,), queue={"max_attempts": 1})
+    async with running_bot(fake, config) as (_bot, service):
+        for behaviour in ("steps=4;fail_at=2;fail_with_paths=1", "steps=4;crash_at=2"):
+            call = await fake.slash(
+                "finetune", {"base_model": FAKE_MODEL}, attachments=[fake_dataset(behaviour)]
+            )
+            await call.wait_followups(1, timeout=15)
+        for job_id in (1, 2):
+            await wait_until(lambda job_id=job_id: _failed(service, job_id), timeout=60)
+        failed = await service.get(1)
+        assert str(home) in failed.error_message  # the worker did name the full path
+        await fake.wait_for(lambda: len(fake.messages_mentioning(fake.user.id)) == 2, timeout=30)
+        shown = {}
+        for job_id in (1, 2):
+            call = await fake.slash("job", {"id": job_id})
+            [shown[job_id]] = await call.wait_followups(1)
+        await fake.wait_for(lambda: _statuses_final(fake), timeout=30)
+
+    sent = json.dumps([request.body for request in fake.requests if request.body is not None])
+    assert str(tmp_path) not in sent and "/jobs/" not in sent
+    first = json.dumps(shown[1].embeds)
+    assert "upload/dataset.jsonl line 3: fake failure" in first
+    assert "the full traceback is in train.log (written in the job folder)" in first
+    assert "could not read upload/x.jsonl" in first  # the log tail, too
+    assert "see the worker log train.log" in json.dumps(shown[2].embeds)
+
+
+async def _failed(service, job_id: int):
+    job = await service.get(job_id)
+    return job if job.state == "failed" else None
+
+
+def _statuses_final(fake) -> bool:
+    statuses = [m for m in fake.channel_messages() if m.versions[0].components]
+    return len(statuses) == 2 and all("failed" in json.dumps(m.embeds) for m in statuses)

@@ -2,7 +2,8 @@
 
 Its behaviour comes from the spec's dataset source, e.g. "fake:steps=6;step_s=0.05;crash_once_at=3"
 (or the first line of an uploaded dataset file, {"fake": "steps=6"}):
-steps, step_s (sleep per step), fail_at + fail_kind (report an error), crash_once_at (SIGKILL itself
+steps, step_s (sleep per step), fail_at + fail_kind (report an error; with fail_with_paths its message,
+hint and a log line name the job's files by absolute paths), crash_once_at (SIGKILL itself
 on the first attempt only), crash_at (every attempt), garbage_at, oversize_at, ignore_sigterm,
 checkpoint_every (default: the spec's training.checkpoint_steps).
 Checkpoints follow the real layout (JOB/checkpoints/checkpoint-N/trainer_state.json) every
@@ -89,7 +90,12 @@ def main() -> int:
             sys.stdout.flush()
             time.sleep(60)
         if str(step) == opts.get("fail_at"):
-            emit(Error(kind=opts.get("fail_kind", "internal"), message="fake failure", hint="fake hint"))
+            message, hint = "fake failure", "fake hint"
+            if opts.get("fail_with_paths"):  # as a worker that names the job's files by their full paths
+                message = f"{job_dir / 'upload' / 'dataset.jsonl'} line 3: fake failure"
+                hint = f"the full traceback is in {job_dir / 'train.log'} (written in {job_dir})"
+                logging.getLogger("trainer.fake").error("could not read %s", job_dir / "upload" / "x.jsonl")
+            emit(Error(kind=opts.get("fail_kind", "internal"), message=message, hint=hint))
             return 1
         emit(
             Progress(

@@ -11,6 +11,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord_bot.permissions import requester_for, require_role
+from bot.discord_bot.shown_paths import without_paths
 from bot.errors import UserFacingError
 from bot.serving.asking import build_request, resolve_adapter
 from bot.serving.serve_client import Waiting
@@ -85,7 +86,8 @@ class AskCog(commands.Cog):
                 status = f"⏳ loading the {event.what.replace('_', ' ')}…"
             elif isinstance(event, Failed):
                 hint = f" ({event.hint})" if event.hint else ""
-                await interaction.edit_original_response(content=f"❌ {event.kind}: {event.message}{hint}")
+                failure = without_paths(f"❌ {event.kind}: {event.message}{hint}")
+                await interaction.edit_original_response(content=failure)
                 return
             now = time.monotonic()
             if now - last_edit >= config.serve.stream_edit_interval_s:
@@ -93,7 +95,8 @@ class AskCog(commands.Cog):
                 await interaction.edit_original_response(
                     content=status or _partial(resolved.label, answers, compare)
                 )
-        await self._final(interaction, resolved.label, resolved.base_model, answers, finished, compare)
+        base_model = without_paths(resolved.base_model)
+        await self._final(interaction, resolved.label, base_model, answers, finished, compare)
 
     @ask.autocomplete("adapter")
     async def adapter_choices(
@@ -102,7 +105,8 @@ class AskCog(commands.Cog):
         adapters = await self.bot.service.store.adapters(limit=100)  # newest first
         matches = [adapter for adapter in adapters if current.lower() in adapter.name.lower()]
         return [
-            app_commands.Choice(name=f"{a.name} ({a.base_model})"[:100], value=a.name) for a in matches[:25]
+            app_commands.Choice(name=f"{a.name} ({without_paths(a.base_model)})"[:100], value=a.name)
+            for a in matches[:25]
         ]
 
     async def _final(
