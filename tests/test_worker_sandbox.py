@@ -1,6 +1,7 @@
 """Where workers run and what they see (bot/worker_env.py, the executor, the data check, the serve client):
 their own folder as the working directory, the Hub offline and no HF_TOKEN unless the job uses the Hub,
-telemetry off, and every cache and temporary file under the data directory."""
+telemetry off, and every cache and temporary file under the data directory; and what the train worker
+says of its job's files: their names in the job folder, not the server's path to them."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from bot.serving.asking import ResolvedAdapter, build_request
 from bot.serving.serve_client import ServeClient
 from bot.worker_env import job_uses_hub, worker_environment
 from tests.service_helpers import FAKES
-from tests.worker_helpers import tiny_spec, worker_env, write_chat_dataset
-from trainer.protocol import DatasetSpec, Done, JobSpec, Started
+from tests.worker_helpers import run_worker, tiny_spec, worker_env, write_chat_dataset
+from trainer.protocol import DatasetSpec, Done, Error, JobSpec, Started
 from trainer.serve_protocol import Finished
 
 CACHE_VARIABLES = (
@@ -141,3 +142,17 @@ async def test_the_serve_worker_gets_hf_token_only_for_a_hub_base_model(tmp_path
         assert await ask(str(base)) == hub and client.starts == 2  # no restart back: asks keep their models
     finally:
         await client.close()
+
+
+def test_the_train_worker_names_the_files_of_its_job_relative_to_the_job_folder(tiny_model_dir, tmp_path):
+    """An internal error about a file in the job folder (a checkpoint that is not there) and its hint (the
+    log) name them inside the folder; the checkpoint field, for the bot, keeps the full path."""
+    job_dir = tmp_path / "jobs" / "7"
+    dataset = write_chat_dataset(tmp_path / "chat.jsonl", rows=8)
+    missing = job_dir / "checkpoints" / "checkpoint-1"
+    events, code = run_worker(tiny_spec(tiny_model_dir, dataset, job_dir).replace(resume_from=str(missing)))
+    error = events[-1]
+    assert isinstance(error, Error) and error.kind == "internal" and code == 1, error
+    assert error.message.endswith("Can't find a valid checkpoint at checkpoints/checkpoint-1"), error.message
+    assert error.hint == "the full traceback is in train.log"
+    assert str(tmp_path) not in error.message + error.hint and error.checkpoint == str(missing)
