@@ -10,6 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord_bot.permissions import requester_for, require_role
+from bot.discord_bot.shown_paths import without_paths
 from bot.errors import UserFacingError
 from bot.job_specs import clean_name, make_spec, name_from_dataset
 from bot.jobs.submission import Upload
@@ -101,9 +102,9 @@ class FinetuneCog(commands.Cog):
             push=self.bot.hub_push_default if push is None else push,
             private=config.hub.private if private is None else private,
         )
+        base = without_paths(job.spec.base_model)  # a local base model by its folder's name
         await interaction.followup.send(
-            f"Queued job **{job.id}** (`{job.name}` on `{job.spec.base_model}`): see its status message.",
-            ephemeral=True,
+            f"Queued job **{job.id}** (`{job.name}` on `{base}`): see its status message.", ephemeral=True
         )
 
     @finetune.autocomplete("base_model")
