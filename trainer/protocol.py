@@ -24,7 +24,6 @@ DATASET_FORMATS: tuple[str, ...] = ("auto", "text", "messages", "sharegpt", "alp
 # (never a local folder of that name); "url" an https URL; "upload" a file the bot stored in the job folder
 # (source relative to it); "file" a local path, which only the CLI (the machine's own user) may name.
 DatasetKind = Literal["hub", "url", "upload", "file"]
-DATASET_KINDS: tuple[str, ...] = ("hub", "url", "upload", "file")
 PHASES: tuple[str, ...] = ("validating", "loading_model", "tokenizing", "training", "saving")
 # The job folder's layout, shared by the worker that writes it and the bot that resumes from it.
 LOG_FILE_NAME = "train.log"  # the worker's stderr, kept by whoever spawned it
