@@ -122,7 +122,7 @@ def profile_trainer(model_dir: Path, work: Path, vocab: int) -> int:
     data = synthetic_dataset(work / f"synthetic-{vocab}.jsonl", vocab, rows=2000)
     spec = JobSpec(
         base_model=str(model_dir),
-        dataset=DatasetSpec(source=str(data)),
+        dataset=DatasetSpec(source=str(data), kind="file"),
         output_dir=str(work / "out-profile"),
         training=TrainingSpec(max_steps=5, checkpoint_steps=10_000),
     )

@@ -346,7 +346,7 @@ def run_qlora_bot(model_dir: Path, data: Path, args: argparse.Namespace) -> dict
     job.mkdir(parents=True, exist_ok=True)
     spec = JobSpec(
         base_model=str(model_dir),
-        dataset=DatasetSpec(source=str(data)),
+        dataset=DatasetSpec(source=str(data), kind="file"),
         output_dir=str(job),
         training=TrainingSpec(max_steps=args.steps, checkpoint_steps=10_000, **args.overrides),
     )

@@ -54,7 +54,13 @@ async def _ask(args: argparse.Namespace, config: Config) -> int:
         temperature=args.temperature,
         seed=args.seed,
     )
-    client = ServeClient(config.serve, config.logs_dir() / "serve.log", python=config.worker.python)
+    client = ServeClient(
+        config.serve,
+        config.logs_dir() / "serve.log",
+        python=config.worker.python,
+        work_dir=config.data_dir() / "serve",
+        cache_dir=config.cache_dir(),
+    )
     base_answer: list[str] = []
     finished: dict[str, Finished] = {}
     try:

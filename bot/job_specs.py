@@ -23,7 +23,7 @@ def make_spec(
 ) -> JobSpec:
     """Overrides set to None keep the default; the job folder is chosen when the job is submitted."""
     return JobSpec(
-        base_model=base_model or defaults.base_model,
+        base_model=local_model_path(base_model or defaults.base_model),
         dataset=dataset,
         output_dir="",
         lora=_override(defaults.lora, lora),
@@ -32,6 +32,13 @@ def make_spec(
         resume_from=resume_from,
         name=name or name_from_dataset(dataset.source),
     )
+
+
+def local_model_path(name: str) -> str:
+    """A base model folder on this machine as an absolute path (workers run in their job folders, not in
+    the bot's); a Hub id as it is."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name
 
 
 def name_from_dataset(source: str) -> str:

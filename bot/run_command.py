@@ -114,4 +114,6 @@ def make_serve_client(config: Config, service: JobService) -> ServeClient:
         python=config.worker.python,
         cuda_visible_devices=device,
         gpu_wait=gpu_wait,
+        work_dir=config.data_dir() / "serve",
+        cache_dir=config.cache_dir(),
     )

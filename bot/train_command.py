@@ -21,6 +21,7 @@ from bot.terminal_progress import TerminalProgress, describe_end, format_duratio
 from storage.models import Job
 from trainer.protocol import (
     LOG_FILE_NAME,
+    DatasetKind,
     DatasetSpec,
     Done,
     Event,
@@ -30,15 +31,18 @@ from trainer.protocol import (
 )
 
 EXIT_CODES = {"user_error": 2, "cancelled": 130}
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")  # a name ending so is a file, not a Hub id
 
 
 def build_spec(args: argparse.Namespace, config: Config) -> JobSpec:
     modules = [m.strip() for m in (args.target_modules or "").split(",") if m.strip()]
+    source, kind = dataset_source(args.dataset)
     return make_spec(
         config.defaults,
-        base_model=_local_or_remote(args.base_model) if args.base_model else None,
+        base_model=args.base_model,
         dataset=DatasetSpec(
-            source=_local_or_remote(args.dataset),
+            source=source,
+            kind=kind,
             format=args.format,
             config=args.dataset_config,
             split=args.split,
@@ -77,10 +81,16 @@ def _checkpointing_choice(args: argparse.Namespace) -> bool | str | None:
     return {"on": True, "off": False, "auto": "auto", None: None}[args.gradient_checkpointing]
 
 
-def _local_or_remote(source: str) -> str:
-    """Local files become absolute paths: the worker does not share our working directory."""
-    path = Path(source).expanduser()
-    return str(path.resolve()) if path.exists() else source
+def dataset_source(text: str) -> tuple[str, DatasetKind]:
+    """What `--dataset` names: a URL, a local file or folder (the terminal's user may name one; made
+    absolute, since the worker runs in its job folder), or else a Hub id."""
+    if "://" in text:
+        return text, "url"
+    path = Path(text).expanduser()
+    looks_local = text.startswith(("/", "./", "../", "~")) or path.suffix.lower() in DATA_SUFFIXES
+    if path.exists() or looks_local:
+        return str(path.resolve()), "file"
+    return text, "hub"
 
 
 def run_train(args: argparse.Namespace, config: Config, argv: list[str]) -> int:

@@ -184,7 +184,7 @@ async def test_ask_in_discord_streams_compares_files_and_checks_roles(fake_disco
                 compared = await compare.wait_original(timeout=30)
                 await fake.wait_for(lambda: compared.embeds, timeout=30)
                 fields = compared.embeds[0]["fields"]
-                assert fields[0]["name"].startswith(f"Base: {tiny_model_dir} · ")
+                assert fields[0]["name"].startswith(f"Base: {tiny_model_dir.name} · ")  # no server path
                 assert fields[0]["name"].endswith("tokens/s") and fields[0]["value"] == "echo: base hi "
                 assert (
                     fields[1]["name"].startswith("Adapter: tiny-b · ") and fields[1]["value"] == "echo: hi "

@@ -252,9 +252,9 @@ def test_cancel_a_queued_job_from_the_terminal(tmp_path, data_home):
     async def queue_one() -> int:
         async with await Store.open(data_home / "qlora-bot.db") as store:
             service = JobService(store, Config(paths=PathsConfig(data_dir=str(data_home))))
-            dataset = str(write_chat_dataset(tmp_path / "d.jsonl", rows=2))
+            dataset = DatasetSpec(source=str(write_chat_dataset(tmp_path / "d.jsonl", rows=2)), kind="file")
             job = await service.submit(
-                JobSpec(base_model="m", dataset=DatasetSpec(source=dataset), output_dir="", name="waiting"),
+                JobSpec(base_model="m", dataset=dataset, output_dir="", name="waiting"),
                 Requester("discord:5"),
             )
             return job.id

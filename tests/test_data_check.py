@@ -22,7 +22,8 @@ ALICE = Requester("local:alice")
 
 
 def spec_for(source: str) -> JobSpec:
-    return JobSpec(base_model="fake/model", dataset=DatasetSpec(source=source), output_dir="", name="d")
+    dataset = DatasetSpec(source=source, kind="file")
+    return JobSpec(base_model="fake/model", dataset=dataset, output_dir="", name="d")
 
 
 async def test_a_broken_local_file_is_refused_with_its_line_and_no_job(tmp_path):

@@ -31,6 +31,9 @@ def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
 
 
 def read(source: str | Path, tmp_path: Path, limits: Limits = LIMITS, **spec: str) -> Records:
+    """A local path is read as the CLI names it (kind "file"); anything else by its default kind."""
+    if Path(source).is_absolute():
+        spec.setdefault("kind", "file")
     return read_records(DatasetSpec(source=str(source), **spec), tmp_path / "downloads", limits)
 
 
@@ -105,10 +108,12 @@ def test_txt_is_one_text_example_per_non_empty_line(tmp_path: Path) -> None:
     assert records.line_numbers == (1, 4)
 
 
-def test_relative_path_is_a_local_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_relative_file_path_is_read_where_the_worker_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write(tmp_path, "data.jsonl", '{"text": "a"}\n')
     monkeypatch.chdir(tmp_path)
-    assert read("data.jsonl", tmp_path).rows == [{"text": "a"}]
+    assert read("data.jsonl", tmp_path, kind="file").rows == [{"text": "a"}]
 
 
 GOOD_LINES = "".join(f'{{"text": "row {n}"}}\n' for n in range(1, 17))

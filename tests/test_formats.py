@@ -70,7 +70,7 @@ def test_detects_each_format_from_each_file_type(tmp_path: Path, fmt: str, ext: 
     row, example = SAMPLES[fmt]
     path = tmp_path / f"data{ext}"
     write_rows(path, [row, row])
-    records = read_records(DatasetSpec(source=str(path)), tmp_path, Limits())
+    records = read_records(DatasetSpec(source=str(path), kind="file"), tmp_path, Limits())
     assert detect_format(records) == fmt
     assert to_examples(records, "auto") == (fmt, [example, example])
 
@@ -333,7 +333,7 @@ def test_rows_without_line_numbers_are_named_by_position() -> None:
 def test_line_numbers_come_from_the_file(tmp_path: Path) -> None:
     path = tmp_path / "data.jsonl"
     path.write_text('{"text": "a"}\n\n{"text": "b"}\n\n\n{"text": ""}\n')
-    recs = read_records(DatasetSpec(source=str(path)), tmp_path, Limits())
+    recs = read_records(DatasetSpec(source=str(path), kind="file"), tmp_path, Limits())
     assert error_of(recs).message == "data.jsonl line 6: text is empty"
 
 

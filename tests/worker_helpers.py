@@ -64,7 +64,7 @@ def tiny_spec(model_dir: Path, dataset: Path, job_dir: Path, **training: object)
     settings.update(training)
     return JobSpec(
         base_model=str(model_dir),
-        dataset=DatasetSpec(source=str(dataset)),
+        dataset=DatasetSpec(source=str(dataset), kind="file"),
         output_dir=str(job_dir),
         lora=LoraSpec(r=8),
         training=TrainingSpec(**settings),  # type: ignore[arg-type]

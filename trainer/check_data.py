@@ -17,7 +17,14 @@ from pathlib import Path
 from trainer.data_sources import read_records
 from trainer.errors import UserError
 from trainer.formats import to_examples
-from trainer.protocol import DataChecked, Error, JobSpec, ProtocolError, encode_check_result
+from trainer.protocol import (
+    DataChecked,
+    Error,
+    JobSpec,
+    ProtocolError,
+    dataset_problems,
+    encode_check_result,
+)
 
 log = logging.getLogger("trainer.check_data")
 
@@ -58,8 +65,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check(spec: JobSpec, download_dir: Path) -> DataChecked:
-    """Read every row and validate it as training will; raises UserError for what the person must fix."""
-    records = read_records(spec.dataset, download_dir, spec.limits)
+    """Read every row and validate it as training will; raises UserError for what the person must fix.
+    The spec's output_dir is the folder an upload is staged in (the job's own does not exist yet)."""
+    problems = dataset_problems(spec.dataset)
+    if problems:
+        raise UserError("invalid dataset: " + "; ".join(problems), "change the dataset named above")
+    records = read_records(spec.dataset, download_dir, spec.limits, job_dir=Path(spec.output_dir))
     data_format, examples = to_examples(records, spec.dataset.format)
     return DataChecked(origin=records.origin, format=data_format, rows=len(examples))
 

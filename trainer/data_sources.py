@@ -1,4 +1,5 @@
-"""Reading a dataset's raw rows from a local file, an https URL or the Hugging Face Hub.
+"""Reading a dataset's raw rows from where its kind says: the Hugging Face Hub, an https URL, an upload in
+the job folder, or (the CLI only) a local file or folder.
 
 Owns the size and row caps, and error messages that point at the file and line of a bad record.
 """
@@ -18,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from trainer.errors import UserError
-from trainer.protocol import DatasetSpec, Limits, redact_url
+from trainer.protocol import DatasetSpec, Limits, hub_id_problem, redact_url
 from trainer.url_fetch import FetchPolicy, open_url
 
 EXTENSIONS: tuple[str, ...] = (".jsonl", ".json", ".csv", ".parquet", ".txt")
@@ -34,7 +35,7 @@ CONTENT_TYPES: dict[str, str] = {
 }
 _HUB_HINT = (
     "check the dataset id (owner/name); for a private or gated dataset set HF_TOKEN to a token of an "
-    "account with access; or pass a local file or an https:// URL instead"
+    "account with access; or give an https:// URL or the file itself instead"
 )
 
 
@@ -52,21 +53,32 @@ class Records:
         return f"row {index + 1} of {self.origin}"
 
 
-def read_records(spec: DatasetSpec, download_dir: Path, limits: Limits) -> Records:
-    """Read every row of the dataset `spec` names; raise UserError for anything the person must fix."""
+def read_records(
+    spec: DatasetSpec, download_dir: Path, limits: Limits, *, job_dir: Path | None = None
+) -> Records:
+    """Read every row of the dataset `spec` names, from where its kind allows and nowhere else (an upload
+    from inside `job_dir`); raise UserError for anything the person must fix."""
     source = spec.source.strip()
-    if "://" in source:
+    if spec.kind == "url":
         origin = spec.label or redact_url(source)  # never a signed link's query, nor user:password
         records = read_file(download(source, download_dir, limits), origin, limits)
-    elif _looks_local(source):
+    elif spec.kind == "upload":
+        path = _upload_path(source, job_dir, spec.label)
+        records = read_file(path, spec.label or path.name, limits)
+    elif spec.kind == "file":  # only the CLI names local paths (DESIGN.md, Security)
         path = Path(source).expanduser()
         # A folder of data files is what datasets.load_dataset reads best; it parses data, never code.
         if path.is_dir():
-            records = _read_hub(source, spec, limits, label=f"dataset folder {path.name}")
+            records = _read_hub(str(path), source, spec, limits, label=f"dataset folder {path.name}")
         else:
             records = read_file(path, spec.label or path.name, limits)
     else:
-        records = _read_hub(source, spec, limits, label=f"Hub dataset {source}")
+        problem = hub_id_problem(source)
+        if problem is not None:
+            raise UserError(problem, _HUB_HINT)
+        # hf://datasets/ reads the Hub only: a local folder that happens to carry the id's name (where the
+        # worker runs, or anywhere else) is never read in its place.
+        records = _read_hub(f"hf://datasets/{source}", source, spec, limits, label=f"Hub dataset {source}")
     if not records.rows:
         raise UserError(f"{records.origin} has no rows", "add at least one example to the dataset")
     if len(records.rows) > limits.max_rows:
@@ -74,9 +86,20 @@ def read_records(spec: DatasetSpec, download_dir: Path, limits: Limits) -> Recor
     return records
 
 
-def _looks_local(source: str) -> bool:
-    path, prefixes = Path(source).expanduser(), ("/", "./", "../", "~", ".\\")
-    return path.exists() or source.startswith(prefixes) or path.suffix.lower() in EXTENSIONS
+def _upload_path(source: str, job_dir: Path | None, label: str | None) -> Path:
+    """The stored upload, which must lie inside the job folder (its source is relative to it)."""
+    if job_dir is None:
+        raise ValueError("an upload is read from its job folder, and none was given")
+    folder = job_dir.resolve()
+    path = (folder / source).resolve()
+    if path == folder or not path.is_relative_to(folder):
+        raise UserError(
+            f"dataset.source {source!r}: an upload must lie inside the job folder", "upload the file again"
+        )
+    if not path.is_file():
+        name = label or PurePosixPath(source).name
+        raise UserError(f"the uploaded file {name} is missing from the job folder", "upload the file again")
+    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,7 +292,8 @@ def _url_suffix(urls: tuple[str, ...], content_type: str) -> str:
 # The Hugging Face Hub
 
 
-def _read_hub(source: str, spec: DatasetSpec, limits: Limits, label: str) -> Records:
+def _read_hub(path: str, source: str, spec: DatasetSpec, limits: Limits, label: str) -> Records:
+    """datasets.load_dataset(path): a Hub dataset, or a local folder of data files; `source` names it."""
     config = f", config {spec.config}" if spec.config else ""
     origin = f"{label}{config} (split {spec.split})"
     import datasets  # slow to import: only the Hub path pays for it
@@ -277,7 +301,7 @@ def _read_hub(source: str, spec: DatasetSpec, limits: Limits, label: str) -> Rec
     from huggingface_hub.errors import HfHubHTTPError
 
     try:
-        dataset = datasets.load_dataset(source, name=spec.config, split=spec.split)
+        dataset = datasets.load_dataset(path, name=spec.config, split=spec.split)
     except ValueError as error:
         mapped = _hub_value_error(source, spec, error)
         if mapped is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class UserError(Exception):
     """Bad input that the person who started the job can fix: the message says what, the hint how."""
@@ -26,3 +28,13 @@ class AlreadyTrained(Exception):
         super().__init__(f"the checkpoint is at step {step} of {max_steps}")
         self.step = step
         self.max_steps = max_steps
+
+
+def job_relative(text: str, job_dir: str | Path) -> str:
+    """`text` with every path inside the job folder written relative to it ("upload/dataset.jsonl"): a
+    worker's messages reach Discord, which never shows server paths. The folder itself is left as it is
+    (the terminal shows it; Discord renders it as "the job folder")."""
+    folders = {str(job_dir).rstrip("/"), str(Path(job_dir).resolve())} - {"", "."}
+    for folder in sorted(folders, key=len, reverse=True):  # the longer first: one may contain the other
+        text = text.replace(folder + "/", "")
+    return text

@@ -11,7 +11,7 @@ import json
 import re
 import urllib.parse
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from trainer.dataclass_codec import CodecError, from_dict, to_dict
@@ -21,6 +21,10 @@ PROTOCOL_VERSION = 1
 
 DatasetFormat = Literal["auto", "text", "messages", "sharegpt", "alpaca", "prompt-completion"]
 DATASET_FORMATS: tuple[str, ...] = ("auto", "text", "messages", "sharegpt", "alpaca", "prompt-completion")
+# Where a dataset may be read from (DESIGN.md, Security): "hub" a Hub dataset id, read from the Hub only
+# (never a local folder of that name); "url" an https URL; "upload" a file the bot stored in the job folder
+# (source relative to it); "file" a local path, which only the CLI (the machine's own user) may name.
+DatasetKind = Literal["hub", "url", "upload", "file"]
 PHASES: tuple[str, ...] = ("validating", "loading_model", "tokenizing", "training", "saving")
 # The job folder's layout, shared by the worker that writes it and the bot that resumes from it.
 LOG_FILE_NAME = "train.log"  # the worker's stderr, kept by whoever spawned it
@@ -38,13 +42,20 @@ class ProtocolError(ValueError):
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    source: str  # Hub dataset id, local file path, or https URL
+    source: str  # by kind: Hub dataset id, https URL, path inside the job folder, local path
     format: DatasetFormat = "auto"
     config: str | None = None  # Hub dataset configuration name
     split: str = "train"  # Hub split
     # The name people know the data by, used in every message about it: an upload's original file name
     # (it is stored under a generated one). None: the source's own file name or id.
     label: str | None = None
+    # Set by the front end that took the source. Left out, it is "url" for a source with "://" and "hub"
+    # otherwise: the two kinds anyone may name, so a forgotten kind can never open a local path.
+    kind: DatasetKind | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind is None:
+            object.__setattr__(self, "kind", "url" if "://" in self.source else "hub")
 
 
 @dataclass(frozen=True)
@@ -134,12 +145,49 @@ SCHEDULERS: tuple[str, ...] = (
 )
 
 
+_HUB_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
+
+
+def hub_id_problem(name: str, *, owner_required: bool = False, what: str = "dataset") -> str | None:
+    """What makes `name` no Hub repo id ([owner/]name as the Hub spells them), or None; text only, it never
+    looks at the filesystem (a path and an existing folder are both simply not ids)."""
+    parts = name.split("/")
+    if (
+        len(name) > 96
+        or len(parts) > 2
+        or (owner_required and len(parts) != 2)
+        or not all(_HUB_NAME.fullmatch(part) for part in parts)
+        or "--" in name
+        or ".." in name
+        or name.endswith(".git")
+    ):
+        shape = "owner/name" if owner_required else "owner/name (or a bare name)"
+        return f"{name!r} is not a Hub {what} id: write it as {shape}, letters, digits, '-', '_' and '.' only"
+    return None
+
+
+def dataset_problems(dataset: DatasetSpec) -> list[str]:
+    """Whether the source fits its kind: a Hub id, a URL, or a path that stays inside the job folder."""
+    source = dataset.source.strip()
+    if not source:
+        return ["dataset.source: must name a Hub dataset, a file or a URL"]
+    if dataset.kind == "hub":
+        problem = hub_id_problem(source)
+        return [f"dataset.source: {problem}"] if problem else []
+    if dataset.kind == "url" and "://" not in source:
+        return [f"dataset.source: {source!r} is not a URL (https://...)"]
+    if dataset.kind == "upload":
+        parts = PurePosixPath(source).parts
+        if not parts or PurePosixPath(source).is_absolute() or ".." in parts or "\\" in source:
+            return ["dataset.source: an upload is named by its place inside the job folder"]
+    return []
+
+
 def spec_problems(spec: JobSpec) -> list[str]:
     """Every out-of-range value, as "dotted.key: what is wrong"; empty when the spec can run."""
     lora, training = spec.lora, spec.training
     checks = [
         (not spec.base_model.strip(), "base_model: must name a Hub model id or a local folder"),
-        (not spec.dataset.source.strip(), "dataset.source: must name a Hub dataset, a file or a URL"),
         (not spec.output_dir.strip(), "output_dir: must be a folder path"),
         (
             spec.limits.download_timeout_s <= 0,
@@ -179,7 +227,7 @@ def spec_problems(spec: JobSpec) -> list[str]:
         (training.checkpoint_steps < 1, "training.checkpoint_steps: must be at least 1"),
         (training.keep_checkpoints < 1, "training.keep_checkpoints: must be at least 1"),
     ]
-    return [message for failed, message in checks if failed]
+    return dataset_problems(spec.dataset) + [message for failed, message in checks if failed]
 
 
 # A name or an IPv4 address, or an IPv6 one (two colons at least) with or without its brackets.

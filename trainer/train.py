@@ -23,7 +23,7 @@ from typing import Any
 from trainer.cancellation import CancelFlag
 from trainer.chat_template import choose_chat_template
 from trainer.data_sources import read_records
-from trainer.errors import AlreadyTrained, Cancelled, UserError
+from trainer.errors import AlreadyTrained, Cancelled, UserError, job_relative
 from trainer.event_stream import take_stdout_for_events
 from trainer.formats import ChatExample, to_examples
 from trainer.memory_plan import GIB, MemoryPlan, ModelShape, TrainingLoad, plan_memory
@@ -60,18 +60,29 @@ def main(argv: list[str] | None = None) -> int:
         emit(Error(kind="internal", message="usage: python -m trainer.train SPEC.json"))
         return EXIT_INTERNAL
     spec: JobSpec | None = None
+
+    def fail(error: Error) -> None:
+        # Files of the job by their names in it (never the server's path to it): the message reaches Discord.
+        if spec is not None and spec.output_dir:
+            error = dataclasses.replace(
+                error,
+                message=job_relative(error.message, spec.output_dir),
+                hint=job_relative(error.hint, spec.output_dir),
+            )
+        emit(error)
+
     try:
         spec = JobSpec.from_json(Path(args[0]).read_text(encoding="utf-8"))
         emit(Started(pid=os.getpid(), attempt_resumes_from=spec.resume_from))
         return run(spec, emit, cancel)
     except UserError as error:
-        emit(Error(kind="user_error", message=error.message, hint=error.hint))
+        fail(Error(kind="user_error", message=error.message, hint=error.hint))
         return EXIT_USER_ERROR
     except ProtocolError as error:
-        emit(Error(kind="user_error", message=str(error), hint="fix the job spec"))
+        fail(Error(kind="user_error", message=str(error), hint="fix the job spec"))
         return EXIT_USER_ERROR
     except Cancelled:
-        emit(
+        fail(
             Error(
                 kind="cancelled", message="cancelled before training started", checkpoint=_resume_point(spec)
             )
@@ -81,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
             log.error("disk full:\n%s", traceback.format_exc())
             where = spec.output_dir if spec else "the job folder"
-            emit(
+            fail(
                 Error(
                     kind="internal",
                     message=f"disk full under {where}",
@@ -92,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_INTERNAL
         if _is_oom(error):
             log.error("out of memory:\n%s", traceback.format_exc())
-            emit(
+            fail(
                 Error(
                     kind="oom",
                     message="the GPU ran out of memory",
@@ -103,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OOM
         log.error("internal error:\n%s", traceback.format_exc())
         where = Path(spec.output_dir) / LOG_FILE_NAME if spec else "the worker's log"
-        emit(
+        fail(
             Error(
                 kind="internal",
                 message=f"internal error: {type(error).__name__}: {str(error)[:300]}",
@@ -142,7 +153,7 @@ def prepare(spec: JobSpec, emit: Any, cancel: CancelFlag) -> PreparedRun:
     # --- validating: the dataset is read, checked and tokenized before any weight is loaded. The data
     # modules are stdlib-only, so a bad file is reported before torch has even been imported.
     emit(Phase(name="validating"))
-    records = read_records(spec.dataset, job_dir / "data", spec.limits)
+    records = read_records(spec.dataset, job_dir / "data", spec.limits, job_dir=job_dir)
     data_format, examples = to_examples(records, spec.dataset.format)
     from transformers import set_seed
 

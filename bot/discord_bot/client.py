@@ -17,6 +17,7 @@ from bot.discord_bot.command_sync import sync_commands_if_changed
 from bot.discord_bot.deliverer import Deliverer
 from bot.discord_bot.permissions import requester_for
 from bot.discord_bot.resume_button import ResumeButton
+from bot.discord_bot.shown_paths import without_data_dir
 from bot.errors import UserFacingError
 from bot.jobs.service import JobService
 from bot.serving.serve_client import ServeClient
@@ -68,12 +69,17 @@ class QloraBot(commands.Bot):
         await self.deliverer.close()
         await super().close()
 
+    def refusal(self, error: UserFacingError) -> str:
+        """A UserFacingError as Discord shows it: no path into the data directory (job folders, logs)."""
+        text = f"{error.message}. {error.hint}" if error.hint else error.message
+        return without_data_dir(text, self.config.data_dir())
+
     async def press_cancel(self, interaction: discord.Interaction, job_id: int) -> None:
         """The Cancel button: only the job's owner or an admin; everyone else gets a private refusal."""
         try:
             job = await self.service.cancel(job_id, requester_for(interaction.user, self.config.discord))
         except UserFacingError as error:
-            await reply(interaction, f"{error.message}. {error.hint}".strip())
+            await reply(interaction, self.refusal(error))
             return
         if job.is_terminal:
             await reply(interaction, f"Job {job_id} cancelled.")
@@ -92,7 +98,7 @@ class QloraBot(commands.Bot):
                 channel_id=interaction.channel_id,
             )
         except UserFacingError as error:
-            await reply(interaction, f"{error.message}. {error.hint}".strip())
+            await reply(interaction, self.refusal(error))
             return
         # Its status message is owed by the job's creation (the outbox posts it).
         await reply(interaction, f"Resuming job {job_id} as job **{job.id}**: see its status message.")
@@ -102,7 +108,7 @@ class QloraBot(commands.Bot):
     ) -> None:
         original = getattr(error, "original", error)
         if isinstance(original, UserFacingError):
-            text = f"{original.message}. {original.hint}" if original.hint else original.message
+            text = self.refusal(original)
         elif isinstance(error, app_commands.TransformerError):
             text = f"{error.value!r} is not a valid value for this option. {error}"
         else:

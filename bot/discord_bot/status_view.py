@@ -7,6 +7,7 @@ import time
 import discord
 
 from bot.discord_bot.permissions import discord_user_id
+from bot.discord_bot.shown_paths import without_paths
 from bot.jobs.checkpoints import checkpoint_step, checkpoint_to_resume
 from bot.jobs.scheduler import QueueEntry
 from bot.terminal_progress import format_duration
@@ -63,13 +64,11 @@ def status_embed(
     if hub:
         embed.add_field(name="Hugging Face Hub", value=_clip(hub, 1024), inline=False)
     if job.state == "failed" and job.error_message:
-        embed.add_field(
-            name="Error", value=_clip(f"{job.error_kind}: {job.error_message}", 1024), inline=False
-        )
+        embed.add_field(name="Error", value=_clip(f"{job.error_kind}: {ending(job)}", 1024), inline=False)
     if job.state == "cancelled":
         embed.add_field(name="Ended", value=_clip(ending(job), 1024), inline=False)
     embed.add_field(name="Owner", value=person(job.owner))
-    embed.set_footer(text=f"{job.spec.base_model} · LoRA r={job.spec.lora.r}")
+    embed.set_footer(text=f"{without_paths(job.spec.base_model)} · LoRA r={job.spec.lora.r}")
     return embed
 
 
@@ -108,10 +107,11 @@ def person(owner: str) -> str:
 
 
 def ending(job: Job) -> str:
-    """Why the job ended, in Discord's words: a cancel names the person with a mention, not an id."""
+    """Why the job ended, in Discord's words: a cancel names the person with a mention, not an id; files by
+    their names in the job folder, never a path on the bot's machine."""
     message = job.error_message or job.state
     if job.state != "cancelled" or message != "cancelled":
-        return message
+        return without_paths(message, job.spec.output_dir)
     by = job.cancel_requested_by
     return f"Cancelled by {person(by)}." if by else "Cancelled."
 
@@ -125,7 +125,7 @@ def what_to_do(job: Job) -> str:
         step = checkpoint_step(checkpoint)
         at = f" at step {step}" if step else ""
         return f"Its owner can press **Resume** to continue from its checkpoint{at}, as a new job."
-    return job.error_hint or ""
+    return without_paths(job.error_hint or "", job.spec.output_dir)
 
 
 def hub_line(job: Job) -> str:
@@ -133,7 +133,8 @@ def hub_line(job: Job) -> str:
     if job.hub_state == "pushed" and job.hub_url:
         return job.hub_url
     if job.hub_state == "push_failed":
-        return f"not published: {job.hub_error or 'unknown error'}. Retry with `/push id:{job.id}`."
+        error = without_paths(job.hub_error or "unknown error", job.spec.output_dir)
+        return f"not published: {error}. Retry with `/push id:{job.id}`."
     if job.publish_pending:
         return "publishing…"
     return ""

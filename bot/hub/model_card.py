@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.protocol import DatasetSpec, LoraSpec, TrainingSpec, redact_url
+from trainer.protocol import DatasetSpec, LoraSpec, TrainingSpec, hub_id_problem, redact_url
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 TAGS = ("peft", "lora", "qlora", "trl", "sft", "qlora-bot")
@@ -60,7 +60,7 @@ def render_card(facts: CardFacts) -> str:
         base_model=facts.base_model if hub_base else None,
         pipeline_tag="text-generation",
         tags=list(TAGS),
-        datasets=[facts.dataset.source] if facts.dataset and is_hub_id(facts.dataset.source) else None,
+        datasets=[facts.dataset.source] if facts.dataset and _from_hub(facts.dataset) else None,
         license=facts.license,
     )
     sections = [
@@ -123,7 +123,7 @@ def _dataset(facts: CardFacts) -> str:
     if facts.dataset is None:
         return "Not recorded."
     spec = facts.dataset
-    if is_hub_id(spec.source):
+    if _from_hub(spec):
         where = f"[{spec.source}](https://huggingface.co/datasets/{spec.source})"
         extra = f", configuration `{spec.config}`" if spec.config else ""
         where += f" (split `{spec.split}`{extra})"
@@ -133,6 +133,11 @@ def _dataset(facts: CardFacts) -> str:
         where = f"a local file, `{Path(spec.source).name}`"  # never the local path
     data_format = facts.data_format or spec.format
     return f"- Dataset: {where}\n- Format: `{data_format}`"
+
+
+def _from_hub(dataset: DatasetSpec) -> bool:
+    """A Hub dataset by its kind (an upload's "upload/dataset.jsonl" has the shape of an id, too)."""
+    return dataset.kind == "hub" and hub_id_problem(dataset.source, owner_required=True) is None
 
 
 def _hyperparameters(facts: CardFacts) -> str:

@@ -59,7 +59,10 @@ def public_record(record: dict[str, Any]) -> dict[str, Any]:
         if dataset:
             out["dataset"] = _pick(dataset, _DATASET)
             if isinstance(dataset.get("source"), str):
-                out["dataset"]["source"] = public_reference(dataset["source"])
+                source = dataset["source"]
+                # An upload's place in its job folder has the shape of a Hub id: by its kind, it is a file.
+                local = dataset.get("kind") in ("upload", "file")
+                out["dataset"]["source"] = PurePath(source).name if local else public_reference(source)
         for name, fields in (("lora", _LORA), ("training", _TRAINING)):
             if _mapping(spec.get(name)):
                 out[name] = _pick(spec[name], fields)

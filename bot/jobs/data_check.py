@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from bot.errors import UserFacingError
-from bot.worker_env import uses_hub, worker_environment
+from bot.worker_env import worker_environment
 from trainer.protocol import DataChecked, Error, JobSpec, ProtocolError, decode_check_result
 
 MAX_ANSWER_BYTES = 1 << 16  # one line: a DataChecked or an Error with a message and a hint
@@ -33,6 +33,7 @@ class DataChecker:
         python: str = "",
         module: str = "trainer.check_data",
         environ: Mapping[str, str] | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
         self.timeout_s = timeout_s
         self.memory_mb = memory_mb
@@ -41,15 +42,17 @@ class DataChecker:
         self.python = python
         self.module = module
         self.environ = dict(os.environ if environ is None else environ)
+        self.cache_dir = cache_dir  # the libraries' caches (a Hub dataset's download); None: the check's own
 
     async def check(self, spec: JobSpec) -> DataChecked:
         """The data's format and row count, or UserFacingError saying what is wrong with it."""
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix="check-", dir=self.staging_dir))
+        # Absolute: the check runs in this folder, so a relative staging folder would resolve twice.
+        work = Path(tempfile.mkdtemp(prefix="check-", dir=self.staging_dir)).absolute()
         try:
             (work / "spec.json").write_text(spec.to_json(), encoding="utf-8")
-            result = await self._run(work, uses_hub(spec.dataset.source))
+            result = await self._run(work, spec.dataset.kind == "hub")
         finally:
             shutil.rmtree(work, ignore_errors=True)  # the spec and any download: nothing is kept
         if isinstance(result, Error):
@@ -62,7 +65,8 @@ class DataChecker:
         return result
 
     async def _run(self, work: Path, hub: bool) -> DataChecked | Error:
-        env = worker_environment(self.environ, hub_token=hub, cuda_visible_devices="")
+        cache = self.cache_dir if self.cache_dir is not None else work / "cache"
+        env = worker_environment(self.environ, hub_token=hub, cuda_visible_devices="", cache_root=cache)
         with open(self.log_path, "ab") as log_file:
             process = await asyncio.create_subprocess_exec(
                 self.python or sys.executable,

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from bot.jobs.scheduler import Slot
 from bot.jobs.worker_process import WorkerLost, WorkerProcess
-from bot.worker_env import uses_hub, worker_environment
+from bot.worker_env import job_uses_hub, worker_environment
 from trainer.protocol import LOG_FILE_NAME, Event, JobSpec
 
 SPEC_FILE_NAME = "spec.json"
@@ -61,10 +61,15 @@ class LocalExecutor:
         spec_path.write_text(spec.to_json(), encoding="utf-8")
         env = worker_environment(
             self.environ,
-            hub_token=uses_hub(spec.base_model, spec.dataset.source),
+            hub_token=job_uses_hub(spec),
             cuda_visible_devices=slot.cuda_visible_devices,
+            # The job's cache folder is the data directory's (submission.py); a hand-made spec without one
+            # keeps the libraries' caches in its own folder.
+            cache_root=Path(spec.cache_dir) if spec.cache_dir else job_dir / "cache",
         )
-        return await WorkerProcess.start(spec_path, job_dir / LOG_FILE_NAME, env, self.python, self.module)
+        return await WorkerProcess.start(
+            spec_path, job_dir / LOG_FILE_NAME, env, self.python, self.module, cwd=job_dir
+        )
 
     async def stop_orphan(self, spec: JobSpec, pid: int | None, grace_s: float) -> bool:
         spec_path = str(Path(spec.output_dir) / SPEC_FILE_NAME)

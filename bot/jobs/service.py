@@ -30,7 +30,14 @@ from bot.jobs.recovery import reconcile
 from bot.jobs.runner import JobRunner
 from bot.jobs.scheduler import QueueEntry, Slot, estimate_queue
 from bot.jobs.service_lock import RunnerLock
-from bot.jobs.submission import Placement, Upload, default_data_checker, disk_full_refused, upload_label
+from bot.jobs.submission import (
+    Placement,
+    Upload,
+    default_data_checker,
+    disk_full_refused,
+    stored_upload,
+    upload_label,
+)
 from storage.disk_space import DiskFull
 from storage.models import TERMINAL_STATES, Job, StoredEvent
 from storage.store import Store
@@ -157,7 +164,8 @@ class JobService:
         if not requester.is_admin:
             await self._check_quotas(requester.owner)
         if upload is not None:
-            spec = spec.replace(dataset=dataclasses.replace(spec.dataset, label=upload_label(upload)))
+            dataset = dataclasses.replace(spec.dataset, label=upload_label(upload), kind="upload")
+            spec = spec.replace(dataset=dataset)
         placement = Placement(self.config.jobs_dir(), self.config.cache_dir(), job_dir)
         with disk_full_refused(self.config.data_dir()), placement.staged(upload):
             # The worker's own data checks, now: a file that fails them gets no job (the worker checks again).
@@ -210,12 +218,22 @@ class JobService:
                     f"job {job_id} was already resumed as job {later.id} ({later.state})",
                     f"follow job {later.id}",
                 )
+        upload = None
+        # An upload is copied into the new job's folder: a worker reads no other job's files.
+        if job.spec.dataset.kind == "upload":
+            try:
+                upload = await asyncio.to_thread(stored_upload, job.spec)
+            except OSError:
+                raise UserFacingError(
+                    f"the dataset file of job {job_id} is gone", "start a new job with the file attached"
+                ) from None
         return await self.submit(
             job.spec.replace(output_dir="", resume_from=checkpoint, cache_dir=None),
             requester,
             idempotency_key=idempotency_key,
             guild_id=guild_id if guild_id is not None else job.guild_id,
             channel_id=channel_id if channel_id is not None else job.channel_id,
+            upload=upload,
             push=job.push_requested,
             private=job.hub_private,
         )

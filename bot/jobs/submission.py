@@ -44,7 +44,7 @@ class Placement:
     def staged(self, upload: Upload | None) -> Iterator[None]:
         """Stage the upload for the block; whatever no job took is removed after it."""
         if upload is not None:
-            staging = self.jobs_dir / ".incoming"
+            staging = (self.jobs_dir / ".incoming").absolute()  # the data check runs in a folder of its own
             staging.mkdir(parents=True, exist_ok=True)
             # A generated name, never the one the person chose.
             self.incoming = staging / f"{uuid.uuid4().hex}{upload.suffix}"
@@ -56,27 +56,33 @@ class Placement:
                 self.incoming.unlink(missing_ok=True)
 
     def as_checked(self, spec: JobSpec) -> JobSpec:
-        """The spec as the data check reads it: an upload from where it is staged."""
+        """The spec as the data check reads it: an upload from where it is staged (an upload's source is
+        relative to the folder the spec names, so the staging folder stands in for the job's)."""
         if self.incoming is None:
             return spec
-        return spec.replace(dataset=dataclasses.replace(spec.dataset, source=str(self.incoming)))
+        return spec.replace(
+            output_dir=str(self.incoming.parent),
+            dataset=dataclasses.replace(spec.dataset, source=self.incoming.name),
+        )
 
     def spec_for(self, spec: JobSpec, job_id: int) -> JobSpec:
         """The job's spec once it has an id; runs inside the job-creating transaction (quick, no Store)."""
-        folder = self.job_dir or self.jobs_dir / str(job_id)
+        # Absolute: the worker runs in this folder, so a relative data directory would resolve twice.
+        folder = (self.job_dir or self.jobs_dir / str(job_id)).absolute()
         if self.job_dir is None and folder.is_dir() and any(folder.iterdir()):
             # Backstop: ids are seeded above the job folders at open (storage/job_folders.py).
             raise UserFacingError(
                 f"job folder {folder} already exists and holds another job's files",
                 "restart qlora-bot so job ids continue above the existing job folders",
             )
-        placed = spec.replace(output_dir=str(folder), cache_dir=str(self.cache_dir))
+        placed = spec.replace(output_dir=str(folder), cache_dir=str(self.cache_dir.absolute()))
         if self.incoming is None:
             return placed
-        dataset_path = folder / UPLOAD_DIR / f"dataset{self.incoming.suffix}"
-        dataset_path.parent.mkdir(parents=True, exist_ok=True)
-        self.incoming.replace(dataset_path)
-        return placed.replace(dataset=dataclasses.replace(spec.dataset, source=str(dataset_path)))
+        # Named relative to the job folder: the worker reads an upload from inside its own folder only.
+        stored = f"{UPLOAD_DIR}/dataset{self.incoming.suffix}"
+        (folder / UPLOAD_DIR).mkdir(parents=True, exist_ok=True)
+        self.incoming.replace(folder / stored)
+        return placed.replace(dataset=dataclasses.replace(spec.dataset, source=stored))
 
 
 @contextlib.contextmanager
@@ -89,6 +95,12 @@ def disk_full_refused(data_dir: Path) -> Iterator[None]:
         if not is_disk_full(error):
             raise
         raise UserFacingError(f"disk full under {data_dir}", "free space there, then submit again") from None
+
+
+def stored_upload(spec: JobSpec) -> Upload:
+    """A job's upload as it was attached, for a new job (a resume) that needs its own copy."""
+    path = Path(spec.output_dir) / spec.dataset.source
+    return Upload(suffix=path.suffix, data=path.read_bytes(), filename=spec.dataset.label or path.name)
 
 
 def upload_label(upload: Upload) -> str:
@@ -105,4 +117,5 @@ def default_data_checker(config: Config) -> DataChecker:
         log_path=config.logs_dir() / "data-check.log",
         staging_dir=config.data_dir() / "checks",
         python=config.worker.python,
+        cache_dir=config.cache_dir(),
     )

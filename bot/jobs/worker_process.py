@@ -49,7 +49,9 @@ class WorkerProcess:
         env: Mapping[str, str],
         python: str = "",
         module: str = "trainer.train",
+        cwd: Path | None = None,
     ) -> WorkerProcess:
+        """`cwd`: where the worker runs (its job folder), so nothing it resolves lands in the bot's folder."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log_file:
             process = await asyncio.create_subprocess_exec(
@@ -61,6 +63,7 @@ class WorkerProcess:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log_file,
                 env=dict(env),
+                cwd=cwd,
                 start_new_session=True,  # its own process group: cancel signals reach its children too
                 limit=MAX_EVENT_LINE_BYTES,
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,9 @@ from bot.errors import UserFacingError
 from bot.hub.access import HubAccess
 from bot.hub.download import download_adapter
 from bot.hub.model_card import is_hub_id
+from bot.job_specs import local_model_path
 from storage.store import Store
+from trainer.protocol import hub_id_problem
 from trainer.serve_protocol import Generate
 
 ADAPTER_RECORD = "qlora_bot.json"  # written beside every adapter by the trainer
@@ -27,31 +30,58 @@ class ResolvedAdapter:
 
 
 async def resolve_adapter(
-    store: Store, reference: str, base_model: str | None = None, *, hub: HubAccess | None = None
+    store: Store,
+    reference: str,
+    base_model: str | None = None,
+    *,
+    hub: HubAccess | None = None,
+    folders: bool = True,
+    allowed_base_models: Sequence[str] | None = None,
 ) -> ResolvedAdapter:
-    """An adapter by name (from the store), by folder, or (with `hub`) by Hub id, downloaded into the
-    Hub cache; `base_model` overrides the recorded one."""
+    """An adapter by name (from the store), by folder (only with `folders`: the terminal's user may name
+    one, Discord never), or (with `hub`) by Hub id, downloaded into the Hub cache; `base_model` overrides
+    the recorded one. With `allowed_base_models`, the adapter's base model must be one of them."""
     stored = await store.adapter(reference)
     if stored is not None:
         folder = Path(stored.path)
         label, recorded_base = stored.name, stored.base_model
-    elif Path(reference).expanduser().is_dir():
+    elif folders and Path(reference).expanduser().is_dir():
         folder = Path(reference).expanduser().resolve()
         label, recorded_base = str(folder), _recorded_base_model(folder)
-    elif hub is not None and is_hub_id(reference):
+    elif hub is not None and _is_hub_reference(reference, folders):
         folder = await download_adapter(hub, reference)
         label, recorded_base = reference, _recorded_base_model(folder)
     else:
-        raise UserFacingError(
-            f"there is no adapter named {reference!r}",
-            "list adapters with /adapters (or `qlora-bot jobs`), pass the adapter's folder, or a Hub id",
+        # The same answer for every other name, whatever exists on this machine.
+        hint = (
+            "list adapters with /adapters (or `qlora-bot jobs`), pass the adapter's folder, or a Hub id"
+            if folders
+            else "list adapters with /adapters, or give a Hub adapter id (owner/name)"
         )
+        raise UserFacingError(f"there is no adapter named {reference!r}", hint)
     if not folder.is_dir():
-        raise UserFacingError(f"the files of adapter {label} are gone ({folder})", "train it again")
+        gone = f" ({folder})" if folders else ""  # Discord never shows where the bot keeps its files
+        raise UserFacingError(f"the files of adapter {label} are gone{gone}", "train it again")
     base = base_model or recorded_base
     if not base:
         raise UserFacingError(f"adapter {label} does not say which base model it needs", "pass --base-model")
+    if allowed_base_models is not None and not _allowed(base, allowed_base_models):
+        raise UserFacingError(
+            f"adapter {label} needs base model {base}, which is not on the allowed list (limits.base_models)",
+            "ask an adapter of an allowed base model, or ask an admin",
+        )
     return ResolvedAdapter(label=label, path=str(folder), base_model=base, prompt_style=_prompt_style(folder))
+
+
+def _is_hub_reference(reference: str, folders: bool) -> bool:
+    if folders:  # the terminal: an existing folder of that name was meant as a folder (see above)
+        return is_hub_id(reference)
+    return hub_id_problem(reference, owner_required=True, what="adapter") is None
+
+
+def _allowed(base: str, allowed: Sequence[str]) -> bool:
+    """On the list as written, or as the folder a listed local path names (jobs record folders absolute)."""
+    return base in allowed or base in {local_model_path(name) for name in allowed}
 
 
 def build_request(

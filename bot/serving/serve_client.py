@@ -2,7 +2,8 @@
 
 One long-lived `python -m trainer.serve` per bot process holds the base models and an LRU of
 adapters. If it dies, every pending ask fails with a clear message and the next ask starts a new
-one; after `idle_timeout_s` without asks it exits, giving the GPU back to training.
+one; after `idle_timeout_s` without asks it exits, giving the GPU back to training. It runs in its own
+folder, with the Hub offline and no HF_TOKEN until an ask's base model has to come from the Hub.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.config import ServeConfig
-from bot.worker_env import worker_environment
+from bot.worker_env import uses_hub, worker_environment
 from trainer.serve_protocol import (
     Cancel,
     Failed,
@@ -54,9 +55,15 @@ class ServeClient:
         module: str = "trainer.serve",
         cuda_visible_devices: str | None = None,
         gpu_wait: Callable[[], Awaitable[str | None]] | None = None,
+        work_dir: Path | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
+        """`work_dir`: where the worker runs (a folder of its own under the data directory; default beside
+        the log); `cache_dir`: its libraries' caches (default: inside `work_dir`)."""
         self.config = config
         self.log_path = log_path
+        self.work_dir = work_dir if work_dir is not None else log_path.parent / "serve"
+        self.cache_dir = cache_dir if cache_dir is not None else self.work_dir / "cache"
         self.environ = dict(os.environ if environ is None else environ)
         self.python = python or sys.executable
         self.module = module
@@ -68,6 +75,8 @@ class ServeClient:
         self._start_lock = asyncio.Lock()
         self._idle_timer: asyncio.TimerHandle | None = None
         self._idle_task: asyncio.Task | None = None
+        self._online = False  # whether the running worker may reach the Hub (and holds HF_TOKEN)
+        self._sent: set[str] = set()  # the requests the running worker was given
         self.starts = 0  # how many workers were started: a test and the logs care
 
     @property
@@ -79,6 +88,11 @@ class ServeClient:
         while self.gpu_wait is not None and (reason := await self.gpu_wait()):
             yield Waiting(reason)
             await asyncio.sleep(2.0)
+        # A base model by Hub id is downloaded by the worker: only then does it get the Hub and the token.
+        hub = uses_hub(request.base_model)
+        while hub and self.running and not self._online and self._pending:
+            yield Waiting("the serve worker restarts to reach the Hub once the asks it is answering end")
+            await asyncio.sleep(0.5)
         queue: asyncio.Queue = asyncio.Queue()
         self._pending[request.id] = queue
         self._cancel_idle_timer()
@@ -86,7 +100,7 @@ class ServeClient:
         ended = False
         try:
             try:
-                await self._ensure_started()
+                await self._ensure_started(hub)
             except (ConnectionError, TimeoutError, OSError) as error:
                 yield Failed(
                     id=request.id,
@@ -95,6 +109,7 @@ class ServeClient:
                     hint=f"see its log {self.log_path}",
                 )
                 return
+            self._sent.add(request.id)
             await self._send(encode(request))
             while not ended:
                 event = await queue.get()
@@ -105,6 +120,7 @@ class ServeClient:
                 yield event
         finally:
             self._pending.pop(request.id, None)
+            self._sent.discard(request.id)
             if not ended and self.running:  # the asker went away: stop spending the GPU on it
                 with contextlib.suppress(Exception):
                     await self._send(encode(Cancel(id=request.id)))
@@ -133,15 +149,22 @@ class ServeClient:
 
     # --- the worker process
 
-    async def _ensure_started(self) -> None:
+    async def _ensure_started(self, hub: bool) -> None:
         async with self._start_lock:
+            if self.running and hub and not self._online:
+                await self._stop_offline_worker()
             if self.running:
                 return
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self.work_dir.mkdir(parents=True, exist_ok=True)
             config = self.config
             env = worker_environment(
-                self.environ, hub_token=True, cuda_visible_devices=self.cuda_visible_devices
+                self.environ,
+                hub_token=hub,
+                cuda_visible_devices=self.cuda_visible_devices,
+                cache_root=self.cache_dir,
             )
+            sent: set[str] = set()
             with open(self.log_path, "ab") as log_file:
                 self._process = await asyncio.create_subprocess_exec(
                     self.python, "-m", self.module,
@@ -152,14 +175,31 @@ class ServeClient:
                     stdout=asyncio.subprocess.PIPE,
                     stderr=log_file,
                     env=env,
+                    cwd=self.work_dir,  # nothing it resolves lands in the bot's folder
                     start_new_session=True,
                     limit=MAX_LINE_BYTES,
                 )  # fmt: skip
+            self._online, self._sent = hub, sent
             self.starts += 1
             ready = asyncio.get_running_loop().create_future()
-            self._reader = asyncio.create_task(self._read(self._process, ready), name="serve-reader")
+            self._reader = asyncio.create_task(self._read(self._process, ready, sent), name="serve-reader")
             await asyncio.wait_for(ready, START_TIMEOUT_S)
-            log.info("serve worker started (pid %s)", self._process.pid)
+            log.info("serve worker started (pid %s, Hub %s)", self._process.pid, "on" if hub else "off")
+
+    async def _stop_offline_worker(self) -> None:
+        """Stop the worker that was started without the Hub (generate() waited for its asks to end)."""
+        process = self._process
+        assert process is not None
+        with contextlib.suppress(Exception):
+            await self._send(encode(Shutdown()))
+        try:
+            await asyncio.wait_for(process.wait(), 30)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+        self._process = None
 
     async def _send(self, line: str) -> None:
         process = self._process
@@ -168,7 +208,7 @@ class ServeClient:
         process.stdin.write(line.encode() + b"\n")
         await process.stdin.drain()
 
-    async def _read(self, process: asyncio.subprocess.Process, ready: asyncio.Future) -> None:
+    async def _read(self, process: asyncio.subprocess.Process, ready: asyncio.Future, sent: set[str]) -> None:
         assert process.stdout is not None
         try:
             while line := await process.stdout.readline():
@@ -191,10 +231,13 @@ class ServeClient:
         code = await process.wait()
         if not ready.done():
             ready.set_exception(ConnectionError(f"the serve worker exited with code {code} while starting"))
-        self._fail_pending(code)
+        self._fail_pending(code, sent)
 
-    def _fail_pending(self, code: int) -> None:
+    def _fail_pending(self, code: int, sent: set[str]) -> None:
+        """Fail the asks this worker was given; one still waiting to be sent goes to the next worker."""
         for request_id, queue in list(self._pending.items()):
+            if request_id not in sent:
+                continue
             queue.put_nowait(
                 Failed(
                     id=request_id,

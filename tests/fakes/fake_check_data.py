@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from fake_trainer import options
+from fake_trainer import options, source_of
 
 from trainer import check_data
 from trainer.protocol import DataChecked, Error, JobSpec, encode_check_result
@@ -20,7 +20,7 @@ from trainer.protocol import DataChecked, Error, JobSpec, encode_check_result
 def main() -> int:
     spec = JobSpec.from_json(Path(sys.argv[1]).read_text())
     try:
-        opts = options(spec.dataset.source)
+        opts = options(source_of(spec))
     except (OSError, ValueError, KeyError, IndexError):
         return check_data.main()
     origin = spec.dataset.label or Path(spec.dataset.source).name

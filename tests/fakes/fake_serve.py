@@ -1,7 +1,8 @@
 """A stand-in for `python -m trainer.serve` speaking the real serve protocol, for fast Discord tests.
 
-The answer is derived from the prompt: "long:N" answers N characters in chunks of 40, anything else
-answers "echo: <prompt>" one word at a time. Each chunk is a Token event, 20 ms apart.
+The answer is derived from the prompt: "long:N" answers N characters in chunks of 40, "env:" says whether
+it holds HF_TOKEN, its HF_HUB_OFFLINE and its working directory, anything else answers "echo: <prompt>"
+one word at a time. Each chunk is a Token event, 20 ms apart.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ def emit(event) -> None:
 
 
 def chunks(prompt: str) -> list[str]:
+    if prompt == "env:":  # what this worker was given: the sandbox tests ask
+        token = "yes" if os.environ.get("HF_TOKEN") else "no"
+        return [f"token={token} offline={os.environ.get('HF_HUB_OFFLINE', '')} cwd={os.getcwd()}"]
     if prompt.startswith("long:"):
         text = ("All work and no play makes a long answer. " * 1000)[: int(prompt.removeprefix("long:"))]
         return [text[i : i + 40] for i in range(0, len(text), 40)]

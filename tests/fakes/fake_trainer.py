@@ -2,7 +2,8 @@
 
 Its behaviour comes from the spec's dataset source, e.g. "fake:steps=6;step_s=0.05;crash_once_at=3"
 (or the first line of an uploaded dataset file, {"fake": "steps=6"}):
-steps, step_s (sleep per step), fail_at + fail_kind (report an error), crash_once_at (SIGKILL itself
+steps, step_s (sleep per step), fail_at + fail_kind (report an error; with fail_with_paths its message,
+hint and a log line name the job's files by absolute paths), crash_once_at (SIGKILL itself
 on the first attempt only), crash_at (every attempt), garbage_at, oversize_at, ignore_sigterm,
 checkpoint_every (default: the spec's training.checkpoint_steps).
 Checkpoints follow the real layout (JOB/checkpoints/checkpoint-N/trainer_state.json) every
@@ -39,6 +40,13 @@ def emit(event) -> None:
     sys.stdout.flush()
 
 
+def source_of(spec: JobSpec) -> str:
+    """The dataset as a path to read (an upload lies in the spec's folder), or the "fake:..." text."""
+    if spec.dataset.kind == "upload":
+        return str(Path(spec.output_dir) / spec.dataset.source)
+    return spec.dataset.source
+
+
 def options(source: str) -> dict[str, str]:
     """From "fake:..." or, for an uploaded file, from its first line: {"fake": "steps=4;..."}."""
     if source.startswith("fake:"):
@@ -50,7 +58,7 @@ def options(source: str) -> dict[str, str]:
 
 def main() -> int:
     spec = JobSpec.from_json(Path(sys.argv[1]).read_text())
-    opts = options(spec.dataset.source)
+    opts = options(source_of(spec))
     steps, step_s = int(opts.get("steps", "5")), float(opts.get("step_s", "0.02"))
     checkpoint_every = int(opts.get("checkpoint_every", spec.training.checkpoint_steps))
     stop = {"requested": False}
@@ -82,7 +90,12 @@ def main() -> int:
             sys.stdout.flush()
             time.sleep(60)
         if str(step) == opts.get("fail_at"):
-            emit(Error(kind=opts.get("fail_kind", "internal"), message="fake failure", hint="fake hint"))
+            message, hint = "fake failure", "fake hint"
+            if opts.get("fail_with_paths"):  # as a worker that names the job's files by their full paths
+                message = f"{job_dir / 'upload' / 'dataset.jsonl'} line 3: fake failure"
+                hint = f"the full traceback is in {job_dir / 'train.log'} (written in {job_dir})"
+                logging.getLogger("trainer.fake").error("could not read %s", job_dir / "upload" / "x.jsonl")
+            emit(Error(kind=opts.get("fail_kind", "internal"), message=message, hint=hint))
             return 1
         emit(
             Progress(

@@ -10,7 +10,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_bot.permissions import require_role
+from bot.discord_bot.permissions import requester_for, require_role
+from bot.discord_bot.shown_paths import without_paths
 from bot.errors import UserFacingError
 from bot.serving.asking import build_request, resolve_adapter
 from bot.serving.serve_client import Waiting
@@ -51,8 +52,16 @@ class AskCog(commands.Cog):
         require_role(interaction.user, config.discord.ask_roles, config.discord, "/ask")
         if self.bot.serve_client is None:
             raise UserFacingError("this bot does not serve adapters", "ask an admin to enable serving")
+        requester = requester_for(interaction.user, config.discord)
         await interaction.response.defer(thinking=True)
-        resolved = await resolve_adapter(self.bot.service.store, adapter, hub=self.bot.service.hub.access)
+        # From Discord: adapter names and Hub ids only, and the base models /finetune allows (admins: any).
+        resolved = await resolve_adapter(
+            self.bot.service.store,
+            adapter,
+            hub=self.bot.service.hub.access,
+            folders=False,
+            allowed_base_models=None if requester.is_admin else config.limits.base_models,
+        )
         request = build_request(
             resolved,
             prompt,
@@ -77,7 +86,8 @@ class AskCog(commands.Cog):
                 status = f"⏳ loading the {event.what.replace('_', ' ')}…"
             elif isinstance(event, Failed):
                 hint = f" ({event.hint})" if event.hint else ""
-                await interaction.edit_original_response(content=f"❌ {event.kind}: {event.message}{hint}")
+                failure = without_paths(f"❌ {event.kind}: {event.message}{hint}")
+                await interaction.edit_original_response(content=failure)
                 return
             now = time.monotonic()
             if now - last_edit >= config.serve.stream_edit_interval_s:
@@ -85,7 +95,8 @@ class AskCog(commands.Cog):
                 await interaction.edit_original_response(
                     content=status or _partial(resolved.label, answers, compare)
                 )
-        await self._final(interaction, resolved.label, resolved.base_model, answers, finished, compare)
+        base_model = without_paths(resolved.base_model)
+        await self._final(interaction, resolved.label, base_model, answers, finished, compare)
 
     @ask.autocomplete("adapter")
     async def adapter_choices(
@@ -94,7 +105,8 @@ class AskCog(commands.Cog):
         adapters = await self.bot.service.store.adapters(limit=100)  # newest first
         matches = [adapter for adapter in adapters if current.lower() in adapter.name.lower()]
         return [
-            app_commands.Choice(name=f"{a.name} ({a.base_model})"[:100], value=a.name) for a in matches[:25]
+            app_commands.Choice(name=f"{a.name} ({without_paths(a.base_model)})"[:100], value=a.name)
+            for a in matches[:25]
         ]
 
     async def _final(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -11,17 +10,21 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord_bot.permissions import requester_for, require_role
+from bot.discord_bot.shown_paths import without_paths
 from bot.errors import UserFacingError
 from bot.job_specs import clean_name, make_spec, name_from_dataset
 from bot.jobs.submission import Upload
-from trainer.protocol import DATASET_FORMATS, DatasetSpec
+from trainer.protocol import DATASET_FORMATS, DatasetKind, DatasetSpec, hub_id_problem
 
 if TYPE_CHECKING:
     from bot.discord_bot.client import QloraBot
 
 UPLOAD_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
-HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 MIB = 1024 * 1024
+NOT_A_SOURCE_HINT = (
+    "from Discord a dataset is a Hub id (e.g. mlabonne/guanaco-llama2-1k), the https:// URL of a data file, "
+    "or a file attached with the file option; files on the bot's machine are never read"
+)
 
 
 class FinetuneCog(commands.Cog):
@@ -72,11 +75,11 @@ class FinetuneCog(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         self._check_base_model(base_model, requester.is_admin)
         self._check_limits(r=r, epochs=epochs, max_steps=max_steps, max_length=max_length)
-        source, upload = await self._dataset(dataset, file)
+        source, kind, upload = await self._dataset(dataset, file)
         spec = make_spec(
             config.defaults,
             base_model=base_model,
-            dataset=DatasetSpec(source=source, format=format),  # type: ignore[arg-type]
+            dataset=DatasetSpec(source=source, format=format, kind=kind),  # type: ignore[arg-type]
             name=clean_name(name) if name else name_from_dataset(file.filename if file else source),
             lora={"r": r, "alpha": alpha, "dropout": dropout},
             training={
@@ -99,9 +102,9 @@ class FinetuneCog(commands.Cog):
             push=self.bot.hub_push_default if push is None else push,
             private=config.hub.private if private is None else private,
         )
+        base = without_paths(job.spec.base_model)  # a local base model by its folder's name
         await interaction.followup.send(
-            f"Queued job **{job.id}** (`{job.name}` on `{job.spec.base_model}`): see its status message.",
-            ephemeral=True,
+            f"Queued job **{job.id}** (`{job.name}` on `{base}`): see its status message.", ephemeral=True
         )
 
     @finetune.autocomplete("base_model")
@@ -138,7 +141,8 @@ class FinetuneCog(commands.Cog):
 
     async def _dataset(
         self, dataset: str | None, file: discord.Attachment | None
-    ) -> tuple[str, Upload | None]:
+    ) -> tuple[str, DatasetKind, Upload | None]:
+        """The source and its kind: never "file", which only the CLI may name (DESIGN.md, Security)."""
         if (dataset is None) == (file is None):
             raise UserFacingError(
                 "give either dataset or file, not both or neither",
@@ -147,12 +151,20 @@ class FinetuneCog(commands.Cog):
         if file is None:
             assert dataset is not None
             source = dataset.strip()
-            if not (source.startswith("https://") or HUB_ID.match(source)):
+            if source.startswith("https://"):
+                return source, "url", None
+            # The same answer whatever exists on the bot's machine: the text alone decides.
+            if hub_id_problem(source, owner_required=True) is not None:
                 raise UserFacingError(
                     f"dataset {source!r} is neither a Hub dataset id (owner/name) nor an https:// URL",
-                    "use e.g. mlabonne/guanaco-llama2-1k, or attach the file instead",
+                    NOT_A_SOURCE_HINT,
                 )
-            return source, None
+            if PurePosixPath(source).suffix.lower() in UPLOAD_SUFFIXES:
+                raise UserFacingError(
+                    f"dataset {source!r} looks like a file name, not a Hub dataset id (owner/name)",
+                    NOT_A_SOURCE_HINT,
+                )
+            return source, "hub", None
         suffix = PurePosixPath(file.filename).suffix.lower()
         if suffix not in UPLOAD_SUFFIXES:
             raise UserFacingError(
@@ -169,4 +181,4 @@ class FinetuneCog(commands.Cog):
         data = await file.read()
         if len(data) > cap * MIB:  # the size Discord reported is not a promise
             raise UserFacingError(f"{file.filename} is above the {cap:g} MiB limit", "use a smaller file")
-        return f"upload{suffix}", Upload(suffix=suffix, data=data, filename=file.filename)
+        return f"upload{suffix}", "upload", Upload(suffix=suffix, data=data, filename=file.filename)

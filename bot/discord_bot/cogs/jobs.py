@@ -11,6 +11,7 @@ from discord.ext import commands
 
 from bot.discord_bot.owed_messages import delivery_problem
 from bot.discord_bot.permissions import discord_user_id, requester_for
+from bot.discord_bot.shown_paths import without_paths
 from bot.discord_bot.status_view import COLOURS, ending, hub_line, what_to_do
 from bot.hub.public_record import public_reference
 from bot.jobs.job_log import job_log_tail
@@ -57,7 +58,7 @@ class JobsCog(commands.Cog):
         embed.add_field(name="State", value=f"{job.state}{f' ({job.phase})' if job.phase else ''}")
         embed.add_field(name="Owner", value=_owner(job))
         embed.add_field(name="Attempt", value=str(job.attempt))
-        embed.add_field(name="Base model", value=job.spec.base_model, inline=False)
+        embed.add_field(name="Base model", value=without_paths(job.spec.base_model), inline=False)
         dataset = job.spec.dataset
         embed.add_field(name="Dataset", value=dataset.label or public_reference(dataset.source))
         lora = job.spec.lora
@@ -71,7 +72,7 @@ class JobsCog(commands.Cog):
             advice = what_to_do(job)
             hint = f"\n{advice}" if advice else ""
             name = "Ended" if job.state == "cancelled" else "Error"
-            text = ending(job) if job.state == "cancelled" else f"{job.error_kind}: {job.error_message}"
+            text = ending(job) if job.state == "cancelled" else f"{job.error_kind}: {ending(job)}"
             embed.add_field(name=name, value=_clip(text + hint, 1024), inline=False)
         hub = hub_line(job)
         if hub:
@@ -82,7 +83,7 @@ class JobsCog(commands.Cog):
             text = "\n".join(problem for problem in problems if problem)
             embed.add_field(name="Discord", value=_clip(text, 1024), inline=False)
         if requester.owner == job.owner or requester.is_admin:
-            tail = job_log_tail(Path(job.spec.output_dir) / LOG_FILE_NAME)
+            tail = without_paths(job_log_tail(Path(job.spec.output_dir) / LOG_FILE_NAME), job.spec.output_dir)
             if tail:
                 embed.description = f"Log (last lines):\n```\n{_clip(tail, 3900)}\n```"
         await interaction.followup.send(embed=embed, ephemeral=True)
@@ -120,7 +121,8 @@ class JobsCog(commands.Cog):
         for adapter in adapters:
             job = await self.bot.service.store.get_job(adapter.job_id)
             hub = f" · {job.hub_url}" if job is not None and job.hub_url else ""
-            lines.append(f"`{adapter.name}` on `{adapter.base_model}` (job {adapter.job_id}){hub}")
+            base = without_paths(adapter.base_model)
+            lines.append(f"`{adapter.name}` on `{base}` (job {adapter.job_id}){hub}")
         embed = discord.Embed(title="Adapters", description="\n".join(lines) or "No finished adapters yet.")
         await interaction.followup.send(embed=embed, ephemeral=True)
 
