@@ -92,7 +92,9 @@ def dictionary_bomb(path: Path, rows: int, value_bytes: int) -> Path:
     """`rows` rows that all point at one dictionary entry: a few hundred bytes that decode to rows x bytes."""
     entry = pa.array(["x" * value_bytes])
     column = pa.DictionaryArray.from_arrays(pa.array(np.zeros(rows, dtype=np.int32)), entry)
-    pq.write_table(pa.table({"text": column}), path, compression="zstd")
+    # No Arrow schema in the file (store_schema=False), as from any other writer: a reader that did not
+    # ask for dictionaries would get the rows decoded.
+    pq.write_table(pa.table({"text": column}), path, compression="zstd", store_schema=False)
     return path
 
 

@@ -95,15 +95,20 @@ def test_every_row_too_long_is_a_user_error(tokenizer):
 
 
 class Recording:
-    """The real tokenizer, noting every text it is asked to encode."""
+    """The real tokenizer, noting every text it is asked to encode and every chat it renders."""
 
     def __init__(self, inner):
         self.inner = inner
         self.encoded: list[str] = []
+        self.rendered: list[str] = []
 
     def __call__(self, text, **kwargs):
         self.encoded.extend([text] if isinstance(text, str) else text)
         return self.inner(text, **kwargs)
+
+    def apply_chat_template(self, *args, **kwargs):
+        self.rendered.append(self.inner.apply_chat_template(*args, **kwargs))
+        return self.rendered[-1]
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -129,6 +134,7 @@ def test_a_chat_longer_than_any_tokenization_is_never_rendered_or_tokenized(toke
     rows = tokenize_examples([long_chat, short_chat], spy, template, 64, where)
     assert rows.dropped_too_long == 1 and len(rows.input_ids) == 1
     assert max(map(len, spy.encoded)) < 1000
+    assert spy.rendered and max(map(len, spy.rendered)) < 1000
 
 
 def test_the_length_bound_never_drops_a_row_that_fits(tokenizer):
