@@ -209,3 +209,20 @@ def test_parquet_nested_deeper_than_a_row_may_be(tmp_path: Path) -> None:
         refused(path).message
         == "deep.parquet: column 'deep' is nested 41 levels deep; a row may nest at most 32 levels"
     )
+
+
+@pytest.fixture
+def datasets_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets-cache")
+
+
+def test_a_hub_style_dataset_gets_the_same_row_cap(tmp_path: Path, datasets_cache: None) -> None:
+    folder = tmp_path / "my-dataset"
+    folder.mkdir()
+    write(folder, "train.jsonl", '{"text": "a"}\n{"text": "' + "x" * 100 + '"}\n')
+    assert refused(folder).message == (
+        "row 2 of dataset folder my-dataset (split train): the row is 104 bytes, above the limit of 64 bytes "
+        "per row"
+    )
