@@ -34,7 +34,7 @@ def memory_cap(megabytes: int, what: str, setting: str) -> Iterator[None]:
         # Raised back before anything else: building the message and reporting it need memory too.
         resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
         raise UserError(
-            f"{what} needs more than {megabytes} MiB of memory ({setting})",
+            f"{what} needs more than {cap // MIB} MiB of memory ({setting})",
             "use a smaller dataset or shorter rows, or ask an admin to raise the limit",
         ) from None
     finally:
