@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from bot.jobs.executor import LocalExecutor
 from bot.jobs.service import Requester
 from storage.store import Store
@@ -115,5 +117,49 @@ async def test_a_recorded_result_is_applied_on_restart(tmp_path):
         ended = await service.get(job.id)
         assert ended.state == "succeeded" and ended.adapter_path == f"{job.spec.output_dir}/adapter"
         assert len(await service.store.attempts(job.id)) == 1
+    finally:
+        await shut(service)
+
+
+@pytest.mark.parametrize(
+    ("phase", "kind", "message"),
+    [
+        (
+            "validating",
+            "user_error",
+            "the worker died twice in the same way while reading, checking and tokenizing the dataset "
+            "(killed by signal SIGABRT), so the dataset fake:abort_in=validating is the likely cause; "
+            "the job was not retried again",
+        ),
+        (
+            "loading_model",
+            "internal",
+            "the worker died twice in the same way while loading the base model (killed by signal SIGABRT); "
+            "not retried again",
+        ),
+    ],
+)
+async def test_a_crash_that_repeats_before_training_is_not_retried_again(tmp_path, phase, kind, message):
+    service = await open_service(tmp_path / "home", max_attempts=3)
+    try:
+        job = await service.submit(fake_spec(f"abort_in={phase}"), ALICE)
+        ended = await finished(service, job.id)
+        assert (ended.state, ended.error_kind, ended.error_message) == ("failed", kind, message)
+        assert ended.error_hint
+        # The first crash was retried (the host may have been short of memory); the second, identical
+        # one ended the job instead of a third attempt.
+        attempts = await service.store.attempts(job.id)
+        assert [attempt.outcome for attempt in attempts] == ["crashed", "crashed"]
+    finally:
+        await shut(service)
+
+
+async def test_a_crash_in_training_is_still_retried_up_to_max_attempts(tmp_path):
+    service = await open_service(tmp_path / "home", max_attempts=3)
+    try:
+        job = await service.submit(fake_spec("steps=4;crash_at=3"), ALICE)
+        ended = await finished(service, job.id)
+        assert ended.state == "failed" and ended.error_message.startswith("the job crashed 3 times")
+        assert len(await service.store.attempts(job.id)) == 3
     finally:
         await shut(service)

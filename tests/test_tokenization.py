@@ -92,3 +92,85 @@ def test_every_row_too_long_is_a_user_error(tokenizer):
         "every example is longer than max_length=32 tokens (3 rows; the shortest has" in caught.value.message
     )
     assert "raise max_length to at least" in caught.value.hint
+
+
+class Recording:
+    """The real tokenizer, noting every text it is asked to encode and every chat it renders."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.encoded: list[str] = []
+        self.rendered: list[str] = []
+
+    def __call__(self, text, **kwargs):
+        self.encoded.extend([text] if isinstance(text, str) else text)
+        return self.inner(text, **kwargs)
+
+    def apply_chat_template(self, *args, **kwargs):
+        self.rendered.append(self.inner.apply_chat_template(*args, **kwargs))
+        return self.rendered[-1]
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+# The tiny tokenizer's longest vocabulary entry is "<|im_start|>": 12 characters, one token.
+LONGEST = "<|im_start|>"
+
+
+def test_a_row_longer_than_any_tokenization_is_never_tokenized(tokenizer):
+    spy = Recording(tokenizer)
+    examples = [TextExample("a" * 1_000_000), TextExample("short")]
+    rows = tokenize_examples(examples, spy, DEFAULT_CHAT_TEMPLATE, 16, where)
+    assert rows.dropped_too_long == 1 and len(rows.input_ids) == 1
+    assert max(map(len, spy.encoded)) < 1000
+
+
+def test_a_chat_longer_than_any_tokenization_is_never_rendered_or_tokenized(tokenizer):
+    spy = Recording(tokenizer)
+    template, _ = choose_chat_template(tokenizer)
+    long_chat = ChatExample((("user", "q" * 1_000_000), ("assistant", "a")))
+    short_chat = ChatExample((("user", "q"), ("assistant", "a")))
+    rows = tokenize_examples([long_chat, short_chat], spy, template, 64, where)
+    assert rows.dropped_too_long == 1 and len(rows.input_ids) == 1
+    assert max(map(len, spy.encoded)) < 1000
+    assert spy.rendered and max(map(len, spy.rendered)) < 1000
+
+
+def test_the_length_bound_never_drops_a_row_that_fits(tokenizer):
+    spy = Recording(tokenizer)
+    fits = TextExample(LONGEST * 14)  # 14 tokens, with BOS and EOS exactly max_length
+    tokenized_too_long = TextExample(LONGEST * 15)  # 180 characters: within the bound, so tokenized
+    never_tokenized = TextExample(LONGEST * 17)  # 204 characters: more than 16 tokens of 12 can cover
+    rows = tokenize_examples(
+        [fits, tokenized_too_long, never_tokenized], spy, DEFAULT_CHAT_TEMPLATE, 16, where
+    )
+    assert len(rows.input_ids) == 1 and len(rows.input_ids[0]) == 16
+    assert rows.dropped_too_long == 2
+    assert spy.encoded == [fits.text, tokenized_too_long.text]
+
+
+def test_every_row_too_long_to_tokenize_says_how_long_at_least(tokenizer):
+    with pytest.raises(UserError) as caught:
+        tokenize_examples([TextExample("a" * 1000)] * 2, tokenizer, DEFAULT_CHAT_TEMPLATE, 16, where)
+    assert caught.value.message == (
+        "every example is longer than max_length=16 tokens (2 rows; the shortest has at least 84 tokens)"
+    )
+
+
+def test_a_template_that_refuses_a_conversation_names_its_line(tokenizer):
+    template = (
+        "{% if messages[0]['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% endif %}"
+        "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+    )
+    chats = [
+        ChatExample((("user", "Hi"), ("assistant", "Hello!"))),
+        ChatExample((("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello!"))),
+    ]
+    with pytest.raises(UserError) as caught:
+        tokenize_examples(chats, tokenizer, template, 64, where)
+    assert caught.value.message == (
+        "data.jsonl line 2: the chat template refused this conversation (System role not supported)"
+    )
+    assert caught.value.hint

@@ -1,28 +1,29 @@
 """Reading a dataset's raw rows from where its kind says: the Hugging Face Hub, an https URL, an upload in
 the job folder, or (the CLI only) a local file or folder.
 
-Owns the size and row caps, and error messages that point at the file and line of a bad record.
+Owns choosing the source; each file type's reader (file_readers.py), the caps applied while reading
+(records.py) and the URL fetch (url_fetch.py) live apart.
 """
 
 from __future__ import annotations
 
 import ast
-import csv
-import io
-import json
 import os
 import re
 import tempfile
 import urllib.parse
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from trainer.errors import UserError
+from trainer.file_readers import EXTENSIONS, read_file
+from trainer.file_readers import check_suffix as _check_suffix
+from trainer.parquet_reader import BATCH_ROWS, check_schema, read_batches
 from trainer.protocol import DatasetSpec, Limits, hub_id_problem, redact_url
+from trainer.records import Records
+from trainer.records import too_large as _too_large
+from trainer.records import too_many_rows as _too_many_rows
 from trainer.url_fetch import FetchPolicy, open_url
 
-EXTENSIONS: tuple[str, ...] = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 # Used only when a URL's path has no known extension (an API endpoint, a signed download link).
 CONTENT_TYPES: dict[str, str] = {
     "application/json": ".json",
@@ -37,20 +38,6 @@ _HUB_HINT = (
     "check the dataset id (owner/name); for a private or gated dataset set HF_TOKEN to a token of an "
     "account with access; or give an https:// URL or the file itself instead"
 )
-
-
-@dataclass(frozen=True)
-class Records:
-    """The raw rows of a dataset, with enough provenance to point a person at a bad one."""
-
-    rows: list[dict[str, Any]]
-    origin: str  # short human name: "data.jsonl", "https://x/y.csv", "Hub dataset org/name (split train)"
-    line_numbers: tuple[int, ...] | None = None  # 1-based file line of each row (jsonl, csv, txt)
-
-    def where(self, index: int) -> str:
-        if self.line_numbers is not None:
-            return f"{self.origin} line {self.line_numbers[index]}"
-        return f"row {index + 1} of {self.origin}"
 
 
 def read_records(
@@ -100,154 +87,6 @@ def _upload_path(source: str, job_dir: Path | None, label: str | None) -> Path:
         name = label or PurePosixPath(source).name
         raise UserError(f"the uploaded file {name} is missing from the job folder", "upload the file again")
     return path
-
-
-# ---------------------------------------------------------------------------------------------
-# Files
-
-
-def read_file(path: Path, origin: str, limits: Limits) -> Records:
-    """Parse one local file by its extension; `origin` is the name that error messages use."""
-    if not path.is_file():
-        raise UserError(f"dataset file not found: {path}", "check the path, or upload the file again")
-    suffix = path.suffix.lower()
-    _check_suffix(suffix, origin)
-    size = path.stat().st_size
-    if size > limits.max_dataset_bytes:
-        raise _too_large(origin, size, limits)
-    if suffix == ".parquet":
-        return _read_parquet(path, origin, limits)
-    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".txt": _read_txt}
-    return readers[suffix](_decode(path.read_bytes(), origin), origin)
-
-
-def _check_suffix(suffix: str, origin: str) -> None:
-    if suffix not in EXTENSIONS:
-        raise UserError(
-            f"{origin}: unsupported file type {suffix or '(no extension)'}",
-            f"use one of {', '.join(EXTENSIONS)} (rename the file if its content already is one of them)",
-        )
-
-
-def _decode(data: bytes, origin: str) -> str:
-    try:
-        # utf-8-sig drops the byte-order mark that spreadsheet programs put at the start of a CSV.
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        raise UserError(
-            f"{origin} line {line}: not valid UTF-8 (byte 0x{data[error.start]:02x})",
-            "save the file with UTF-8 encoding",
-        ) from None
-
-
-def _lines(text: str) -> list[str]:
-    # Not str.splitlines(): it also splits on U+2028 and other separators that JSON strings may hold.
-    return [line.removesuffix("\r") for line in text.split("\n")]
-
-
-def _read_jsonl(text: str, origin: str) -> Records:
-    rows, numbers = [], []
-    for number, line in enumerate(_lines(text), start=1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise UserError(
-                f"{origin} line {number}: not valid JSON ({error.msg} at column {error.colno})",
-                "each non-blank line of a .jsonl file must be one complete JSON object "
-                "(a file holding one JSON list should be named .json)",
-            ) from None
-        if not isinstance(value, dict):
-            raise _not_an_object(f"{origin} line {number}", value)
-        rows.append(value)
-        numbers.append(number)
-    return Records(rows, origin, tuple(numbers))
-
-
-def _read_json(text: str, origin: str) -> Records:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise UserError(
-            f"{origin} line {error.lineno} column {error.colno}: not valid JSON ({error.msg})",
-            "fix the JSON syntax there (a missing comma, quote or bracket is the usual cause)",
-        ) from None
-    if isinstance(value, dict):
-        # {"version": 1, "data": [...]}: exported datasets often wrap their rows in one list field.
-        lists = [key for key, item in value.items() if isinstance(item, list)]
-        if len(lists) != 1:
-            raise UserError(
-                f"{origin}: expected a list of objects, or an object with exactly one list of rows "
-                f"(found an object with {len(lists)} list fields)",
-                "make the file one JSON list of row objects",
-            )
-        value = value[lists[0]]
-    if not isinstance(value, list):
-        raise UserError(
-            f"{origin}: expected a list of objects, got {_json_type(value)}",
-            "make the file one JSON list of row objects",
-        )
-    for index, row in enumerate(value):
-        if not isinstance(row, dict):
-            raise _not_an_object(f"row {index + 1} of {origin}", row)
-    return Records(value, origin)
-
-
-def _read_csv(text: str, origin: str) -> Records:
-    # csv.reader rather than DictReader: DictReader skips blank lines inside next(), which hides the
-    # line a row starts on; here each record starts one line after the previous one ended.
-    reader = csv.reader(io.StringIO(text, newline=""))
-    rows: list[dict[str, Any]] = []
-    numbers: list[int] = []
-    header: list[str] | None = None
-    end = 0
-    try:
-        for fields in reader:
-            start, end = end + 1, reader.line_num
-            if not fields:
-                continue
-            if header is None:
-                twice = [name for name in fields if fields.count(name) > 1]
-                if twice:
-                    raise UserError(f"{origin} line {start}: column {twice[0]!r} appears twice", "rename one")
-                header = fields
-            elif len(fields) != len(header):
-                raise UserError(
-                    f"{origin} line {start}: {len(fields)} values but the header has {len(header)} columns",
-                    "quote values that contain commas or newlines, and give every row one value per column",
-                )
-            else:
-                rows.append(dict(zip(header, fields, strict=True)))
-                numbers.append(start)
-    except csv.Error as error:
-        raise UserError(
-            f"{origin} line {reader.line_num}: not valid CSV ({error})", "fix the CSV there"
-        ) from None
-    return Records(rows, origin, tuple(numbers))
-
-
-def _read_txt(text: str, origin: str) -> Records:
-    numbered = [(number, line) for number, line in enumerate(_lines(text), start=1) if line.strip()]
-    return Records([{"text": line} for _, line in numbered], origin, tuple(number for number, _ in numbered))
-
-
-def _read_parquet(path: Path, origin: str, limits: Limits) -> Records:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        parquet = pq.ParquetFile(path)
-        # The footer knows the row count: refuse a huge file before decoding a single row.
-        if parquet.metadata.num_rows > limits.max_rows:
-            raise _too_many_rows(origin, parquet.metadata.num_rows, limits)
-        rows = parquet.read().to_pylist()
-    except (pa.ArrowException, OSError) as error:
-        raise UserError(
-            f"{origin}: not a readable Parquet file ({error})", "check the file is valid Parquet"
-        ) from None
-    return Records(rows, origin)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,7 +161,15 @@ def _read_hub(path: str, source: str, spec: DatasetSpec, limits: Limits, label: 
         raise _too_many_rows(origin, dataset.num_rows, limits)
     if dataset.data.nbytes > limits.max_dataset_bytes:
         raise _too_large(origin, dataset.data.nbytes, limits)
-    return Records(dataset.to_list(), origin)
+    # Batch by batch with the caps of a Parquet file: the Arrow cache is memory-mapped, its Python rows
+    # are not.
+    check_schema(dataset.data.schema, origin)
+    batches = (
+        batch
+        for table in dataset.with_format("arrow").iter(batch_size=BATCH_ROWS)
+        for batch in table.to_batches()
+    )
+    return read_batches(batches, origin, limits)
 
 
 def _hub_value_error(source: str, spec: DatasetSpec, error: ValueError) -> UserError | None:
@@ -339,43 +186,3 @@ def _hub_value_error(source: str, spec: DatasetSpec, error: ValueError) -> UserE
         if text.startswith(start):
             return UserError(f"dataset {source} {problem} (available: {available})", "choose one of those")
     return None
-
-
-# ---------------------------------------------------------------------------------------------
-# Messages
-
-
-def _too_large(origin: str, size: int | None, limits: Limits) -> UserError:
-    size_text = f"is {_human(size)}, above" if size is not None else "is larger than"
-    return UserError(
-        f"{origin} {size_text} the dataset size limit of {_human(limits.max_dataset_bytes)}",
-        "use a smaller dataset, or ask an admin to raise the limit",
-    )
-
-
-def _too_many_rows(origin: str, count: int, limits: Limits) -> UserError:
-    return UserError(
-        f"{origin} has {count:,} rows, above the limit of {limits.max_rows:,}",
-        "use fewer rows, or ask an admin to raise the limit",
-    )
-
-
-def _not_an_object(where: str, value: object) -> UserError:
-    hint = 'every row must be one JSON object with named fields, e.g. {"text": "..."}'
-    return UserError(f"{where}: expected a JSON object, got {_json_type(value)}", hint)
-
-
-def _human(size: int) -> str:
-    value, unit = float(size), "bytes"
-    for bigger in ("KiB", "MiB", "GiB", "TiB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, bigger
-    return f"{size} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
-
-
-_JSON_TYPES = {type(None): "null", bool: "true/false", int: "a number", float: "a number", str: "a string"}
-
-
-def _json_type(value: object) -> str:
-    return _JSON_TYPES.get(type(value), "a list" if isinstance(value, list) else "an object")

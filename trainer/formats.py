@@ -1,18 +1,19 @@
 """Recognising a dataset's format from its columns, and turning its rows into validated, typed examples.
 
-Owns the mapping of ShareGPT and Alpaca rows onto chat turns: trl itself reads only messages,
-prompt/completion and text.
+Owns the mapping of ShareGPT and Alpaca rows onto chat turns (trl itself reads only messages,
+prompt/completion and text), and what a trainable chat and a trainable text are.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from trainer.data_sources import Records
 from trainer.errors import UserError
+from trainer.records import Records
 
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
@@ -64,10 +65,22 @@ _HINTS = {
     "lists of {role, content} messages",
     "text": "each row needs a non-empty `text` string",
 }
+_ORDER_HINT = (
+    "a conversation is an optional system message, then user and assistant turns taking turns, starting "
+    "with user and ending with assistant: merge two turns in a row of one role into one"
+)
+# Neither is text a tokenizer can take: a NUL is usually a binary or UTF-16 file read as text, and a lone
+# surrogate (only JSON's \u escapes can make one) cannot even be encoded as UTF-8.
+_NOT_TEXT = re.compile("[\x00\ud800-\udfff]")
 
 
 class _BadRow(Exception):
-    """One row's problem, without the row's location (the caller adds it)."""
+    """One row's problem, without the row's location (the caller adds it); the hint defaults to the
+    format's."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 def detect_format(records: Records) -> str:
@@ -108,17 +121,18 @@ def to_examples(records: Records, fmt: str) -> tuple[str, list[Example]]:
         conversational = isinstance(first.get("prompt"), list) or isinstance(first.get("completion"), list)
         convert = functools.partial(_prompt_completion, conversational=conversational)
     examples: list[Example] = []
-    problems: list[str] = []
+    problems: list[tuple[str, str]] = []
     # Check every row before failing, so the person learns how much of the file needs fixing.
     for index, row in enumerate(records.rows):
         try:
             examples.append(convert(row))
         except _BadRow as problem:
-            problems.append(f"{records.where(index)}: {problem}")
+            problems.append((f"{records.where(index)}: {problem}", problem.hint))
     if problems:
         more = len(problems) - 1
         suffix = f" (and {more} more bad row{'s' if more > 1 else ''})" if more else ""
-        raise UserError(problems[0] + suffix, _HINTS[fmt])
+        first, hint = problems[0]
+        raise UserError(first + suffix, hint or _HINTS[fmt])
     return fmt, examples
 
 
@@ -131,14 +145,14 @@ def _text(row: dict[str, Any]) -> Example:
 
 
 def _messages(row: dict[str, Any]) -> Example:
-    return ChatExample(
-        _chat(_turns(_column(row, "messages"), "messages", "role", "content", ROLES), "messages")
-    )
+    turns = _turns(_column(row, "messages"), "messages", "role", "content", ROLES)
+    return ChatExample(_in_order(_chat(turns, "messages"), _paths("messages", turns)))
 
 
 def _sharegpt(row: dict[str, Any]) -> Example:
     turns = _turns(_column(row, "conversations"), "conversations", "from", "value", SHAREGPT_ROLES)
-    return ChatExample(_chat(turns, "conversations", "value"))
+    chat = _chat(turns, "conversations", "value")
+    return ChatExample(_in_order(chat, _paths("conversations", turns), "value"))
 
 
 def _alpaca(row: dict[str, Any]) -> Example:
@@ -161,7 +175,7 @@ def _prompt_completion(row: dict[str, Any], conversational: bool) -> Example:
             )
         if not completion.strip():
             raise _BadRow("completion is empty")
-        return CompletionExample(prompt, completion)
+        return CompletionExample(_text_only(prompt, "prompt"), _text_only(completion, "completion"))
     if not isinstance(prompt, list) or not isinstance(completion, list):
         raise _BadRow(
             "prompt and completion must both be lists of messages in every row, as in the first "
@@ -169,7 +183,8 @@ def _prompt_completion(row: dict[str, Any], conversational: bool) -> Example:
         )
     prompt_turns = _turns(prompt, "prompt", "role", "content", ROLES, allow_empty=True)
     completion_turns = _chat(_turns(completion, "completion", "role", "content", ROLES), "completion")
-    return ChatExample(prompt_turns + completion_turns)
+    paths = _paths("prompt", prompt_turns) + _paths("completion", completion_turns)
+    return ChatExample(_in_order(prompt_turns + completion_turns, paths))
 
 
 _CONVERTERS: dict[str, Callable[[dict[str, Any]], Example]] = {
@@ -210,6 +225,7 @@ def _turns(
         content = message.get(content_key)
         if not isinstance(content, str):
             raise _BadRow(f"{path}.{content_key} must be a string (got {_type(content)})")
+        _text_only(content, f"{path}.{content_key}")
         # Extra keys (name, tool_calls, weight...) are ignored: the chat template sees role and content.
         turns.append((roles[role] if isinstance(roles, dict) else role, content))
     return tuple(turns)
@@ -230,6 +246,57 @@ def _chat(
     return turns
 
 
+def _in_order(
+    turns: tuple[tuple[Role, str], ...], paths: list[str], content_key: str = "content"
+) -> tuple[tuple[Role, str], ...]:
+    """The chat if its roles follow the one order every chat template renders and each user turn says
+    something; empty system messages are dropped (ShareGPT exports often carry one, and a template would
+    render an empty header for it)."""
+    previous: tuple[str, str] | None = None  # (role, path) of the last user or assistant turn
+    for index, ((role, content), path) in enumerate(zip(turns, paths, strict=True)):
+        if role == "user" and not content.strip():
+            raise _BadRow(f"{path}.{content_key} is an empty user turn")
+        if role == "system":
+            if index > 0:
+                raise _BadRow(
+                    f"{path} is a system message after the first turn; a system message may only come first",
+                    _ORDER_HINT,
+                )
+            continue
+        if previous is None and role != "user":
+            raise _BadRow(
+                f"{path} is an assistant turn before any user turn; a conversation starts with a user "
+                "turn (after an optional system message)",
+                _ORDER_HINT,
+            )
+        if previous is not None and previous[0] == role:
+            raise _BadRow(f"{path} is a second {role} turn in a row (after {previous[1]})", _ORDER_HINT)
+        previous = (role, path)
+    return tuple(turn for turn in turns if turn[0] != "system" or turn[1].strip())
+
+
+def _paths(field: str, turns: tuple[tuple[Role, str], ...]) -> list[str]:
+    return [f"{field}[{index}]" for index in range(len(turns))]
+
+
+def _text_only(value: str, path: str) -> str:
+    """`value`, after refusing characters that are not text (a NUL, a lone UTF-16 surrogate)."""
+    found = _NOT_TEXT.search(value)
+    if found is None:
+        return value
+    char, at = found.group(), found.start() + 1
+    if char == "\x00":
+        raise _BadRow(
+            f"{path} holds a NUL character (\\u0000) at character {at}",
+            "remove the NUL characters; a file full of them is often UTF-16 or binary: save it as UTF-8 text",
+        )
+    raise _BadRow(
+        f"{path} holds a lone surrogate \\u{ord(char):04x} at character {at} (half of a UTF-16 pair: "
+        "not valid Unicode)",
+        "write characters as themselves in UTF-8, or escape both halves of the pair (e.g. \\ud83d\\ude00)",
+    )
+
+
 def _column(row: dict[str, Any], name: str) -> Any:
     if name not in row:
         raise _BadRow(f"missing column {name!r} (columns: {_names(row.keys())})")
@@ -242,7 +309,7 @@ def _nonblank(row: dict[str, Any], name: str) -> str:
         raise _BadRow(f"{name} must be a string (got {_type(value)})")
     if not value.strip():
         raise _BadRow(f"{name} is empty")
-    return value
+    return _text_only(value, name)
 
 
 def _optional_string(row: dict[str, Any], name: str) -> str:
@@ -251,7 +318,7 @@ def _optional_string(row: dict[str, Any], name: str) -> str:
         return ""
     if not isinstance(value, str):
         raise _BadRow(f"{name} must be a string (got {_type(value)})")
-    return value
+    return _text_only(value, name)
 
 
 def _describe(fmt: str) -> str:

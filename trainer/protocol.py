@@ -98,7 +98,7 @@ class TrainingSpec:
 
 @dataclass(frozen=True)
 class Limits:
-    max_dataset_bytes: int = 1 << 30
+    max_dataset_bytes: int = 1 << 30  # as stored, and again once decompressed (Parquet, the Hub)
     max_rows: int = 1_000_000
     # Seconds a dataset URL's whole download may take (redirects and body included; a trickle never holds
     # a worker longer).
@@ -106,6 +106,12 @@ class Limits:
     # Hosts (names or addresses, as written in URLs) that dataset URLs may reach although they resolve to
     # loopback or private addresses, and over plain http: the admin's one way around trainer/url_fetch.py.
     allowed_url_hosts: tuple[str, ...] = ()
+    # One row (a line of .jsonl/.txt, a CSV record, a Parquet row decoded): 8,192 tokens of text are
+    # about 40 KiB, so this only refuses what could never be trained on whole.
+    max_row_bytes: int = 1 << 20
+    # The training worker's memory (RLIMIT_DATA) while it reads and validates the dataset, before the
+    # model stack is imported: a file that needs more fails its job instead of the host.
+    data_stage_memory_mb: int = 8192
 
 
 @dataclass(frozen=True)
@@ -226,6 +232,8 @@ def spec_problems(spec: JobSpec) -> list[str]:
         (training.logging_steps < 1, "training.logging_steps: must be at least 1"),
         (training.checkpoint_steps < 1, "training.checkpoint_steps: must be at least 1"),
         (training.keep_checkpoints < 1, "training.keep_checkpoints: must be at least 1"),
+        (spec.limits.max_row_bytes < 1, "limits.max_row_bytes: must be at least 1"),
+        (spec.limits.data_stage_memory_mb < 1, "limits.data_stage_memory_mb: must be at least 1"),
     ]
     return dataset_problems(spec.dataset) + [message for failed, message in checks if failed]
 

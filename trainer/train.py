@@ -26,6 +26,7 @@ from trainer.data_sources import read_records
 from trainer.errors import AlreadyTrained, Cancelled, UserError, job_relative
 from trainer.event_stream import take_stdout_for_events
 from trainer.formats import ChatExample, to_examples
+from trainer.memory_cap import memory_cap
 from trainer.memory_plan import GIB, MemoryPlan, ModelShape, TrainingLoad, plan_memory
 from trainer.protocol import (
     LOG_FILE_NAME,
@@ -43,6 +44,7 @@ from trainer.tokenization import TokenizedRows, tokenize_examples
 log = logging.getLogger("trainer.train")
 
 EXIT_USER_ERROR, EXIT_OOM, EXIT_INTERNAL, EXIT_CANCELLED = 2, 3, 1, 143
+DATA_STAGE_SETTING = "defaults.limits.data_stage_memory_mb"
 OOM_HINT = (
     "lower max_length or batch_size (raise grad_accum to keep the batch), and keep gradient checkpointing on"
 )
@@ -151,10 +153,12 @@ def prepare(spec: JobSpec, emit: Any, cancel: CancelFlag) -> PreparedRun:
     job_dir.mkdir(parents=True, exist_ok=True)
 
     # --- validating: the dataset is read, checked and tokenized before any weight is loaded. The data
-    # modules are stdlib-only, so a bad file is reported before torch has even been imported.
+    # modules are stdlib-only, so a bad file is reported before torch has even been imported, and the
+    # reading runs under a memory cap that is lifted again before the model stack (CUDA) is imported.
     emit(Phase(name="validating"))
-    records = read_records(spec.dataset, job_dir / "data", spec.limits, job_dir=job_dir)
-    data_format, examples = to_examples(records, spec.dataset.format)
+    with memory_cap(spec.limits.data_stage_memory_mb, "reading the dataset", DATA_STAGE_SETTING):
+        records = read_records(spec.dataset, job_dir / "data", spec.limits, job_dir=job_dir)
+        data_format, examples = to_examples(records, spec.dataset.format)
     from transformers import set_seed
 
     from trainer.model_loading import add_lora, load_quantized_model, load_tokenizer

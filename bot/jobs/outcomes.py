@@ -1,7 +1,8 @@
 """How an attempt's last word becomes the job's next state: the one place that decides.
 
 Used by the runner when a worker ends and by start-up recovery for jobs a dead bot left running, so a
-crash is judged the same way whoever notices it.
+crash is judged the same way whoever notices it. A crash is retried as a fault of the machine, unless it
+repeats the previous attempt's before training started: that one is the input's, and would repeat again.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from typing import Literal
 
 from bot.jobs.worker_process import WorkerLost
 from storage.disk_space import DiskFull
-from storage.models import Job
+from storage.models import Attempt, Job
 from storage.store import Store
-from trainer.protocol import Done, Error, newest_checkpoint
+from trainer.protocol import Done, Error, Phase, newest_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,13 @@ log = logging.getLogger(__name__)
 # itself shutting down (the job is then resumed later, not ended).
 StopReason = Literal["cancel", "timeout", "shutdown"]
 DISK_FULL_HINT = "free space there, then submit the job again (its newest checkpoint is kept)"
+# What the worker does in each phase before training, as a crash message names it.
+BEFORE_TRAINING = {
+    None: "starting",
+    "validating": "reading, checking and tokenizing the dataset",
+    "loading_model": "loading the base model",
+    "tokenizing": "packing the tokenized rows",
+}
 
 
 async def conclude(
@@ -80,7 +88,12 @@ async def _crashed(
     store: Store, job: Job, lost: WorkerLost | None, max_attempts: int, crash_detail: str
 ) -> Job | None:
     detail = lost.describe() if lost is not None else crash_detail or "the worker was lost"
-    crashes = 1 + sum(1 for attempt in await store.attempts(job.id) if attempt.outcome == "crashed")
+    attempts = await store.attempts(job.id)
+    if lost is not None:
+        repeated = await _repeated_crash(store, job, attempts, lost)
+        if repeated is not None:
+            return repeated
+    crashes = 1 + sum(1 for attempt in attempts if attempt.outcome == "crashed")
     if crashes < max_attempts:
         resume = _resume_point(job, lost)
         log.warning(
@@ -100,6 +113,55 @@ async def _crashed(
         attempt_outcome="crashed",
         attempt_detail=detail,
     )
+
+
+async def _repeated_crash(store: Store, job: Job, attempts: list[Attempt], lost: WorkerLost) -> Job | None:
+    """Fail the job if this attempt died before training exactly as the previous one did, else None.
+
+    The data stage and the model load see the same input on every attempt: a second identical crash
+    there (an allocator abort on a hostile row, say) is deterministic, and a third try would only
+    repeat it. A first crash is still retried: the host may have been short of memory for a moment."""
+    previous = [attempt for attempt in attempts if attempt.number < job.attempt]
+    if not previous or previous[-1].outcome != "crashed" or previous[-1].detail != lost.describe():
+        return None
+    phases = await _phases_reached(store, job.id)
+    phase = phases.get(job.attempt)
+    if phase not in BEFORE_TRAINING or phases.get(previous[-1].number) != phase:
+        return None
+    doing, reason = BEFORE_TRAINING[phase], lost.reason
+    if phase == "validating":
+        dataset = job.spec.dataset.label or job.spec.dataset.source
+        kind = "user_error"
+        message = (
+            f"the worker died twice in the same way while {doing} ({reason}), so the dataset {dataset} "
+            "is the likely cause; the job was not retried again"
+        )
+        hint = (
+            "look for very long rows or deeply nested values in the dataset, or try a part of it "
+            f"(the worker log {lost.log_path} shows how far it got)"
+        )
+    else:
+        kind = "internal"
+        message = f"the worker died twice in the same way while {doing} ({reason}); not retried again"
+        hint = f"see the worker log {lost.log_path}"
+    return await store.finish_job(
+        job.id,
+        "failed",
+        error_kind=kind,
+        error_message=message,
+        error_hint=hint,
+        attempt_outcome="crashed",
+        attempt_detail=lost.describe(),
+    )
+
+
+async def _phases_reached(store: Store, job_id: int) -> dict[int, str]:
+    """The last phase each attempt reported; an attempt that died before reporting one is absent."""
+    return {
+        stored.attempt: stored.event.name
+        for stored in await store.events(job_id)
+        if isinstance(stored.event, Phase)
+    }
 
 
 def adapter_name(job: Job) -> str:

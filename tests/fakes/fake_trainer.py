@@ -4,8 +4,9 @@ Its behaviour comes from the spec's dataset source, e.g. "fake:steps=6;step_s=0.
 (or the first line of an uploaded dataset file, {"fake": "steps=6"}):
 steps, step_s (sleep per step), fail_at + fail_kind (report an error; with fail_with_paths its message,
 hint and a log line name the job's files by absolute paths), crash_once_at (SIGKILL itself
-on the first attempt only), crash_at (every attempt), garbage_at, oversize_at, ignore_sigterm,
-checkpoint_every (default: the spec's training.checkpoint_steps).
+on the first attempt only), crash_at (every attempt), abort_in=PHASE (abort, SIGABRT, once it has
+reported that phase, on every attempt, as an allocator does when it runs out), garbage_at,
+oversize_at, ignore_sigterm, checkpoint_every (default: the spec's training.checkpoint_steps).
 Checkpoints follow the real layout (JOB/checkpoints/checkpoint-N/trainer_state.json) every
 training.checkpoint_steps. The adapter folder has the files train.py saves (a small but valid
 safetensors file, adapter_config.json, tokenizer files, qlora_bot.json and trl's README.md).
@@ -76,6 +77,8 @@ def main() -> int:
     logging.getLogger("trainer.fake").info("fake trainer: %d steps from step %d", steps, first)
     for name in ("validating", "loading_model", "tokenizing", "training"):
         emit(Phase(name=name))
+        if opts.get("abort_in") == name:
+            os.abort()
     for step in range(first + 1, steps + 1):
         time.sleep(step_s)
         if str(step) == opts.get("crash_once_at") and spec.resume_from is None:
