@@ -149,7 +149,9 @@ def catalogue() -> int:
                 path.write_bytes(content)
             else:
                 path.write_text(content, encoding="utf-8")
-            spec = JobSpec(base_model="m", dataset=DatasetSpec(source=str(path)), output_dir=work)
+            spec = JobSpec(
+                base_model="m", dataset=DatasetSpec(source=str(path), kind="file"), output_dir=work
+            )
             outcome = _outcome(spec, Path(work), tokenizer, template, check)
             clear += outcome.startswith(("user error, located", "user error, dataset-wide"))
             print(f"{name:52} {outcome}")
@@ -196,7 +198,8 @@ from trainer.protocol import DatasetSpec, Limits
 limits, started = Limits(data_stage_memory_mb={memory_mb}), time.monotonic()
 try:
     with memory_cap(limits.data_stage_memory_mb, "reading the dataset", "limits.data_stage_memory_mb"):
-        records = read_records(DatasetSpec(source={path!r}), __import__("pathlib").Path({work!r}), limits)
+        dataset = DatasetSpec(source={path!r}, kind="file")
+        records = read_records(dataset, __import__("pathlib").Path({work!r}), limits)
         fmt, examples = to_examples(records, "auto")
     result = f"read {{len(examples):,}} rows, format {{fmt}}"
 except UserError as error:

@@ -30,7 +30,7 @@ def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
 
 
 def read(path: Path, limits: Limits = SMALL):
-    return read_records(DatasetSpec(source=str(path)), path.parent / "downloads", limits)
+    return read_records(DatasetSpec(source=str(path), kind="file"), path.parent / "downloads", limits)
 
 
 def refused(path: Path, limits: Limits = SMALL) -> UserError:

@@ -465,5 +465,7 @@ def test_empty_system_messages_are_dropped_and_escaped_pairs_are_text(tmp_path: 
     path = tmp_path / "chats.jsonl"
     row = sharegpt(("system", ""), ("human", "Hi \\ud83d\\ude00"), ("gpt", "Hello!"))
     path.write_text(json.dumps(row).replace("\\\\u", "\\u") + "\n")  # the emoji as a JSON escape pair
-    _, [example] = to_examples(read_records(DatasetSpec(source=str(path)), tmp_path, Limits()), "auto")
+    _, [example] = to_examples(
+        read_records(DatasetSpec(source=str(path), kind="file"), tmp_path, Limits()), "auto"
+    )
     assert example == ChatExample((("user", "Hi \U0001f600"), ("assistant", "Hello!")))
