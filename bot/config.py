@@ -276,22 +276,34 @@ def config_problems(config: Config) -> list[str]:
 
 # Key names that hold credentials (`max_new_tokens` is not one: it ends in "tokens").
 _SECRET_KEY = re.compile(r"(^|_)(token|secret|password|passwd|api_key|apikey)$", re.IGNORECASE)
-# Values shaped like Hugging Face or Discord bot tokens, whatever key they hide under.
+# Values shaped like Hugging Face or Discord bot tokens, whatever key they hide under, anywhere in a string
+# ("Bot <token>", a URL with one in it) or in a list: a token pasted anywhere in the file is a leak.
 _SECRET_VALUE = re.compile(
-    r"^(hf_[A-Za-z0-9]{20,}|[A-Za-z0-9_-]{23,28}\.[A-Za-z0-9_-]{6}\.[A-Za-z0-9_-]{27,})$"
+    r"(?<![A-Za-z0-9_.-])"
+    r"(hf_[A-Za-z0-9]{20,}|[A-Za-z0-9_-]{23,28}\.[A-Za-z0-9_-]{6}\.[A-Za-z0-9_-]{27,})"
+    r"(?![A-Za-z0-9_.-])"
 )
 
 
 def _refuse_secrets(data: Any, path: Path, prefix: str = "") -> None:
+    """Refuse credential-named keys and token-shaped strings at any depth; the value is never echoed."""
     if isinstance(data, dict):
         for key, value in data.items():
+            if _SECRET_VALUE.search(key):  # a quoted key is a string too; naming it would echo the token
+                _secret_at(path, f"{prefix or '(top level)'} (a key shaped like a token)")
             dotted = f"{prefix}.{key}" if prefix else key
-            if _SECRET_KEY.search(key) or (isinstance(value, str) and _SECRET_VALUE.match(value)):
-                raise ConfigError(
-                    f"{path}: {dotted}: secrets are not read from the config file; "
-                    "set DISCORD_TOKEN and HF_TOKEN in the environment instead, and remove this key"
-                )
+            if _SECRET_KEY.search(key):
+                _secret_at(path, dotted)
             _refuse_secrets(value, path, dotted)
     elif isinstance(data, list):
         for index, item in enumerate(data):
             _refuse_secrets(item, path, f"{prefix}[{index}]")
+    elif isinstance(data, str) and _SECRET_VALUE.search(data):
+        _secret_at(path, prefix)
+
+
+def _secret_at(path: Path, where: str) -> None:
+    raise ConfigError(
+        f"{path}: {where}: secrets are not read from the config file; "
+        "set DISCORD_TOKEN and HF_TOKEN in the environment instead, and remove it"
+    )

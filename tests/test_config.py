@@ -66,6 +66,22 @@ def test_missing_default_file_means_defaults(tmp_path, monkeypatch):
             '[paths]\ndata_dir = "hf_abcdefghijklmnopqrstuvwxyz012345"\n',
             r"paths\.data_dir: secrets are not read",
         ),
+        (  # a token among harmless list items
+            '[discord]\nadmin_roles = ["admins", "hf_abcdefghijklmnopqrstuvwxyz012345"]\n',
+            r"discord\.admin_roles\[1\]: secrets are not read",
+        ),
+        (  # a Discord bot token inside a longer string
+            '[paths]\ndata_dir = "/srv/Bot MTk4NjIyNDgzNDcxOTI1MjQ4.Cl2FMQ.abcdefghijklmnopqrstuvwxyz0/x"\n',
+            r"paths\.data_dir: secrets are not read",
+        ),
+        (
+            '[limits]\nbase_models = ["org/model?token=hf_abcdefghijklmnopqrstuvwxyz012345"]\n',
+            r"limits\.base_models\[0\]: secrets are not read",
+        ),
+        (  # a token pasted as a (quoted) key: naming the key would echo it
+            '[discord]\n"hf_abcdefghijklmnopqrstuvwxyz012345" = 1\n',
+            r"discord \(a key shaped like a token\): secrets are not read",
+        ),
     ],
 )
 def test_bad_files_are_refused_naming_the_key(tmp_path, toml, message):
