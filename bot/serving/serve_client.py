@@ -2,7 +2,9 @@
 
 One long-lived `python -m trainer.serve` per bot process holds the base models and an LRU of
 adapters. If it dies, every pending ask fails with a clear message and the next ask starts a new
-one; after `idle_timeout_s` without asks it exits, giving the GPU back to training.
+one; one that holds asks but says nothing for longer than their timeout plus `silence_grace_s` is
+stuck, and is killed to the same end. After `idle_timeout_s` without asks it exits, giving the GPU
+back to training.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -34,6 +37,10 @@ from trainer.serve_protocol import (
 log = logging.getLogger(__name__)
 MAX_LINE_BYTES = 1 << 22  # a finished answer carries its whole text
 START_TIMEOUT_S = 600.0  # importing torch and building the process; models load per request
+# The worker fails an ask itself once its timeout passes, at its next step; silence beyond that by this
+# much means no step comes: it is stuck (in a kernel, a lock, a loop no deadline reaches). Loading a base
+# model is one silent step: a load that outlasts an ask's whole timeout and this grace is stopped too.
+SILENCE_GRACE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,7 @@ class ServeClient:
         module: str = "trainer.serve",
         cuda_visible_devices: str | None = None,
         gpu_wait: Callable[[], Awaitable[str | None]] | None = None,
+        silence_grace_s: float = SILENCE_GRACE_S,
     ) -> None:
         self.config = config
         self.log_path = log_path
@@ -62,12 +70,16 @@ class ServeClient:
         self.module = module
         self.cuda_visible_devices = cuda_visible_devices
         self.gpu_wait = gpu_wait
+        self.silence_grace_s = silence_grace_s
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task | None = None
         self._pending: dict[str, asyncio.Queue] = {}
         self._start_lock = asyncio.Lock()
         self._idle_timer: asyncio.TimerHandle | None = None
         self._idle_task: asyncio.Task | None = None
+        self._outstanding: dict[str, float] = {}  # asks sent to the worker and not ended: their timeout_s
+        self._last_heard = 0.0  # loop time of its last line, or of a send that found it with nothing to do
+        self._stopped_why: dict[int, str] = {}  # by pid: why this client killed it, for the asks it held
         self.starts = 0  # how many workers were started: a test and the logs care
 
     @property
@@ -95,9 +107,12 @@ class ServeClient:
                     hint=f"see its log {self.log_path}",
                 )
                 return
+            if not self._outstanding:
+                self._last_heard = asyncio.get_running_loop().time()  # it had nothing to say until now
+            self._outstanding[request.id] = request.timeout_s
             await self._send(encode(request))
             while not ended:
-                event = await queue.get()
+                event = await self._next_event(queue)
                 if isinstance(event, Finished):
                     expected -= 1
                     ended = expected == 0
@@ -105,10 +120,37 @@ class ServeClient:
                 yield event
         finally:
             self._pending.pop(request.id, None)
+            self._outstanding.pop(request.id, None)
             if not ended and self.running:  # the asker went away: stop spending the GPU on it
                 with contextlib.suppress(Exception):
                     await self._send(encode(Cancel(id=request.id)))
             self._arm_idle_timer()
+
+    async def _next_event(self, queue: asyncio.Queue) -> ServeEvent:
+        """The next event for one ask; kills the worker when it has been silent too long (its reader then
+        fails every ask it held, this one included)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            limit = max(self._outstanding.values(), default=0.0) + self.silence_grace_s
+            try:
+                return await asyncio.wait_for(queue.get(), max(0.05, self._last_heard + limit - loop.time()))
+            except TimeoutError:
+                silent = loop.time() - self._last_heard
+                if silent >= limit:
+                    self._stop_silent_worker(silent, limit - self.silence_grace_s)
+
+    def _stop_silent_worker(self, silent: float, timeout: float) -> None:
+        process = self._process
+        if process is None or process.returncode is not None or process.pid in self._stopped_why:
+            return
+        why = (
+            f"the serve worker stopped answering: nothing from it for {silent:.0f} s, longer than the "
+            f"{timeout:g} s an answer may take, so it was stopped"
+        )
+        log.error("%s (pid %s)", why, process.pid)
+        self._stopped_why[process.pid] = why
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # its own session: the template child goes too
 
     async def cancel(self, request_id: str) -> None:
         if self.running:
@@ -172,6 +214,7 @@ class ServeClient:
         assert process.stdout is not None
         try:
             while line := await process.stdout.readline():
+                self._last_heard = asyncio.get_running_loop().time()
                 try:
                     event = decode_event(line)
                 except ServeProtocolError as error:
@@ -191,15 +234,16 @@ class ServeClient:
         code = await process.wait()
         if not ready.done():
             ready.set_exception(ConnectionError(f"the serve worker exited with code {code} while starting"))
-        self._fail_pending(code)
+        why = self._stopped_why.pop(process.pid, None)
+        self._fail_pending(why or f"the serve worker stopped unexpectedly (exit code {code})")
 
-    def _fail_pending(self, code: int) -> None:
+    def _fail_pending(self, message: str) -> None:
         for request_id, queue in list(self._pending.items()):
             queue.put_nowait(
                 Failed(
                     id=request_id,
                     kind="internal",
-                    message=f"the serve worker stopped unexpectedly (exit code {code})",
+                    message=message,
                     hint=f"ask again to restart it; its log is {self.log_path}",
                 )
             )
