@@ -1,8 +1,9 @@
 """Load config.toml into one frozen dataclass tree, and the secrets from the environment.
 
-Unknown keys and wrong types stop start-up naming the dotted key; a secret written into the file is
-refused (it would end up in backups and screenshots). Defaults live in the dataclasses; config.toml at
-the repository root documents every one of them, and a test keeps the two in sync.
+Unknown keys, wrong types and numbers out of their documented range stop start-up naming the dotted key;
+a secret written into the file is refused (it would end up in backups and screenshots). Defaults live in
+the dataclasses; config.toml at the repository root documents every one of them (and every range), and a
+test keeps the two in sync.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from trainer.dataclass_codec import CodecError, from_dict
-from trainer.protocol import Limits, LoraSpec, TrainingSpec
+from trainer.protocol import SPEC_RANGES, DatasetSpec, JobSpec, Limits, LoraSpec, TrainingSpec, spec_problems
+from trainer.ranges import Range, above, at_least
 
 HOME_ENV = "QLORA_BOT_HOME"
 DEFAULT_CONFIG_FILE = "config.toml"
@@ -184,29 +186,124 @@ def load_config(path: Path | None = None) -> Config:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
     _refuse_secrets(data, path)
     try:
-        return from_dict(Config, data)
+        config = from_dict(Config, data)
     except CodecError as error:
         raise ConfigError(f"{path}: {error}") from None
+    problems = config_problems(config)
+    if problems:
+        raise ConfigError(f"{path}: " + "; ".join(problems))
+    return config
+
+
+# The range of every numeric key outside [defaults] (whose ranges are the job spec's, SPEC_RANGES), by its
+# dotted key; config.toml documents each. A list's range applies to each of its items.
+CONFIG_RANGES: dict[str, Range] = {
+    "worker.cancel_grace_s": above(0),
+    "queue.max_queued_per_user": at_least(1),
+    "queue.max_running_per_user": at_least(1),
+    "queue.max_jobs_per_day": at_least(1),
+    "queue.max_attempts": at_least(1),
+    "queue.max_wall_time_h": above(0),
+    "queue.default_job_minutes": above(0),
+    "gpus.jobs_per_device": at_least(1),
+    "discord.guild_ids": at_least(1),
+    "discord.status_edit_interval_s": above(0),
+    "discord.old_status_edit_interval_s": above(0),
+    "discord.channel_edits_per_minute": at_least(1),
+    "discord.outbox_poll_s": above(0),
+    "discord.outbox_backoff_s": above(0),
+    "discord.outbox_max_backoff_s": above(0),
+    "discord.outbox_nonce_window_s": at_least(0),
+    "discord.outbox_history_limit": at_least(1),
+    "limits.max_attachment_mb": above(0),
+    "limits.max_steps": at_least(1),
+    "limits.max_epochs": above(0),
+    "limits.max_r": at_least(1),
+    "limits.max_length": at_least(16),
+    "limits.data_check_timeout_s": above(0),
+    "limits.data_check_memory_mb": at_least(256),  # below this the checking process cannot even start
+    "serve.idle_timeout_s": above(0),
+    "serve.max_adapters": at_least(1),
+    "serve.max_adapter_mb": at_least(1),
+    "serve.max_batch": at_least(1),
+    "serve.default_max_new_tokens": at_least(1),
+    "serve.max_new_tokens_limit": at_least(1),
+    "serve.request_timeout_s": above(0),
+    "serve.stream_edit_interval_s": above(0),
+    "hub.max_attempts": at_least(1),
+    "hub.backoff_s": above(0),
+    "hub.max_backoff_s": above(0),
+}
+
+
+def range_of(key: str) -> Range | None:
+    """The declared range of a numeric dotted key; None for a key that declares none."""
+    if key.startswith("defaults."):
+        return SPEC_RANGES.get(key.removeprefix("defaults."))
+    return CONFIG_RANGES.get(key)
+
+
+def config_problems(config: Config) -> list[str]:
+    """Every value out of its range, as "dotted.key: must be ... (got ...)"; empty when the config can run."""
+    problems = []
+    for key, allowed in CONFIG_RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        for index, item in enumerate(value) if isinstance(value, tuple) else [(None, value)]:
+            problem = allowed.problem(key if index is None else f"{key}[{index}]", item)
+            if problem:
+                problems.append(problem)
+    serve = config.serve
+    if serve.default_max_new_tokens > serve.max_new_tokens_limit:
+        problems.append(
+            f"serve.default_max_new_tokens: must be at most serve.max_new_tokens_limit "
+            f"({serve.max_new_tokens_limit}) (got {serve.default_max_new_tokens})"
+        )
+    # The job defaults go through the same checks as every submitted spec: a default out of range would
+    # fail every job that does not override it, long after start-up.
+    defaults = config.defaults
+    spec = JobSpec(
+        base_model=defaults.base_model or "(named by each job)",
+        dataset=DatasetSpec(source="(named by each job)"),
+        output_dir="(the job folder)",
+        lora=defaults.lora,
+        training=defaults.training,
+        limits=defaults.limits,
+    )
+    problems += [f"defaults.{problem}" for problem in spec_problems(spec)]
+    return problems
 
 
 # Key names that hold credentials (`max_new_tokens` is not one: it ends in "tokens").
 _SECRET_KEY = re.compile(r"(^|_)(token|secret|password|passwd|api_key|apikey)$", re.IGNORECASE)
-# Values shaped like Hugging Face or Discord bot tokens, whatever key they hide under.
+# Values shaped like Hugging Face or Discord bot tokens, whatever key they hide under, anywhere in a string
+# ("Bot <token>", a URL with one in it) or in a list: a token pasted anywhere in the file is a leak.
 _SECRET_VALUE = re.compile(
-    r"^(hf_[A-Za-z0-9]{20,}|[A-Za-z0-9_-]{23,28}\.[A-Za-z0-9_-]{6}\.[A-Za-z0-9_-]{27,})$"
+    r"(?<![A-Za-z0-9_.-])"
+    r"(hf_[A-Za-z0-9]{20,}|[A-Za-z0-9_-]{23,28}\.[A-Za-z0-9_-]{6}\.[A-Za-z0-9_-]{27,})"
+    r"(?![A-Za-z0-9_.-])"
 )
 
 
 def _refuse_secrets(data: Any, path: Path, prefix: str = "") -> None:
+    """Refuse credential-named keys and token-shaped strings at any depth; the value is never echoed."""
     if isinstance(data, dict):
         for key, value in data.items():
+            if _SECRET_VALUE.search(key):  # a quoted key is a string too; naming it would echo the token
+                _secret_at(path, f"{prefix or '(top level)'} (a key shaped like a token)")
             dotted = f"{prefix}.{key}" if prefix else key
-            if _SECRET_KEY.search(key) or (isinstance(value, str) and _SECRET_VALUE.match(value)):
-                raise ConfigError(
-                    f"{path}: {dotted}: secrets are not read from the config file; "
-                    "set DISCORD_TOKEN and HF_TOKEN in the environment instead, and remove this key"
-                )
+            if _SECRET_KEY.search(key):
+                _secret_at(path, dotted)
             _refuse_secrets(value, path, dotted)
     elif isinstance(data, list):
         for index, item in enumerate(data):
             _refuse_secrets(item, path, f"{prefix}[{index}]")
+    elif isinstance(data, str) and _SECRET_VALUE.search(data):
+        _secret_at(path, prefix)
+
+
+def _secret_at(path: Path, where: str) -> None:
+    raise ConfigError(
+        f"{path}: {where}: secrets are not read from the config file; "
+        "set DISCORD_TOKEN and HF_TOKEN in the environment instead, and remove it"
+    )

@@ -25,6 +25,13 @@ SYSTEM_LINE_TEMPLATE = (  # the tiny model's ChatML template with a system turn 
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# 10^10 loop steps: hours of CPU in Jinja, yet each step is legal in its sandbox. It writes the messages
+# first, so it looks like a chat template until it is rendered.
+BOMB_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{{ message['content'] }}{% endfor %}"
+    "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}"
+)
+
 
 # Token-for-token equality holds in float32 on the CPU; bf16 kernels on a GPU differ in the last bits and a
 # near tie can flip a greedy token there, so on a GPU the decoders are compared by their logits instead.

@@ -208,3 +208,57 @@ async def test_ask_in_discord_streams_compares_files_and_checks_roles(fake_disco
 
 def _fake_serve_env() -> dict[str, str]:
     return {**worker_env(), "PYTHONPATH": f"{FAKES}:{worker_env()['PYTHONPATH']}"}
+
+
+async def test_a_silent_serve_worker_is_stopped_its_asks_fail_and_the_next_restarts(fake_discord, tmp_path):
+    """/ask through the real discord.py client; the fake serve worker stops talking after one token."""
+    from bot.discord_bot.client import QloraBot
+    from bot.jobs.scheduler import build_slots
+    from bot.jobs.service import JobService
+
+    fake = fake_discord
+    asker = fake.add_member(556, "asker")
+    base = str(tmp_path / "base")
+    config = bot_config(tmp_path, fake, base_models=(base,))
+    # An answer may take 1 s; a worker that holds asks and says nothing for 1 s beyond that is stuck.
+    serve = serve_config(stream_edit_interval_s=0.05, request_timeout_s=1.0)
+    config = dataclasses.replace(config, serve=serve)
+    (tmp_path / "a").mkdir()
+    async with await Store.open(config.database_path()) as store:
+        await _register(store, tmp_path / "a", base, "tiny-a")
+        service = JobService(store, config, data_checker=fake_data_checker(config))
+        await service.start_runner(fake_executor(), build_slots([], 1))
+        client = ServeClient(
+            serve, tmp_path / "serve.log", environ=_fake_serve_env(), module="fake_serve", silence_grace_s=1.0
+        )
+        bot = QloraBot(config=config, service=service, serve_client=client, guild_ready_timeout=0.1)
+        try:
+            async with fake.running(bot):
+                stuck = await fake.slash("ask", {"prompt": "hang", "adapter": "tiny-a"}, user=asker)
+                stuck_message = await stuck.wait_original(timeout=30)
+                await fake.wait_for(lambda: "I was about to say" in stuck_message.content, timeout=30)
+                # Sent to the stuck worker too, which never reads it: the client must fail it as well.
+                held = await fake.slash("ask", {"prompt": "second in line", "adapter": "tiny-a"}, user=asker)
+                held_message = await held.wait_original(timeout=30, loaded=False)
+                for message in (stuck_message, held_message):
+                    await fake.wait_for(lambda m=message: m.content.startswith("❌"), timeout=30)
+                    assert message.content.startswith(
+                        "❌ internal: the serve worker stopped answering: nothing from it for "
+                    ), message.content
+                    assert "ask again to restart it" in message.content
+                assert not client.running
+
+                # A fresh worker answers. Silence is the worker's, not one ask's: the second ask hears
+                # nothing while the long answer streams for 2.5 s (beyond timeout + grace), yet the
+                # worker is talking, so neither is cut.
+                long = await fake.slash("ask", {"prompt": "long:5000", "adapter": "tiny-a"}, user=asker)
+                long_message = await long.wait_original(timeout=30)
+                queued = await fake.slash("ask", {"prompt": "after that", "adapter": "tiny-a"}, user=asker)
+                queued_message = await queued.wait_original(timeout=30, loaded=False)
+                await fake.wait_for(lambda: "answer.txt" in long_message.files, timeout=30)
+                assert len(long_message.files["answer.txt"]) == 5000
+                await fake.wait_for(lambda: queued_message.content == "echo: after that ", timeout=30)
+                assert client.starts == 2
+        finally:
+            await client.close()
+            await service.close()

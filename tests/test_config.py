@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from pathlib import Path
 
 import pytest
 
-from bot.config import Config, ConfigError, Secrets, load_config
+from bot.config import Config, ConfigError, Secrets, load_config, range_of
 
 REFERENCE = Path(__file__).resolve().parent.parent / "config.toml"
 
@@ -65,6 +66,22 @@ def test_missing_default_file_means_defaults(tmp_path, monkeypatch):
             '[paths]\ndata_dir = "hf_abcdefghijklmnopqrstuvwxyz012345"\n',
             r"paths\.data_dir: secrets are not read",
         ),
+        (  # a token among harmless list items
+            '[discord]\nadmin_roles = ["admins", "hf_abcdefghijklmnopqrstuvwxyz012345"]\n',
+            r"discord\.admin_roles\[1\]: secrets are not read",
+        ),
+        (  # a Discord bot token inside a longer string
+            '[paths]\ndata_dir = "/srv/Bot MTk4NjIyNDgzNDcxOTI1MjQ4.Cl2FMQ.abcdefghijklmnopqrstuvwxyz0/x"\n',
+            r"paths\.data_dir: secrets are not read",
+        ),
+        (
+            '[limits]\nbase_models = ["org/model?token=hf_abcdefghijklmnopqrstuvwxyz012345"]\n',
+            r"limits\.base_models\[0\]: secrets are not read",
+        ),
+        (  # a token pasted as a (quoted) key: naming the key would echo it
+            '[discord]\n"hf_abcdefghijklmnopqrstuvwxyz012345" = 1\n',
+            r"discord \(a key shaped like a token\): secrets are not read",
+        ),
     ],
 )
 def test_bad_files_are_refused_naming_the_key(tmp_path, toml, message):
@@ -101,3 +118,112 @@ def test_secrets_come_from_the_environment_and_never_show():
     assert secrets.hf_token == "hf_secret"
     assert "secret" not in repr(secrets)
     assert Secrets.from_env({"HF_TOKEN": ""}).hf_token is None
+
+
+# --- numeric ranges: generated from the dataclasses, so a new numeric key is covered without a new test
+
+
+def _numeric_keys(cls: type = Config, prefix: str = "") -> list[tuple[str, type, bool]]:
+    """(dotted key, int or float, whether it is a list) for every numeric leaf, optional ones included."""
+    found = []
+    for field in dataclasses.fields(cls):
+        annotation = typing.get_type_hints(cls)[field.name]
+        if dataclasses.is_dataclass(annotation):
+            found += _numeric_keys(annotation, f"{prefix}{field.name}.")
+            continue
+        origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+        listed = origin is tuple
+        kinds = {arg for arg in (args if origin is not None else (annotation,)) if arg in (int, float)}
+        if kinds and annotation is not bool:
+            found.append((prefix + field.name, kinds.pop(), listed))
+    return found
+
+
+NUMERIC_KEYS = _numeric_keys()
+
+
+def test_the_numeric_keys_are_found():
+    keys = {key for key, _, _ in NUMERIC_KEYS}
+    assert {"queue.max_wall_time_h", "defaults.training.max_steps", "discord.guild_ids"} <= keys
+    assert len(keys) > 50
+
+
+def _toml(key: str, value: str, listed: bool) -> str:
+    section, name = key.rsplit(".", 1)
+    return f"[{section}]\n{name} = {f'[{value}]' if listed else value}\n"
+
+
+def _candidates(allowed) -> list[float]:
+    values = [math.nan, math.inf, -math.inf, -1, 0, 1e-9]
+    if allowed.high is not None:
+        values += [allowed.high, allowed.high + 1]
+    return values
+
+
+def _literal(value: float, kind: type) -> str:
+    if not math.isfinite(value):
+        return str(value)  # nan, inf, -inf: TOML's own spellings
+    return str(int(value)) if kind is int and float(value).is_integer() else repr(float(value))
+
+
+@pytest.mark.parametrize(("key", "kind", "listed"), NUMERIC_KEYS, ids=[key for key, _, _ in NUMERIC_KEYS])
+def test_every_numeric_key_refuses_values_outside_its_documented_range(tmp_path, key, kind, listed):
+    allowed = range_of(key)
+    assert allowed is not None, f"{key} declares no range (bot.config.CONFIG_RANGES or protocol.SPEC_RANGES)"
+    documented = _comment_above(key)
+    assert f"must be {allowed.text}" in documented.lower(), f"config.toml does not document {key}'s range"
+    path = tmp_path / "config.toml"
+    where = f"{key}[0]" if listed else key
+    for value in _candidates(allowed):
+        literal = _literal(value, kind)
+        if kind is int and math.isfinite(value) and not float(value).is_integer():
+            continue  # not an integer at all: the type check refuses it (tested above)
+        path.write_text(_toml(key, literal, listed))
+        if math.isfinite(value) and allowed.contains(value):
+            load_config(path)  # inside the range: accepted
+            continue
+        with pytest.raises(ConfigError) as caught:
+            load_config(path)
+        message = str(caught.value)
+        assert f"{where}: " in message, (literal, message)  # the dotted key is named
+        if kind is float or math.isfinite(value):
+            assert f"{where}: must be" in message and f"(got {literal})" in message, (literal, message)
+
+
+def _comment_above(key: str) -> str:
+    """The comment lines right above `key` in its [section] of the reference file."""
+    section, name = key.rsplit(".", 1)
+    lines = REFERENCE.read_text().splitlines()
+    start = lines.index(f"[{section}]")
+    for index in range(start + 1, len(lines)):
+        if re.fullmatch(rf"#?\s*{name}\s*=.*", lines[index].strip()):
+            block = []
+            while lines[index - 1].lstrip().startswith("#") and not re.fullmatch(
+                r"#\s*\w+\s*=.*", lines[index - 1].strip()
+            ):
+                index -= 1
+                block.insert(0, lines[index])
+            return " ".join(block)
+    raise AssertionError(f"{key} is not in config.toml")
+
+
+def test_non_finite_numbers_are_outside_every_range():
+    for key, _, _ in NUMERIC_KEYS:
+        allowed = range_of(key)
+        assert allowed is not None and not any(allowed.contains(v) for v in (math.nan, math.inf, -math.inf))
+
+
+def test_the_default_answer_length_must_fit_under_the_limit(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text("[serve]\ndefault_max_new_tokens = 2048\nmax_new_tokens_limit = 1024\n")
+    with pytest.raises(ConfigError, match=r"serve\.default_max_new_tokens: must be at most"):
+        load_config(path)
+
+
+def test_every_problem_is_named_at_once(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text("[queue]\nmax_wall_time_h = nan\nmax_running_per_user = 0\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert "queue.max_wall_time_h: must be a finite number > 0 (got nan)" in str(caught.value)
+    assert "queue.max_running_per_user: must be an integer >= 1 (got 0)" in str(caught.value)

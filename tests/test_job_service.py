@@ -90,7 +90,7 @@ async def test_invalid_settings_are_refused_naming_the_field(tmp_path):
     try:
         spec = fake_spec()
         bad = spec.replace(lora=spec.lora.__class__(r=0))
-        with pytest.raises(UserFacingError, match=r"lora\.r: must be at least 1"):
+        with pytest.raises(UserFacingError, match=r"lora\.r: must be an integer >= 1"):
             await service.submit(bad, ALICE)
     finally:
         await shut(service)

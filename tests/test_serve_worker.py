@@ -1,18 +1,20 @@
 """The serve worker on the tiny 4-bit model: as a subprocess over its pipes, and its engine in-process.
 
-Three workers start first: they import torch (seconds) while this process builds the adapters.
+Four workers start first: they import torch (seconds) while this process builds the adapters.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from tests.serve_helpers import (
+    BOMB_TEMPLATE,
     SYSTEM_LINE_TEMPLATE,
     ServeWorker,
     build_adapter,
@@ -37,6 +39,7 @@ def workers(tmp_path_factory: pytest.TempPathFactory):
         main=ServeWorker(logs / "main.log"),
         small=ServeWorker(logs / "small.log", "--max-adapters", "1", "--max-batch", "2"),
         eof=ServeWorker(logs / "eof.log"),
+        bomb=ServeWorker(logs / "bomb.log", "--template-timeout-s", "2"),
     )
     yield started
     stop_all(vars(started).values())
@@ -55,7 +58,10 @@ def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     one = build_adapter(tiny_model_dir, root / "one", seed=1)
     two = build_adapter(tiny_model_dir, root / "two", seed=2)
     system = with_template(one, root / "one-system-line", SYSTEM_LINE_TEMPLATE)
-    return SimpleNamespace(base=str(tiny_model_dir), one=str(one), two=str(two), system=str(system))
+    bomb = with_template(one, root / "one-bomb", BOMB_TEMPLATE)
+    return SimpleNamespace(
+        base=str(tiny_model_dir), one=str(one), two=str(two), system=str(system), bomb=str(bomb)
+    )
 
 
 @pytest.fixture
@@ -155,6 +161,30 @@ def test_timeout_fails_the_request(worker, adapters):
     outcome = worker.ask(ask(adapters, "slow", max_new_tokens=LONG, timeout_s=0.02))["slow"]
     assert outcome.failed is not None and outcome.failed.kind == "timeout"
     assert "longer than 0.02 s" in outcome.failed.message
+
+
+def test_a_chat_template_bomb_fails_its_request_at_the_deadline_and_the_batch_is_answered(workers, adapters):
+    worker = workers.bomb  # --template-timeout-s 2
+    # The base model, both adapters and the template child are loaded first (a raw prompt loads the bomb's
+    # weights without rendering its template), so the time below is the deadline's alone.
+    warm = worker.ask(
+        ask(adapters, "warm-two", adapters.two),
+        ask(adapters, "warm-bomb", adapters.bomb, prompt="The quick", messages=None),
+    )
+    boom, fine = ask(adapters, "boom", adapters.bomb), ask(adapters, "fine", adapters.two)
+    sent = time.monotonic()
+    worker.send(boom, fine)  # one batch: the bomb is planned first, on the thread that generates for both
+    worker.wait_for(ended(boom), timeout=60)
+    failed_after = time.monotonic() - sent
+    worker.wait_for(ended(fine), timeout=60)
+    failed = worker.outcome("boom").failed
+    assert failed is not None and failed.kind == "user_error"
+    assert failed.message == "the adapter's chat template took longer than 2 s to render"
+    assert failed.hint and worker.outcome("boom").finished == {}
+    assert 2 <= failed_after < 30  # the deadline held: unbounded, this template renders for hours
+    assert worker.outcome("fine").text() == warm["warm-two"].text()  # answered, and as it was alone
+    again = worker.ask(ask(adapters, "after", adapters.two))["after"]
+    assert again.text() == warm["warm-two"].text()  # the worker (and its template child) still serve
 
 
 def test_bad_input_fails_one_request_and_the_worker_keeps_serving(worker, adapters, tmp_path):

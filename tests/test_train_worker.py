@@ -218,7 +218,7 @@ def test_invalid_settings_are_a_user_error_naming_the_field(tiny_model_dir, tmp_
     events, code = run_worker(tiny_spec(tiny_model_dir, dataset, tmp_path / "job", learning_rate=-1.0))
     assert code == 2
     assert events[-1].kind == "user_error"
-    assert "training.learning_rate: must be > 0" in events[-1].message
+    assert "training.learning_rate: must be a finite number > 0" in events[-1].message
 
 
 FAILING_RUN = """

@@ -1,12 +1,25 @@
-"""Which chat template a job trains with, and where each assistant reply sits in a rendered chat.
+"""Which chat template a job trains with, where each assistant reply sits in a rendered chat, and rendering.
 
 The base tokenizer's own template wins; a base model without one gets DEFAULT_CHAT_TEMPLATE. The
-template used is saved with the adapter so /ask formats prompts exactly as training did.
+template used is saved with the adapter so /ask formats prompts exactly as training did. Training and
+serving render only through `render_chats`: in a child process with a deadline (template_sandbox.py).
 """
 
 from __future__ import annotations
 
+import atexit
+from collections.abc import Sequence
 from typing import Any
+
+from trainer.errors import UserError
+from trainer.template_sandbox import Chat, RenderFailed, RenderTimeout, TemplateRenderer
+
+# A real template renders a chat in about a millisecond; this much is only ever spent by a bomb.
+RENDER_TIMEOUT_S = 10.0
+TEMPLATE_HINT = "fix or replace the chat template (chat_template.jinja or tokenizer_config.json)"
+
+_renderer = TemplateRenderer()  # one child per process, started on the first render
+atexit.register(_renderer.close)
 
 # Plain-text headers that any tokenizer can encode (no new special tokens, so the embedding matrix
 # needs no resizing), and the tokenizer's own EOS after each reply so generation stops there.
@@ -29,10 +42,38 @@ def choose_chat_template(tokenizer: Any) -> tuple[str, str]:
     return DEFAULT_CHAT_TEMPLATE, "qlora-bot default"
 
 
-def render(tokenizer: Any, template: str, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(
-        messages, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
-    )
+def render(
+    tokenizer: Any,
+    template: str,
+    messages: list[dict[str, str]],
+    add_generation_prompt: bool,
+    *,
+    timeout_s: float | None = None,
+    whose: str = "the chat template",
+) -> str:
+    return render_chats(
+        tokenizer, template, [(messages, add_generation_prompt)], timeout_s=timeout_s, whose=whose
+    )[0]
+
+
+def render_chats(
+    tokenizer: Any,
+    template: str,
+    chats: Sequence[Chat],
+    *,
+    timeout_s: float | None = None,
+    whose: str = "the chat template",
+) -> list[str]:
+    """Each (messages, add_generation_prompt) rendered as tokenizer.apply_chat_template(tokenize=False)
+    would, each within `timeout_s` (default RENDER_TIMEOUT_S). A template that overruns, fails or writes
+    too much raises a UserError naming `whose` it is ("the adapter's chat template")."""
+    seconds = RENDER_TIMEOUT_S if timeout_s is None else timeout_s
+    try:
+        return _renderer.render(template, chats, tokenizer.special_tokens_map, seconds)
+    except RenderTimeout as error:
+        raise UserError(f"{whose} took longer than {error.seconds:g} s to render", TEMPLATE_HINT) from None
+    except RenderFailed as error:
+        raise UserError(f"{whose} could not be rendered: {error}", TEMPLATE_HINT) from None
 
 
 def assistant_spans(
@@ -45,13 +86,17 @@ def assistant_spans(
     of the text; a turn where it does not (templates that rewrite earlier turns) gets no span, so it is
     not trained on rather than trained on the wrong characters.
     """
-    full = render(tokenizer, template, messages, add_generation_prompt=False)
+    replies = [index for index, message in enumerate(messages) if message["role"] == "assistant"]
+    chats: list[Chat] = [(messages, False)]
+    for index in replies:  # one round trip to the renderer for the whole chat
+        chats += [(messages[:index], True)] if index else []
+        chats.append((messages[: index + 1], False))
+    texts = iter(render_chats(tokenizer, template, chats))
+    full = next(texts)
     spans = []
-    for index, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        before = render(tokenizer, template, messages[:index], add_generation_prompt=True) if index else ""
-        through = render(tokenizer, template, messages[: index + 1], add_generation_prompt=False)
+    for index in replies:
+        before = next(texts) if index else ""
+        through = next(texts)
         if full.startswith(through) and through.startswith(before) and len(through) > len(before):
             spans.append((len(before), len(through)))
     return full, spans

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from trainer.dataclass_codec import CodecError, from_dict, to_dict
 from trainer.json_lines import decode_line, encode_line
+from trainer.ranges import Range, above, at_least
 
 PROTOCOL_VERSION = 1
 
@@ -189,53 +190,62 @@ def dataset_problems(dataset: DatasetSpec) -> list[str]:
     return []
 
 
+# The range of every numeric spec field, by its dotted key. The bot checks its configured job defaults
+# against the same table at start-up (bot/config.py), and config.toml documents each range.
+SPEC_RANGES: dict[str, Range] = {
+    "lora.r": at_least(1),
+    "lora.alpha": at_least(1),
+    "lora.dropout": Range(0, 1, high_open=True),
+    "training.epochs": above(0),
+    "training.max_steps": at_least(1),
+    "training.learning_rate": above(0),
+    "training.warmup": at_least(0),
+    "training.seed": at_least(0, 2**32 - 1),  # numpy refuses seeds outside 32 bits
+    "training.batch_size": at_least(1),
+    "training.grad_accum": at_least(1),
+    "training.max_length": at_least(16),
+    "training.memory_limit_gib": above(0),
+    "training.max_grad_norm": above(0),
+    "training.weight_decay": at_least(0),
+    "training.eval_fraction": at_least(0, 0.5),
+    "training.logging_steps": at_least(1),
+    "training.checkpoint_steps": at_least(1),
+    "training.keep_checkpoints": at_least(1),
+    "limits.max_dataset_bytes": at_least(1),
+    "limits.max_rows": at_least(1),
+    "limits.max_row_bytes": at_least(1),
+    "limits.data_stage_memory_mb": at_least(1),
+    "limits.download_timeout_s": above(0),
+}
+
+
 def spec_problems(spec: JobSpec) -> list[str]:
     """Every out-of-range value, as "dotted.key: what is wrong"; empty when the spec can run."""
-    lora, training = spec.lora, spec.training
+    training = spec.training
     checks = [
         (not spec.base_model.strip(), "base_model: must name a Hub model id or a local folder"),
         (not spec.output_dir.strip(), "output_dir: must be a folder path"),
+        (training.scheduler not in SCHEDULERS, f"training.scheduler: must be one of {', '.join(SCHEDULERS)}"),
         (
-            spec.limits.download_timeout_s <= 0,
-            f"limits.download_timeout_s: must be > 0 (got {spec.limits.download_timeout_s})",
+            training.gradient_checkpointing not in (True, False, "auto"),
+            f'training.gradient_checkpointing: must be true, false or "auto" '
+            f"(got {training.gradient_checkpointing!r})",
         ),
         *(
             (True, f"limits.allowed_url_hosts: {host!r} is not a host name or address (no scheme or port)")
             for host in spec.limits.allowed_url_hosts
             if not _BARE_HOST.fullmatch(host)
         ),
-        (lora.r < 1, f"lora.r: must be at least 1 (got {lora.r})"),
-        (lora.alpha is not None and lora.alpha < 1, f"lora.alpha: must be at least 1 (got {lora.alpha})"),
-        (not 0 <= lora.dropout < 1, f"lora.dropout: must be in [0, 1) (got {lora.dropout})"),
-        (
-            training.max_steps is None and training.epochs <= 0,
-            f"training.epochs: must be > 0 (got {training.epochs})",
-        ),
-        (training.max_steps is not None and training.max_steps < 1, "training.max_steps: must be at least 1"),
-        (training.learning_rate <= 0, f"training.learning_rate: must be > 0 (got {training.learning_rate})"),
-        (training.warmup < 0, f"training.warmup: must be >= 0 (got {training.warmup})"),
-        (training.scheduler not in SCHEDULERS, f"training.scheduler: must be one of {', '.join(SCHEDULERS)}"),
-        (training.batch_size < 1, "training.batch_size: must be at least 1"),
-        (training.grad_accum < 1, "training.grad_accum: must be at least 1"),
-        (training.max_length < 16, f"training.max_length: must be at least 16 (got {training.max_length})"),
-        (training.max_grad_norm <= 0, "training.max_grad_norm: must be > 0"),
-        (
-            training.gradient_checkpointing not in (True, False, "auto"),
-            f'training.gradient_checkpointing: must be true, false or "auto" '
-            f"(got {training.gradient_checkpointing!r})",
-        ),
-        (
-            training.memory_limit_gib is not None and training.memory_limit_gib <= 0,
-            f"training.memory_limit_gib: must be > 0 GiB (got {training.memory_limit_gib})",
-        ),
-        (not 0 <= training.eval_fraction <= 0.5, "training.eval_fraction: must be in [0, 0.5]"),
-        (training.logging_steps < 1, "training.logging_steps: must be at least 1"),
-        (training.checkpoint_steps < 1, "training.checkpoint_steps: must be at least 1"),
-        (training.keep_checkpoints < 1, "training.keep_checkpoints: must be at least 1"),
-        (spec.limits.max_row_bytes < 1, "limits.max_row_bytes: must be at least 1"),
-        (spec.limits.data_stage_memory_mb < 1, "limits.data_stage_memory_mb: must be at least 1"),
     ]
-    return dataset_problems(spec.dataset) + [message for failed, message in checks if failed]
+    problems = dataset_problems(spec.dataset) + [message for failed, message in checks if failed]
+    for key, allowed in SPEC_RANGES.items():
+        if key == "training.epochs" and training.max_steps is not None:
+            continue  # max_steps overrides epochs: its value is never used
+        section, name = key.split(".")
+        problem = allowed.problem(key, getattr(getattr(spec, section), name))
+        if problem:
+            problems.append(problem)
+    return problems
 
 
 # A name or an IPv4 address, or an IPv6 one (two colons at least) with or without its brackets.

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TextIO
 
+from trainer.chat_template import RENDER_TIMEOUT_S  # stdlib only: the template child starts on first use
 from trainer.serve_protocol import (
     Cancel,
     Failed,
@@ -70,6 +71,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-adapter-mb", type=_positive(float), default=2048.0, help="their parameter memory per base"
     )
     parser.add_argument("--max-batch", type=_positive(int), default=4, help="rows decoded together")
+    parser.add_argument(
+        "--template-timeout-s",
+        type=_positive(float),
+        default=RENDER_TIMEOUT_S,
+        help="seconds a chat template may take to render one prompt; past it only that request fails",
+    )
     return parser.parse_args(argv)
 
 
@@ -86,7 +93,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from trainer.serving.engine import Engine  # torch, transformers: seconds to import
 
-    engine = Engine(emit, queue.stopping, max_adapters=args.max_adapters, max_adapter_mb=args.max_adapter_mb)
+    engine = Engine(
+        emit,
+        queue.stopping,
+        max_adapters=args.max_adapters,
+        max_adapter_mb=args.max_adapter_mb,
+        template_timeout_s=args.template_timeout_s,
+    )
     emit(Ready(pid=os.getpid()))
     threading.Thread(target=read_requests, args=(0, queue, emit), name="stdin-reader", daemon=True).start()
     while (batch := queue.next_batch(args.max_batch, args.max_adapters)) is not None:

@@ -2,8 +2,10 @@
 
 One long-lived `python -m trainer.serve` per bot process holds the base models and an LRU of
 adapters. If it dies, every pending ask fails with a clear message and the next ask starts a new
-one; after `idle_timeout_s` without asks it exits, giving the GPU back to training. It runs in its own
-folder, with the Hub offline and no HF_TOKEN until an ask's base model has to come from the Hub.
+one; one that holds asks but says nothing for longer than their timeout plus `silence_grace_s` is
+stuck, and is killed to the same end. After `idle_timeout_s` without asks it exits, giving the GPU
+back to training. It runs in its own folder, with the Hub offline and no HF_TOKEN until an ask's base
+model has to come from the Hub.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -35,6 +38,10 @@ from trainer.serve_protocol import (
 log = logging.getLogger(__name__)
 MAX_LINE_BYTES = 1 << 22  # a finished answer carries its whole text
 START_TIMEOUT_S = 600.0  # importing torch and building the process; models load per request
+# The worker fails an ask itself once its timeout passes, at its next step; silence beyond that by this
+# much means no step comes: it is stuck (in a kernel, a lock, a loop no deadline reaches). Loading a base
+# model is one silent step: a load that outlasts an ask's whole timeout and this grace is stopped too.
+SILENCE_GRACE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,7 @@ class ServeClient:
         gpu_wait: Callable[[], Awaitable[str | None]] | None = None,
         work_dir: Path | None = None,
         cache_dir: Path | None = None,
+        silence_grace_s: float = SILENCE_GRACE_S,
     ) -> None:
         """`work_dir`: where the worker runs (a folder of its own under the data directory; default beside
         the log); `cache_dir`: its libraries' caches (default: inside `work_dir`)."""
@@ -69,6 +77,7 @@ class ServeClient:
         self.module = module
         self.cuda_visible_devices = cuda_visible_devices
         self.gpu_wait = gpu_wait
+        self.silence_grace_s = silence_grace_s
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task | None = None
         self._pending: dict[str, asyncio.Queue] = {}
@@ -77,6 +86,9 @@ class ServeClient:
         self._idle_task: asyncio.Task | None = None
         self._online = False  # whether the running worker may reach the Hub (and holds HF_TOKEN)
         self._sent: set[str] = set()  # the requests the running worker was given
+        self._outstanding: dict[str, float] = {}  # asks sent to the worker and not ended: their timeout_s
+        self._last_heard = 0.0  # loop time of its last line, or of a send that found it with nothing to do
+        self._stopped_why: dict[int, str] = {}  # by pid: why this client killed it, for the asks it held
         self.starts = 0  # how many workers were started: a test and the logs care
 
     @property
@@ -110,9 +122,12 @@ class ServeClient:
                 )
                 return
             self._sent.add(request.id)
+            if not self._outstanding:
+                self._last_heard = asyncio.get_running_loop().time()  # it had nothing to say until now
+            self._outstanding[request.id] = request.timeout_s
             await self._send(encode(request))
             while not ended:
-                event = await queue.get()
+                event = await self._next_event(queue)
                 if isinstance(event, Finished):
                     expected -= 1
                     ended = expected == 0
@@ -121,10 +136,37 @@ class ServeClient:
         finally:
             self._pending.pop(request.id, None)
             self._sent.discard(request.id)
+            self._outstanding.pop(request.id, None)
             if not ended and self.running:  # the asker went away: stop spending the GPU on it
                 with contextlib.suppress(Exception):
                     await self._send(encode(Cancel(id=request.id)))
             self._arm_idle_timer()
+
+    async def _next_event(self, queue: asyncio.Queue) -> ServeEvent:
+        """The next event for one ask; kills the worker when it has been silent too long (its reader then
+        fails every ask it held, this one included)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            limit = max(self._outstanding.values(), default=0.0) + self.silence_grace_s
+            try:
+                return await asyncio.wait_for(queue.get(), max(0.05, self._last_heard + limit - loop.time()))
+            except TimeoutError:
+                silent = loop.time() - self._last_heard
+                if silent >= limit:
+                    self._stop_silent_worker(silent, limit - self.silence_grace_s)
+
+    def _stop_silent_worker(self, silent: float, timeout: float) -> None:
+        process = self._process
+        if process is None or process.returncode is not None or process.pid in self._stopped_why:
+            return
+        why = (
+            f"the serve worker stopped answering: nothing from it for {silent:.0f} s, longer than the "
+            f"{timeout:g} s an answer may take, so it was stopped"
+        )
+        log.error("%s (pid %s)", why, process.pid)
+        self._stopped_why[process.pid] = why
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # its own session: the template child goes too
 
     async def cancel(self, request_id: str) -> None:
         if self.running:
@@ -212,6 +254,7 @@ class ServeClient:
         assert process.stdout is not None
         try:
             while line := await process.stdout.readline():
+                self._last_heard = asyncio.get_running_loop().time()
                 try:
                     event = decode_event(line)
                 except ServeProtocolError as error:
@@ -231,9 +274,10 @@ class ServeClient:
         code = await process.wait()
         if not ready.done():
             ready.set_exception(ConnectionError(f"the serve worker exited with code {code} while starting"))
-        self._fail_pending(code, sent)
+        why = self._stopped_why.pop(process.pid, None)
+        self._fail_pending(why or f"the serve worker stopped unexpectedly (exit code {code})", sent)
 
-    def _fail_pending(self, code: int, sent: set[str]) -> None:
+    def _fail_pending(self, message: str, sent: set[str]) -> None:
         """Fail the asks this worker was given; one still waiting to be sent goes to the next worker."""
         for request_id, queue in list(self._pending.items()):
             if request_id not in sent:
@@ -242,7 +286,7 @@ class ServeClient:
                 Failed(
                     id=request_id,
                     kind="internal",
-                    message=f"the serve worker stopped unexpectedly (exit code {code})",
+                    message=message,
                     hint=f"ask again to restart it; its log is {self.log_path}",
                 )
             )

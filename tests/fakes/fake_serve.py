@@ -1,8 +1,9 @@
 """A stand-in for `python -m trainer.serve` speaking the real serve protocol, for fast Discord tests.
 
 The answer is derived from the prompt: "long:N" answers N characters in chunks of 40, "env:" says whether
-it holds HF_TOKEN, its HF_HUB_OFFLINE and its working directory, anything else answers "echo: <prompt>"
-one word at a time. Each chunk is a Token event, 20 ms apart.
+it holds HF_TOKEN, its HF_HUB_OFFLINE and its working directory, "hang" sends one Token and then nothing
+ever again (a worker stuck in a kernel or a loop: it reads no more requests either), anything else
+answers "echo: <prompt>" one word at a time. Each chunk is a Token event, 20 ms apart.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ def main() -> int:
         if not isinstance(request, Generate):
             continue
         prompt = request.prompt or request.messages[-1]["content"]
+        if prompt == "hang":
+            emit(Token(id=request.id, variant="adapter", text="I was about to say "))
+            while True:
+                time.sleep(60)
         for variant in ("base", "adapter") if request.compare else ("adapter",):
             started, pieces = time.monotonic(), chunks(prompt if variant == "adapter" else f"base {prompt}")
             for piece in pieces:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from trainer.chat_template import RENDER_TIMEOUT_S
 from trainer.errors import UserError
 from trainer.serve_protocol import Failed, Finished, Generate, Loading, ServeEvent, Stats, Token, Variant
 from trainer.serving.models import BaseModel, Residency
@@ -64,9 +65,11 @@ class Engine:
         max_adapters: int = 8,
         max_adapter_mb: float = 2048.0,
         cuda_graphs: bool = True,
+        template_timeout_s: float = RENDER_TIMEOUT_S,
     ) -> None:
         self.emit = emit
         self.stopping = stopping  # set at shutdown: running rows end as cancelled
+        self.template_timeout_s = template_timeout_s
         self.residency = Residency(max_adapters, max_adapter_mb, cuda_graphs=cuda_graphs)
 
     def run_batch(self, batch: list[Ask]) -> None:
@@ -131,9 +134,15 @@ class Engine:
                 resident.path,
                 resident.slot,
             )
-        ids = prompt_ids(tokenizer, template, request)
+        # Rendering runs on this (the only generation) thread, so its deadline is what one hostile template
+        # can cost the batch; it never outlasts the request's own time.
+        waited = time.monotonic() - ask.received_at
+        deadline = round(max(0.1, min(self.template_timeout_s, request.timeout_s - waited)), 1)
+        whose = "the adapter's chat template" if request.adapter else "the base model's chat template"
+        ids = prompt_ids(tokenizer, template, request, timeout_s=deadline, whose=whose)
         # A raw prompt was trained without the template: only EOS (and the model's own end ids) stop it.
-        stops = stop_ids(tokenizer, template if request.messages is not None else None, base.model_eos)
+        chat_template = template if request.messages is not None else None
+        stops = stop_ids(tokenizer, chat_template, base.model_eos, timeout_s=deadline)
         limit = base.max_positions or len(ids) + request.max_new_tokens
         if len(ids) >= limit:
             raise UserError(

@@ -1,7 +1,8 @@
 """Turn a Generate request into prompt token ids and the ids that end its answer, as training formatted it.
 
 Chat turns go through the chat template saved with the adapter (the one it was trained with), so the model
-stops where it learned to stop; a raw prompt gets one BOS, as the trainer gives plain text.
+stops where it learned to stop; a raw prompt gets one BOS, as the trainer gives plain text. Templates render
+in the bounded child of trainer/template_sandbox.py: a hostile one fails its own request, within `timeout_s`.
 """
 
 from __future__ import annotations
@@ -15,15 +16,22 @@ from trainer.serve_protocol import Generate
 _REPLY_MARKER = "qlora-bot-reply-marker"
 
 
-def prompt_ids(tokenizer: Any, template: str, request: Generate) -> list[int]:
-    """The token ids the model continues from."""
+def prompt_ids(
+    tokenizer: Any,
+    template: str,
+    request: Generate,
+    *,
+    timeout_s: float | None = None,
+    whose: str = "the chat template",
+) -> list[int]:
+    """The token ids the model continues from; `whose` names the template in errors."""
     if (request.messages is None) == (request.prompt is None):
         raise UserError("a request needs either messages or a prompt, not both", "send one of the two")
     if request.messages is not None:
         messages = [dict(message) for message in request.messages]
         if not messages:
             raise UserError("messages is empty", "send at least one user turn")
-        text = render(tokenizer, template, messages, add_generation_prompt=True)
+        text = render(tokenizer, template, messages, True, timeout_s=timeout_s, whose=whose)
         # The template writes BOS itself where the model wants one: adding special tokens would double it.
         return _encode(tokenizer, text)
     ids = _encode(tokenizer, request.prompt or "")
@@ -33,7 +41,9 @@ def prompt_ids(tokenizer: Any, template: str, request: Generate) -> list[int]:
     return ids
 
 
-def stop_ids(tokenizer: Any, template: str | None, model_eos: Any = None) -> frozenset[int]:
+def stop_ids(
+    tokenizer: Any, template: str | None, model_eos: Any = None, *, timeout_s: float | None = None
+) -> frozenset[int]:
     """EOS, the model's own end ids (generation_config), and the template's end-of-turn token if special."""
     ids: set[int] = set()
     for value in (tokenizer.eos_token_id, model_eos):
@@ -41,13 +51,13 @@ def stop_ids(tokenizer: Any, template: str | None, model_eos: Any = None) -> fro
             ids.add(value)
         elif isinstance(value, (list, tuple)):
             ids.update(item for item in value if isinstance(item, int))
-    end = end_of_turn_id(tokenizer, template) if template else None
+    end = end_of_turn_id(tokenizer, template, timeout_s=timeout_s) if template else None
     if end is not None:
         ids.add(end)
     return frozenset(ids)
 
 
-def end_of_turn_id(tokenizer: Any, template: str) -> int | None:
+def end_of_turn_id(tokenizer: Any, template: str, *, timeout_s: float | None = None) -> int | None:
     """The special token the template writes right after an assistant reply (`<|im_end|>`, `<|eot_id|>`).
 
     Found by rendering a one-exchange chat and looking at what follows the reply, because templates name
@@ -56,8 +66,8 @@ def end_of_turn_id(tokenizer: Any, template: str) -> int | None:
     """
     messages = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": _REPLY_MARKER}]
     try:
-        text = render(tokenizer, template, messages, add_generation_prompt=False)
-    except Exception:  # a template may refuse this chat (e.g. it insists on a system turn): no extra stop
+        text = render(tokenizer, template, messages, False, timeout_s=timeout_s)
+    except UserError:  # a template may refuse this chat (e.g. it insists on a system turn): no extra stop
         return None
     at = text.find(_REPLY_MARKER)
     if at < 0:
