@@ -264,7 +264,7 @@ def config_problems(config: Config) -> list[str]:
     defaults = config.defaults
     spec = JobSpec(
         base_model=defaults.base_model or "(named by each job)",
-        dataset=DatasetSpec(source="(named by each job)"),
+        dataset=DatasetSpec(source="named-by-each-job", kind="hub"),  # only the defaults are checked here
         output_dir="(the job folder)",
         lora=defaults.lora,
         training=defaults.training,
