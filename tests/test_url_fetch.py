@@ -221,13 +221,13 @@ def test_the_url_limits_are_checked_with_the_spec() -> None:
         dataset=DatasetSpec("d"),
         output_dir="o",
         limits=Limits(
-            download_timeout_s=0, allowed_url_hosts=("data.corp", "[::1]", "127.0.0.1:8080", "https://x")
+            download_timeout_s=0.0, allowed_url_hosts=("data.corp", "[::1]", "127.0.0.1:8080", "https://x")
         ),
     )
     assert spec_problems(spec) == [
-        "limits.download_timeout_s: must be > 0 (got 0)",
         "limits.allowed_url_hosts: '127.0.0.1:8080' is not a host name or address (no scheme or port)",
         "limits.allowed_url_hosts: 'https://x' is not a host name or address (no scheme or port)",
+        "limits.download_timeout_s: must be a finite number > 0 (got 0.0)",
     ]
 
 

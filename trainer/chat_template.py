@@ -72,8 +72,11 @@ def render_chats(
         return _renderer.render(template, chats, tokenizer.special_tokens_map, seconds)
     except RenderTimeout as error:
         raise UserError(f"{whose} took longer than {error.seconds:g} s to render", TEMPLATE_HINT) from None
-    except RenderFailed as error:
-        raise UserError(f"{whose} could not be rendered: {error}", TEMPLATE_HINT) from None
+    except RenderFailed as error:  # e.g. raise_exception("System role not supported")
+        raise UserError(
+            f"{whose} refused this conversation ({error})",
+            "change the conversation as the template asks, or " + TEMPLATE_HINT,
+        ) from None
 
 
 def assistant_spans(

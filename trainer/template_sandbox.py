@@ -193,7 +193,11 @@ def _render_one(render: Any, request: dict, messages: list, add_generation_promp
     except RecursionError:
         return {"error": "it recursed too deeply"}
     except Exception as error:  # the template's own errors (raise_exception, syntax, types)
-        return {"error": f"{type(error).__name__}: {error}"[:500]}
+        # raise_exception's words are the template author's message to the person: shown as they are.
+        from jinja2.exceptions import TemplateError
+
+        text = str(error) if type(error) is TemplateError else f"{type(error).__name__}: {error}"
+        return {"error": text[:500]}
     text = rendered[0]
     if len(text) > args.max_chars:
         return {"error": f"it wrote {len(text):,} characters (at most {args.max_chars:,})"}

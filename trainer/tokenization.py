@@ -194,8 +194,6 @@ def _chat_ids(
     fits: _LengthBound,
     where: Callable[[int], str],
 ) -> list[_Row]:
-    from jinja2.exceptions import TemplateError
-
     rows: list[_Row] = []
     rendered, spans, positions = [], [], []
     for index, example in enumerate(examples):
@@ -207,11 +205,8 @@ def _chat_ids(
             messages = [{"role": role, "content": content} for role, content in example.messages]
             try:
                 text, reply_spans = assistant_spans(tokenizer, template, messages)
-            except TemplateError as error:  # e.g. raise_exception("System role not supported")
-                raise UserError(
-                    f"{where(index)}: the chat template refused this conversation ({error})",
-                    "change the conversation as the template asks, or train on another base model",
-                ) from None
+            except UserError as error:  # e.g. raise_exception("System role not supported"), or a bomb
+                raise UserError(f"{where(index)}: {error.message}", error.hint) from None
             unread = fits.check(len(text), lambda text=text: text)
         rows.append(unread or ([], None))
         if unread is None:
