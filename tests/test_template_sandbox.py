@@ -70,7 +70,7 @@ def test_output_beyond_any_prompt_is_refused(tokenizer):
 
 
 def test_the_template_own_error_is_reported(renderer):
-    with pytest.raises(RenderFailed, match="^no system turn$"):  # the author's words, as they are
+    with pytest.raises(RenderFailed, match=r"^no system turn$"):  # the author's words, as they are
         renderer.render("{{ raise_exception('no system turn') }}", [(CHAT, False)], {}, timeout_s=30)
     with pytest.raises(RenderFailed, match="UndefinedError: 'nothing' is undefined"):
         renderer.render("{{ nothing.attribute }}", [(CHAT, False)], {}, timeout_s=30)
