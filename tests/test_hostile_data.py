@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.worker_helpers import tiny_spec, worker_env
+from tests.worker_helpers import run_worker, tiny_spec, worker_env
 from trainer.protocol import (
     Done,
     Error,
@@ -173,5 +173,6 @@ def test_the_limit_is_lifted_once_the_data_is_read(tiny_model_dir, tmp_path):
     spec = tiny_spec(tiny_model_dir, data, tmp_path / "job", max_steps=1).replace(
         limits=Limits(data_stage_memory_mb=64)
     )
-    events, _ = run_worker_measured(spec, timeout=180)
-    assert isinstance(events[-1], Done), events[-1]
+    # Not under the tests' 1 GiB guard: on a GPU, CUDA alone maps more than that once the cap is lifted.
+    events, code = run_worker(spec, timeout=180)
+    assert code == 0 and isinstance(events[-1], Done), events[-1]
