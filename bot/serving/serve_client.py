@@ -174,27 +174,14 @@ class ServeClient:
 
     async def close(self) -> None:
         self._cancel_idle_timer()
-        process = self._process
-        if process is None:
-            return
-        if process.returncode is None:
-            with contextlib.suppress(Exception):
-                await self._send(encode(Shutdown()))
-            try:
-                await asyncio.wait_for(process.wait(), 30)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-        if self._reader is not None:
-            await asyncio.gather(self._reader, return_exceptions=True)
-        self._process = None
+        await self._stop_worker()
 
     # --- the worker process
 
     async def _ensure_started(self, hub: bool) -> None:
         async with self._start_lock:
             if self.running and hub and not self._online:
-                await self._stop_offline_worker()
+                await self._stop_worker()
             if self.running:
                 return
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -228,17 +215,20 @@ class ServeClient:
             await asyncio.wait_for(ready, START_TIMEOUT_S)
             log.info("serve worker started (pid %s, Hub %s)", self._process.pid, "on" if hub else "off")
 
-    async def _stop_offline_worker(self) -> None:
-        """Stop the worker that was started without the Hub (generate() waited for its asks to end)."""
+    async def _stop_worker(self) -> None:
+        """Ask the worker to exit (killed after 30 s) and wait for its reader: on close, and to restart a
+        worker started without the Hub once an ask needs it (generate() waited for its asks to end)."""
         process = self._process
-        assert process is not None
-        with contextlib.suppress(Exception):
-            await self._send(encode(Shutdown()))
-        try:
-            await asyncio.wait_for(process.wait(), 30)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        if process is None:
+            return
+        if process.returncode is None:
+            with contextlib.suppress(Exception):
+                await self._send(encode(Shutdown()))
+            try:
+                await asyncio.wait_for(process.wait(), 30)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
         if self._reader is not None:
             await asyncio.gather(self._reader, return_exceptions=True)
         self._process = None
