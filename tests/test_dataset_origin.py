@@ -11,25 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_data_sources import no_remote_network, offline_hub  # noqa: F401 - the fixtures
 from tests.worker_helpers import tiny_spec, worker_env, write_chat_dataset
 from trainer.data_sources import read_records
 from trainer.errors import UserError
 from trainer.protocol import DatasetSpec, Error, Limits, Phase, decode_event
 
 OFFLINE_HUB = "not found on the Hub or not reachable"
-
-
-@pytest.fixture
-def offline_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    import datasets.config
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets-cache")
 
 
 def local_lookalikes(folder: Path) -> None:
@@ -47,9 +35,10 @@ def read_error(spec: DatasetSpec, tmp_path: Path, job_dir: Path | None = None) -
     return caught.value
 
 
+@pytest.mark.usefixtures("offline_hub")
 @pytest.mark.parametrize("name", ["someorg/notes", "private"])
 def test_a_hub_id_matching_a_local_folder_or_file_is_read_from_the_hub_only(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offline_hub: None, name: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
     local_lookalikes(tmp_path)
     monkeypatch.chdir(tmp_path)  # where the worker runs: the names resolve here

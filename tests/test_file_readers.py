@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.test_data_sources import write
 from trainer.data_sources import read_records
 from trainer.errors import UserError
 from trainer.protocol import DatasetSpec, Limits
@@ -18,15 +19,6 @@ from trainer.protocol import DatasetSpec, Limits
 SMALL = Limits(max_dataset_bytes=1 << 20, max_rows=1000, max_row_bytes=64)
 ROOMY = Limits(max_dataset_bytes=1 << 20, max_rows=1000, max_row_bytes=1 << 20)
 DEEP = "[" * 100_000 + "]" * 100_000
-
-
-def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
-    path = tmp_path / name
-    if isinstance(content, str):
-        path.write_text(content, encoding="utf-8")
-    else:
-        path.write_bytes(content)
-    return path
 
 
 def read(path: Path, limits: Limits = SMALL):
