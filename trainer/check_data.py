@@ -9,7 +9,6 @@ The one answer is a DataChecked or Error line on stdout; the caller enforces the
 from __future__ import annotations
 
 import logging
-import resource
 import sys
 import traceback
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 from trainer.data_sources import read_records
 from trainer.errors import UserError
 from trainer.formats import to_examples
+from trainer.memory_cap import memory_cap
 from trainer.protocol import (
     DataChecked,
     Error,
@@ -35,28 +35,20 @@ def main(argv: list[str] | None = None) -> int:
         _answer(Error(kind="internal", message="usage: python -m trainer.check_data SPEC.json DIR [MB]"))
         return 1
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
-    if len(args) == 3:
-        _limit_memory(int(args[2]))
     try:
         spec = JobSpec.from_json(Path(args[0]).read_text(encoding="utf-8"))
-        _answer(check(spec, Path(args[1])))
+        if len(args) == 3:  # the same cap as the training worker's data stage (memory_cap.py)
+            with memory_cap(int(args[2]), "reading the dataset", "limits.data_check_memory_mb"):
+                result = check(spec, Path(args[1]))
+        else:
+            result = check(spec, Path(args[1]))
+        _answer(result)
         return 0
     except UserError as error:
         _answer(Error(kind="user_error", message=error.message, hint=error.hint))
         return 2
     except ProtocolError as error:
         _answer(Error(kind="user_error", message=str(error), hint="fix the job spec"))
-        return 2
-    except MemoryError:
-        megabytes = args[2] if len(args) == 3 else "?"
-        _answer(
-            Error(
-                kind="user_error",
-                message=f"reading the dataset needs more than {megabytes} MiB of memory "
-                "(limits.data_check_memory_mb)",
-                hint="use a smaller dataset, or ask an admin to raise the limit",
-            )
-        )
         return 2
     except Exception as error:
         log.error("data check failed:\n%s", traceback.format_exc())
@@ -73,12 +65,6 @@ def check(spec: JobSpec, download_dir: Path) -> DataChecked:
     records = read_records(spec.dataset, download_dir, spec.limits, job_dir=Path(spec.output_dir))
     data_format, examples = to_examples(records, spec.dataset.format)
     return DataChecked(origin=records.origin, format=data_format, rows=len(examples))
-
-
-def _limit_memory(megabytes: int) -> None:
-    """An address-space cap: a hostile file makes this process fail with MemoryError, not the host swap."""
-    limit = megabytes * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
 def _answer(result: DataChecked | Error) -> None:
