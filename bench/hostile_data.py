@@ -25,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from protocol.job_spec import DatasetSpec, Limits  # noqa: E402
 from trainer.errors import UserError  # noqa: E402
-from trainer.protocol import DatasetSpec, Limits  # noqa: E402
 
 DEEP = "[" * 100_000 + "]" * 100_000
 LLAMA2_LIKE = (  # raises on roles out of order, as Llama 2's and Mistral's templates do
@@ -134,9 +134,9 @@ CASES: list[tuple[str, str, str | bytes, str | None]] = [
 
 
 def catalogue() -> int:
+    from protocol.job_spec import JobSpec
     from tests.tiny_model import build_tokenizer
     from trainer.check_data import check
-    from trainer.protocol import JobSpec
 
     tokenizer = build_tokenizer()
     clear = 0
@@ -191,10 +191,10 @@ STAGE = """
 import json, sys, time
 sys.path.insert(0, {root!r})
 from trainer.data_sources import read_records
-from trainer.errors import UserError
+from protocol.errors import UserError
 from trainer.formats import to_examples
 from trainer.memory_cap import memory_cap
-from trainer.protocol import DatasetSpec, Limits
+from protocol.job_spec import DatasetSpec, Limits
 limits, started = Limits(data_stage_memory_mb={memory_mb}), time.monotonic()
 try:
     with memory_cap(limits.data_stage_memory_mb, "reading the dataset", "limits.data_stage_memory_mb"):

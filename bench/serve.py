@@ -118,8 +118,8 @@ def measure_adapter_residency(model_dir: Path, adapter_dirs: list[Path]) -> dict
 async def measure_generation(model_dir: Path, adapter_dirs: list[Path], new_tokens: int) -> dict[str, Any]:
     """Through the real serve worker: TTFT and tokens/s, base vs adapter, sequential vs mixed batch."""
     from bot.config import ServeConfig
-    from bot.serving.serve_client import ServeClient
-    from trainer.serve_protocol import Failed, Finished, Generate
+    from bot.workers.serve_worker import ServeClient
+    from protocol.serve import Failed, Finished, Generate
 
     client = ServeClient(ServeConfig(max_adapters=8, max_batch=ADAPTERS), Path("/tmp/bench-serve.log"))
     counter = iter(range(1_000_000))

@@ -55,8 +55,8 @@ def main() -> int:
     if args.trainer:
         return profile_trainer(model_dir, args.work, SHAPES[args.shape]["vocab_size"])
 
+    from protocol.job_spec import LoraSpec
     from trainer.model_loading import add_lora, load_quantized_model
-    from trainer.protocol import LoraSpec
 
     model = add_lora(load_quantized_model(str(model_dir), None), LoraSpec())
     try:
@@ -115,8 +115,8 @@ def profile_trainer(model_dir: Path, work: Path, vocab: int) -> int:
     from transformers import TrainerCallback
 
     from bench.train_throughput import synthetic_dataset
+    from protocol.job_spec import DatasetSpec, JobSpec, TrainingSpec
     from trainer.cancellation import CancelFlag
-    from trainer.protocol import DatasetSpec, JobSpec, TrainingSpec
     from trainer.train import prepare
 
     data = synthetic_dataset(work / f"synthetic-{vocab}.jsonl", vocab, rows=2000)

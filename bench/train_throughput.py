@@ -255,7 +255,7 @@ def run_unsloth(model_dir: Path, data: Path, args: argparse.Namespace) -> dict[s
     from datasets import load_dataset
     from trl import SFTConfig, SFTTrainer
 
-    from trainer.protocol import TrainingSpec
+    from protocol.job_spec import TrainingSpec
 
     defaults = TrainingSpec()
     model, tokenizer = FastLanguageModel.from_pretrained(
@@ -340,7 +340,8 @@ def _measured(trainer: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 def run_qlora_bot(model_dir: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The default JobSpec through the real worker; its progress events carry the token count."""
-    from trainer.protocol import DatasetSpec, JobSpec, Phase, Progress, TrainingSpec, decode_event
+    from protocol.events import Phase, Progress, decode_event
+    from protocol.job_spec import DatasetSpec, JobSpec, TrainingSpec
 
     job = args.work / "out-qlora-bot"
     job.mkdir(parents=True, exist_ok=True)

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer.dataclass_codec import CodecError, from_dict
-from trainer.protocol import SPEC_RANGES, DatasetSpec, JobSpec, Limits, LoraSpec, TrainingSpec, spec_problems
-from trainer.ranges import Range, above, at_least
+from protocol.codec import CodecError, from_dict
+from protocol.job_spec import SPEC_RANGES, DatasetSpec, JobSpec, Limits, LoraSpec, TrainingSpec, spec_problems
+from protocol.ranges import Range, above, at_least
 
 HOME_ENV = "QLORA_BOT_HOME"
 DEFAULT_CONFIG_FILE = "config.toml"

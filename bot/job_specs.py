@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import JobDefaults
-from trainer.protocol import DatasetSpec, JobSpec, redact_url
+from protocol.job_spec import DatasetSpec, JobSpec
+from protocol.sources import redact_url
 
 
 def make_spec(

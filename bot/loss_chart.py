@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Sequence
 
-from trainer.protocol import Eval, Event, Progress
+from protocol.events import Eval, Event, Progress
 
 Points = list[tuple[int, float]]
 

@@ -8,8 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from trainer.protocol import Checkpoint, Done, Error, Eval, Event, Phase, Started
-from trainer.protocol import Progress as ProgressEvent
+from protocol.events import Checkpoint, Done, Error, Eval, Event, Phase, Started
+from protocol.events import Progress as ProgressEvent
 
 PHASE_LABELS = {
     "validating": "Validating dataset",

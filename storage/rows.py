@@ -6,8 +6,9 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
+from protocol.events import decode_event
+from protocol.job_spec import JobSpec
 from storage.models import JOB_STATES, Adapter, Attempt, Job, StoredEvent
-from trainer.protocol import JobSpec, decode_event
 
 
 def to_job(row: sqlite3.Row) -> Job:

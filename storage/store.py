@@ -16,6 +16,8 @@ from typing import Literal, TypeVar
 
 import aiosqlite
 
+from protocol.events import EVENT_TYPES, PHASES, Event, decode_event, encode_event, event_type
+from protocol.job_spec import JobSpec
 from storage import migrate
 from storage.database import Database
 from storage.hub_repos import HubRepos
@@ -32,7 +34,6 @@ from storage.models import (
 )
 from storage.outbox import Outbox
 from storage.rows import job_filter, marks, to_adapter, to_attempt, to_event, to_job
-from trainer.protocol import EVENT_TYPES, PHASES, Event, JobSpec, decode_event, encode_event, event_type
 
 Clock = Callable[[], float]
 T = TypeVar("T")

@@ -19,7 +19,7 @@ from bot.hub.access import HubAccess
 from bot.jobs.executor import LocalExecutor
 from bot.jobs.scheduler import build_slots
 from bot.jobs.service import JobService
-from bot.serving.serve_client import ServeClient
+from bot.workers.serve_worker import ServeClient
 from storage.store import Store
 from tests.fake_discord.server import FakeDiscord
 from tests.service_helpers import fake_data_checker, fake_executor

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from protocol.serve import Failed, Finished, Generate, Loading, ServeEvent, Stats, Token, encode
+from protocol.serve import decode_event as decode_serve_event
 from tests.worker_helpers import worker_env
-from trainer.serve_protocol import Failed, Finished, Generate, Loading, ServeEvent, Stats, Token, encode
-from trainer.serve_protocol import decode_event as decode_serve_event
 
 SYSTEM_LINE_TEMPLATE = (  # the tiny model's ChatML template with a system turn in front
     "{{ bos_token }}{{ '<|im_start|>system\nAnswer in one word.<|im_end|>\n' }}"

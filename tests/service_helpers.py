@@ -12,13 +12,13 @@ from typing import Any
 
 from bot.config import Config, PathsConfig, QueueConfig, WorkerConfig
 from bot.hub.access import HubAccess
-from bot.jobs.data_check import DataChecker
 from bot.jobs.executor import LocalExecutor
 from bot.jobs.scheduler import build_slots
 from bot.jobs.service import JobService
 from bot.jobs.submission import default_data_checker
+from bot.workers.data_check import DataChecker
+from protocol.job_spec import DatasetSpec, JobSpec, TrainingSpec
 from storage.store import Store
-from trainer.protocol import DatasetSpec, JobSpec, TrainingSpec
 
 FAKES = Path(__file__).resolve().parent / "fakes"
 

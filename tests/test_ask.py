@@ -12,15 +12,15 @@ import sys
 import pytest
 
 from bot.config import ServeConfig
-from bot.serving.asking import ResolvedAdapter, build_request
-from bot.serving.serve_client import ServeClient, Waiting
+from bot.jobs.asking import ResolvedAdapter, build_request
+from bot.workers.serve_worker import ServeClient, Waiting
+from protocol.serve import Failed, Finished, Token
 from storage.store import Store
 from tests.discord_helpers import bot_config
 from tests.fake_discord.fixture import fake_discord_fixture  # noqa: F401 - the fake_discord fixture
 from tests.serve_helpers import build_adapter
 from tests.service_helpers import FAKES, fake_data_checker, fake_executor
 from tests.worker_helpers import worker_env
-from trainer.serve_protocol import Failed, Finished, Token
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ async def _register(store: Store, adapter_dir, tiny_model_dir, name: str) -> Non
 
 
 def _spec(tiny_model_dir, job_id):
-    from trainer.protocol import DatasetSpec, JobSpec
+    from protocol.job_spec import DatasetSpec, JobSpec
 
     return JobSpec(
         base_model=str(tiny_model_dir), dataset=DatasetSpec(source="x.jsonl"), output_dir=f"/j/{job_id}"

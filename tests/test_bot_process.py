@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from bot.cli import main
+from bot.cli.main import main
+from bot.cli.run import serve
 from bot.config import Secrets
 from bot.logging_setup import RedactSecrets, setup_logging
-from bot.run_command import serve
 from tests.discord_helpers import bot_config, running_bot
 from tests.fake_discord.fixture import fake_discord_fixture  # noqa: F401 - the fake_discord fixture
 from tests.fake_discord.server import FakeDiscord

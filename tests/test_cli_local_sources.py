@@ -9,9 +9,9 @@ import shutil
 import subprocess
 import sys
 
-from bot.cli import build_parser
+from bot.cli.main import build_parser
+from bot.cli.train import build_spec
 from bot.config import Config
-from bot.train_command import build_spec
 from tests.worker_helpers import worker_env, write_chat_dataset
 
 

@@ -12,15 +12,16 @@ import sys
 import time
 from pathlib import Path
 
-from bot.cli import build_parser
+from bot.cli.main import build_parser
+from bot.cli.train import build_spec
 from bot.config import Config, PathsConfig
 from bot.jobs.executor import LocalExecutor
 from bot.jobs.scheduler import build_slots
 from bot.jobs.service import JobService, Requester
-from bot.train_command import build_spec
+from protocol.events import Progress
+from protocol.job_spec import DatasetSpec, JobSpec, TrainingSpec
 from storage.store import Store
 from tests.worker_helpers import worker_env, write_chat_dataset
-from trainer.protocol import DatasetSpec, JobSpec, Progress, TrainingSpec
 
 
 def cli(*args: str, home: Path, timeout: float = 240) -> subprocess.CompletedProcess:

@@ -1,4 +1,4 @@
-"""The data check at submit time (bot/jobs/data_check.py running trainer/check_data.py): refusals name
+"""The data check at submit time (bot/workers/data_check.py running trainer/check_data.py): refusals name
 the person's own file and line, a check past its deadline or its memory cap is refused and its process
 stopped, and a job's worker names an upload by the name it was given."""
 
@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from bot.errors import UserFacingError
 from bot.jobs.executor import LocalExecutor
 from bot.jobs.service import Requester
 from bot.jobs.submission import Upload
+from protocol.errors import UserError
+from protocol.events import Phase
+from protocol.job_spec import DatasetSpec, JobSpec
 from tests.service_helpers import fake_data_checker, fake_spec, finished, open_service, shut
 from tests.worker_helpers import tiny_spec, worker_env, write_chat_dataset
-from trainer.protocol import DatasetSpec, JobSpec, Phase
 
 ALICE = Requester("local:alice")
 
@@ -31,7 +32,7 @@ async def test_a_broken_local_file_is_refused_with_its_line_and_no_job(tmp_path)
     data.write_text('{"text": "a"}\n{"text": "b"}\n{"text": \n')
     service = await open_service(tmp_path / "home")
     try:
-        with pytest.raises(UserFacingError) as refused:
+        with pytest.raises(UserError) as refused:
             await service.submit(spec_for(str(data)), ALICE)
         assert refused.value.message.startswith("chats.jsonl line 3: not valid JSON")
         assert refused.value.hint
@@ -44,7 +45,7 @@ async def test_an_upload_is_checked_and_named_by_its_own_file_name(tmp_path):
     service = await open_service(tmp_path / "home")
     try:
         upload = Upload(suffix=".csv", data=b"text,other\nfine,1\nbroken\n", filename="../My Data.csv")
-        with pytest.raises(UserFacingError) as refused:
+        with pytest.raises(UserError) as refused:
             await service.submit(spec_for("upload.csv"), ALICE, upload=upload)
         assert refused.value.message.startswith("My Data.csv line 3: 1 values but the header has 2 columns")
         assert await service.list() == []
@@ -57,7 +58,7 @@ async def test_a_check_past_its_deadline_is_refused_and_its_process_stopped(tmp_
     service = await open_service(tmp_path / "home")
     service.data_checker = fake_data_checker(service.config, timeout_s=1.0)
     try:
-        with pytest.raises(UserFacingError) as refused:
+        with pytest.raises(UserError) as refused:
             await service.submit(fake_spec("check_s=60"), ALICE)
         assert "took longer than 1 s (limits.data_check_timeout_s)" in refused.value.message
         assert await service.list() == []
@@ -73,7 +74,7 @@ async def test_a_dataset_over_the_memory_cap_is_refused(tmp_path):
     service = await open_service(tmp_path / "home")
     service.data_checker = fake_data_checker(service.config, memory_mb=150)
     try:
-        with pytest.raises(UserFacingError) as refused:
+        with pytest.raises(UserError) as refused:
             await service.submit(spec_for(str(data)), ALICE)
         assert "needs more than 150 MiB of memory (limits.data_check_memory_mb)" in refused.value.message
         assert await service.list() == []

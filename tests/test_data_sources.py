@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from protocol.errors import UserError
+from protocol.job_spec import DatasetSpec, Limits
 from trainer.data_sources import Records, read_records
-from trainer.errors import UserError
-from trainer.protocol import DatasetSpec, Limits
 
 LIMITS = Limits(max_dataset_bytes=1 << 20, max_rows=1000)
 

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from protocol.errors import UserError
+from protocol.events import Error, Phase, decode_event
+from protocol.job_spec import DatasetSpec, Limits
 from tests.test_data_sources import no_remote_network, offline_hub  # noqa: F401 - the fixtures
 from tests.worker_helpers import tiny_spec, worker_env, write_chat_dataset
 from trainer.data_sources import read_records
-from trainer.errors import UserError
-from trainer.protocol import DatasetSpec, Error, Limits, Phase, decode_event
 
 OFFLINE_HUB = "not found on the Hub or not reachable"
 

@@ -6,11 +6,11 @@ import itertools
 import json
 from pathlib import Path
 
+from protocol.events import Progress
 from tests.discord_helpers import EDIT_INTERVAL_S, bot_config, embed_field, fake_dataset, running_bot
 from tests.fake_discord.fixture import fake_discord_fixture  # noqa: F401 - the fake_discord fixture
 from tests.service_helpers import wait_until
 from tests.worker_helpers import worker_env, write_chat_dataset
-from trainer.protocol import Progress
 
 FAKE_MODEL = "fake/model"
 

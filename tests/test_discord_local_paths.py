@@ -8,7 +8,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from bot.serving.serve_client import ServeClient
+from bot.workers.serve_worker import ServeClient
 from tests.discord_helpers import bot_config, fake_dataset, running_bot
 from tests.fake_discord.fixture import fake_discord_fixture  # noqa: F401 - the fake_discord fixture
 from tests.fakes.fake_trainer import write_adapter

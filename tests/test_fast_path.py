@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from protocol.events import Done, Phase
 from tests.worker_helpers import run_worker, tiny_spec, write_chat_dataset
-from trainer.protocol import Done, Phase
 
 
 def _train(

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from protocol.errors import UserError
+from protocol.job_spec import DatasetSpec, Limits
 from tests.test_data_sources import write
 from trainer.data_sources import read_records
-from trainer.errors import UserError
-from trainer.protocol import DatasetSpec, Limits
 
 SMALL = Limits(max_dataset_bytes=1 << 20, max_rows=1000, max_row_bytes=64)
 ROOMY = Limits(max_dataset_bytes=1 << 20, max_rows=1000, max_row_bytes=1 << 20)

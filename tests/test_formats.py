@@ -11,8 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from protocol.errors import UserError
+from protocol.job_spec import DatasetSpec, Limits
 from trainer.data_sources import Records, read_records
-from trainer.errors import UserError
 from trainer.formats import (
     FORMAT_COLUMNS,
     ChatExample,
@@ -22,7 +23,6 @@ from trainer.formats import (
     detect_format,
     to_examples,
 )
-from trainer.protocol import DatasetSpec, Limits
 
 CHAT = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
 CHAT_EXAMPLE = ChatExample((("user", "Hi"), ("assistant", "Hello!")))
@@ -338,7 +338,7 @@ def test_line_numbers_come_from_the_file(tmp_path: Path) -> None:
 
 
 def test_format_columns_cover_every_protocol_format() -> None:
-    from trainer.protocol import DATASET_FORMATS
+    from protocol.job_spec import DATASET_FORMATS
 
     assert set(FORMAT_COLUMNS) == set(DATASET_FORMATS) - {"auto"}
 

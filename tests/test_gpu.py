@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from protocol.events import Done, Progress
 from tests.worker_helpers import run_worker, tiny_spec, write_chat_dataset
-from trainer.protocol import Done, Progress
 
 
 @pytest.mark.gpu

@@ -19,16 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from protocol.events import Done, Error, Phase, decode_check_result, decode_event
+from protocol.job_spec import JobSpec, Limits
 from tests.worker_helpers import run_worker, tiny_spec, worker_env
-from trainer.protocol import (
-    Done,
-    Error,
-    JobSpec,
-    Limits,
-    Phase,
-    decode_check_result,
-    decode_event,
-)
 
 GUARD_BYTES = 1 << 30
 MIB = 1 << 20

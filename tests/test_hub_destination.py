@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import main
-from bot.errors import UserFacingError
+from bot.cli.main import main
 from bot.hub.destination import RepoRefused
 from bot.hub.publisher import PublishRequest
 from bot.jobs.service import Requester
+from protocol.errors import UserError
 from storage.models import Job
 from storage.store import Store
 from tests.fakes.fake_trainer import write_adapter
@@ -159,7 +159,7 @@ async def test_with_a_configured_namespace_a_non_admin_elsewhere_is_refused_befo
     service = await open_service(tmp_path / "home", hub=access(tmp_path, namespace="alice"), start=False)
     try:
         job = await _finished(service.store, _adapter(tmp_path, "a", 0.5), owner=BOB.owner)
-        with pytest.raises(UserFacingError, match="acme/theirs is outside this bot's Hub namespace alice"):
+        with pytest.raises(UserError, match="acme/theirs is outside this bot's Hub namespace alice"):
             await service.publish(job.id, BOB, repo="acme/theirs")
         assert (await service.get(job.id)).hub_state == "none"
         assert fake_hub.requests == []  # not even whoami: hub.namespace says where we publish

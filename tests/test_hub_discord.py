@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bot.logging_setup import setup_logging
-from bot.serving.serve_client import ServeClient
+from bot.workers.serve_worker import ServeClient
 from tests.discord_helpers import bot_config, embed_field, fake_dataset, running_bot
 from tests.fake_discord.fixture import fake_discord_fixture  # noqa: F401 - the fake_discord fixture
 from tests.fakes.fake_trainer import write_adapter

@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import main
-from bot.errors import UserFacingError
+from bot.cli.main import main
 from bot.hub.model_card import CardFacts, render_card
 from bot.hub.public_record import public_record
 from bot.hub.publisher import PublishFailed, PublishRequest
+from bot.jobs.asking import resolve_adapter
 from bot.jobs.service import Requester
 from bot.jobs.submission import Upload
-from bot.serving.asking import resolve_adapter
+from protocol.errors import UserError
+from protocol.job_spec import DatasetSpec
 from storage.store import Store
 from tests.fakes.fake_trainer import write_adapter
 from tests.hub_helpers import (
@@ -31,7 +32,6 @@ from tests.hub_helpers import (
     sha256,
 )
 from tests.service_helpers import fake_spec, open_service, shut
-from trainer.protocol import DatasetSpec
 
 ALICE = Requester(owner="local:alice", is_admin=True)
 
@@ -277,9 +277,9 @@ async def test_ask_by_hub_id_downloads_the_adapter_into_the_cache(fake_hub, tmp_
         assert sha256(downloaded["adapter_model.safetensors"]) == sha256(
             (adapter_dir / "adapter_model.safetensors").read_bytes()
         )
-        with pytest.raises(UserFacingError, match="no Hub repo alice/asked this bot can read"):
+        with pytest.raises(UserError, match="no Hub repo alice/asked this bot can read"):
             await resolve_adapter(store, "alice/asked", hub=access(tmp_path / "anonymous", token=None))
-        with pytest.raises(UserFacingError, match="there is no adapter named 'alice/asked'"):
+        with pytest.raises(UserError, match="there is no adapter named 'alice/asked'"):
             await resolve_adapter(store, "alice/asked")  # no Hub access given: names and folders only
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import bot
+import protocol
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "trl", "datasets", "accelerate")
@@ -18,7 +19,9 @@ def test_the_bot_process_never_imports_the_training_stack():
     found = pkgutil.walk_packages(bot.__path__, prefix="bot.")  # recurses into bot.jobs, bot.discord_bot
     modules = sorted(info.name for info in found if not info.name.endswith("__main__"))
     assert {"bot.jobs.service", "bot.discord_bot.client", "bot.discord_bot.cogs.finetune"} <= set(modules)
-    modules += ["trainer.protocol", "trainer.dataclass_codec", "storage.store"]
+    modules += ["storage.store"] + [
+        f"protocol.{info.name}" for info in pkgutil.iter_modules(protocol.__path__)
+    ]
     code = (
         "import importlib, sys\n"
         f"for name in {modules!r}: importlib.import_module(name)\n"
@@ -30,27 +33,40 @@ def test_the_bot_process_never_imports_the_training_stack():
     assert result.stdout.strip() == "[]", f"imported by the bot process: {result.stdout}"
 
 
-def test_trainer_never_imports_bot_or_storage():
-    offenders = []
-    for path in (REPO_ROOT / "trainer").rglob("*.py"):
+def _imported_packages(folder: Path) -> dict[str, set[str]]:
+    """Top-level package of every import in each module under `folder` (relative imports: none are used)."""
+    found = {}
+    for path in sorted(folder.rglob("*.py")):
+        names = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            names = []
             if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
+                names |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            offenders += [
-                f"{path.name}: {name}" for name in names if name.split(".")[0] in ("bot", "storage")
-            ]
+                names.add(node.module.split(".")[0])
+        found[str(path.relative_to(REPO_ROOT))] = names
+    return found
+
+
+def _offenders(folder: str, forbidden: set[str]) -> list[str]:
+    return [
+        f"{module}: {name}"
+        for module, names in _imported_packages(REPO_ROOT / folder).items()
+        for name in sorted(names & forbidden)
+    ]
+
+
+def test_imports_flow_bot_to_storage_to_protocol_and_trainer_to_protocol():
+    """bot -> storage -> protocol <- trainer: the processes share the protocol and nothing else."""
+    assert _offenders("trainer", {"bot", "storage"}) == []
+    assert _offenders("bot", {"trainer"}) == []
+    assert _offenders("storage", {"bot", "trainer"}) == []
+
+
+def test_the_protocol_is_stdlib_only():
+    allowed = set(sys.stdlib_module_names) | {"__future__", "protocol"}
+    offenders = [
+        f"{module}: {name}"
+        for module, names in _imported_packages(REPO_ROOT / "protocol").items()
+        for name in sorted(names - allowed)
+    ]
     assert offenders == []
-
-
-def test_the_protocol_module_is_stdlib_only():
-    tree = ast.parse((REPO_ROOT / "trainer" / "protocol.py").read_text())
-    imported = {
-        (node.module or "").split(".")[0] if isinstance(node, ast.ImportFrom) else alias.name.split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, (ast.Import, ast.ImportFrom))
-        for alias in node.names
-    }
-    assert imported <= set(sys.stdlib_module_names) | {"__future__", "trainer"}

@@ -13,10 +13,10 @@ import pytest
 
 from bot.jobs.executor import LocalExecutor
 from bot.jobs.service import Requester
+from protocol.events import Done, Progress, Started
 from storage.store import Store
 from tests.service_helpers import FAKES, fake_spec, finished, open_service, shut, wait_until
 from tests.worker_helpers import REPO_ROOT, tiny_spec, worker_env, write_chat_dataset
-from trainer.protocol import Done, Progress, Started
 
 ALICE = Requester("local:alice")
 

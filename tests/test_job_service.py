@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from bot.errors import UserFacingError
 from bot.jobs.service import Requester
+from protocol.errors import UserError
+from protocol.events import Checkpoint, Done, Phase, Progress, Started
 from tests.service_helpers import fake_spec, finished, open_service, shut, wait_until
-from trainer.protocol import Checkpoint, Done, Phase, Progress, Started
 
 ALICE, BOB = Requester("discord:1"), Requester("discord:2")
 ADMIN = Requester("discord:99", is_admin=True)
@@ -43,7 +43,7 @@ async def test_a_job_is_never_placed_in_a_folder_that_holds_files(tmp_path):
         leftover = tmp_path / "jobs" / "2"
         leftover.mkdir()
         (leftover / "train.log").write_text("an earlier job 2's log\n")  # appeared after the store opened
-        with pytest.raises(UserFacingError, match=f"job folder {leftover} already exists") as refused:
+        with pytest.raises(UserError, match=f"job folder {leftover} already exists") as refused:
             await service.submit(fake_spec("steps=1"), ALICE)
         assert "restart qlora-bot" in refused.value.hint
         assert [job.id for job in await service.list()] == [1]  # nothing was created
@@ -69,7 +69,7 @@ async def test_quotas_name_the_limit_and_admins_bypass_them(tmp_path):
     try:
         await service.submit(fake_spec(), ALICE)
         await service.submit(fake_spec(), ALICE)
-        with pytest.raises(UserFacingError, match=r"2 jobs waiting \(limit queue.max_queued_per_user = 2\)"):
+        with pytest.raises(UserError, match=r"2 jobs waiting \(limit queue.max_queued_per_user = 2\)"):
             await service.submit(fake_spec(), ALICE)
         await service.submit(fake_spec(), ADMIN)
         await service.submit(fake_spec(), ADMIN)
@@ -78,7 +78,7 @@ async def test_quotas_name_the_limit_and_admins_bypass_them(tmp_path):
             await service.cancel(job.id, ALICE)
         await service.submit(fake_spec(), ALICE)
         with pytest.raises(
-            UserFacingError, match=r"3 jobs in the last 24 hours \(limit queue.max_jobs_per_day = 3\)"
+            UserError, match=r"3 jobs in the last 24 hours \(limit queue.max_jobs_per_day = 3\)"
         ):
             await service.submit(fake_spec(), ALICE)
     finally:
@@ -90,7 +90,7 @@ async def test_invalid_settings_are_refused_naming_the_field(tmp_path):
     try:
         spec = fake_spec()
         bad = spec.replace(lora=spec.lora.__class__(r=0))
-        with pytest.raises(UserFacingError, match=r"lora\.r: must be an integer >= 1"):
+        with pytest.raises(UserError, match=r"lora\.r: must be an integer >= 1"):
             await service.submit(bad, ALICE)
     finally:
         await shut(service)
@@ -145,7 +145,7 @@ async def test_cancel_a_running_job_keeps_its_checkpoint(tmp_path):
     try:
         job = await service.submit(fake_spec("steps=500;step_s=0.02", checkpoint_steps=1000), ALICE)
         await wait_until(lambda: service.store.last_event(job.id, "progress"))
-        with pytest.raises(UserFacingError, match="is not yours"):
+        with pytest.raises(UserError, match="is not yours"):
             await service.cancel(job.id, BOB)
         await service.cancel(job.id, ALICE)
         ended = await finished(service, job.id)
@@ -153,7 +153,7 @@ async def test_cancel_a_running_job_keeps_its_checkpoint(tmp_path):
         assert ended.cancel_requested_by == "discord:1" and not ended.error_hint  # no path in the message
         checkpoint = await service.store.last_event(job.id, "checkpoint")
         assert checkpoint is not None and ended.checkpoint_path == checkpoint.event.path
-        with pytest.raises(UserFacingError, match="already ended"):
+        with pytest.raises(UserError, match="already ended"):
             await service.cancel(job.id, ALICE)
     finally:
         await shut(service)

@@ -38,7 +38,7 @@ asyncio.run(main())
 SUBMITTER = """
 import asyncio, json, random, sys
 sys.path[:0] = [{repo!r}]
-from bot.errors import UserFacingError
+from protocol.errors import UserError
 from bot.jobs.scheduler import build_slots
 from bot.jobs.service import Requester, RunnerBusy
 from tests.service_helpers import fake_executor, fake_spec, open_service
@@ -53,7 +53,7 @@ async def main():
         try:
             job = await service.submit(fake_spec(behaviour, name=f"n{{index}}"), owner)
             accepted.append(job.id)
-        except UserFacingError as error:
+        except UserError as error:
             refused.append(error.message)
         await asyncio.sleep(random.uniform(0, 0.1))
         if index == 2:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import aiosqlite
 
+from protocol.job_spec import DatasetSpec, JobSpec
 from storage.migrate import apply_migrations, load_migrations
 from storage.store import Store
-from trainer.protocol import DatasetSpec, JobSpec
 
 
 def old_spec_json(source: str, output_dir: str) -> str:

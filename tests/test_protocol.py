@@ -1,4 +1,4 @@
-"""trainer/protocol.py: every event and the job spec survive a round trip; anything unknown is refused."""
+"""protocol/ job_spec and events: every event and the spec survive a round trip; the unknown is refused."""
 
 from __future__ import annotations
 
@@ -7,25 +7,21 @@ import math
 
 import pytest
 
-from trainer.protocol import (
+from protocol.errors import ProtocolError
+from protocol.events import (
     EVENT_TYPES,
     PROTOCOL_VERSION,
     Checkpoint,
-    DatasetSpec,
     Done,
     Error,
     Eval,
-    JobSpec,
-    LoraSpec,
     Phase,
     Progress,
-    ProtocolError,
     Started,
-    TrainingSpec,
     decode_event,
     encode_event,
-    spec_problems,
 )
+from protocol.job_spec import DatasetSpec, JobSpec, LoraSpec, TrainingSpec, spec_problems
 
 EVENTS = [
     Started(pid=1234, attempt_resumes_from="/jobs/1/checkpoints/checkpoint-50"),

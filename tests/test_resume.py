@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from protocol.events import Progress, Started
 from tests.test_cli_train import cli, job_events
 from tests.worker_helpers import train_args, write_chat_dataset
-from trainer.protocol import Progress, Started
 
 STEPS = 6
 

@@ -16,6 +16,7 @@ import pytest
 
 from bot.jobs.scheduler import build_slots
 from bot.jobs.service import JobService, Requester, RunnerBusy
+from protocol.events import Progress
 from storage.store import Store
 from tests.service_helpers import (
     fake_executor,
@@ -28,7 +29,6 @@ from tests.service_helpers import (
 )
 from tests.test_cli_train import cli
 from tests.worker_helpers import train_args, worker_env, write_chat_dataset
-from trainer.protocol import Progress
 
 ALICE = Requester("local:alice")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 
 from bot.jobs.scheduler import Slot, build_slots, detect_gpus, estimate_queue, fair_order, jobs_to_start
+from protocol.job_spec import DatasetSpec, JobSpec
 from storage.models import Job
-from trainer.protocol import DatasetSpec, JobSpec
 
 SPEC = JobSpec(base_model="m", dataset=DatasetSpec(source="d.jsonl"), output_dir="/jobs/x")
 

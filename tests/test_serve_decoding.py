@@ -243,7 +243,7 @@ def test_adapters_that_do_not_fit_are_refused_before_any_slot_changes(served, tm
     import json
     import shutil
 
-    from trainer.errors import UserError
+    from protocol.errors import UserError
 
     bank = served.base.bank
     versions = bank.routing.version

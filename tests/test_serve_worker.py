@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from protocol.serve import Cancel, Failed, Finished, Generate, Loading, Ready, Shutdown, Stats
 from tests.serve_helpers import (
     BOMB_TEMPLATE,
     SYSTEM_LINE_TEMPLATE,
@@ -25,7 +26,6 @@ from tests.serve_helpers import (
     stop_all,
     with_template,
 )
-from trainer.serve_protocol import Cancel, Failed, Finished, Generate, Loading, Ready, Shutdown, Stats
 
 HELLO = ({"role": "user", "content": "Question: what is the capital of France?"},)
 LONG = 450  # new tokens: several seconds on CPU, within the tiny model's 512 positions

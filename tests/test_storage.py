@@ -13,11 +13,12 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
+from protocol.events import Checkpoint, Done, Error, Phase, Progress, Started
+from protocol.job_spec import DatasetSpec, JobSpec
 from storage.database import DatabaseUnusable
 from storage.migrate import MigrationError, apply_migrations, load_migrations, split_statements
 from storage.models import Job, OutboxEntry
 from storage.store import AdapterNameTaken, Store
-from trainer.protocol import Checkpoint, DatasetSpec, Done, Error, JobSpec, Phase, Progress, Started
 
 
 class FakeClock:

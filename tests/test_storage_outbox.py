@@ -11,11 +11,12 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
+from protocol.events import Checkpoint, Progress
+from protocol.job_spec import JobSpec
 from storage.migrate import apply_migrations, load_migrations
 from storage.models import OutboxEntry
 from storage.store import Store
 from tests.test_storage import FakeClock, new_job, running_job, spec_maker
-from trainer.protocol import Checkpoint, JobSpec, Progress
 
 CHANNEL = 555
 

@@ -126,7 +126,7 @@ def _alive(pid: int) -> bool:
 def test_training_fails_a_bomb_in_the_base_model_template_as_a_user_error(tokenizer, monkeypatch):
     """The trainer's tokenization renders through the same child: the job ends with the person's error."""
     import trainer.chat_template
-    from trainer.errors import UserError
+    from protocol.errors import UserError
     from trainer.formats import ChatExample
     from trainer.tokenization import tokenize_examples
 

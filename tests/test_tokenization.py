@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from protocol.errors import UserError
 from tests.tiny_model import build_tokenizer
 from trainer import chat_template
 from trainer.chat_template import DEFAULT_CHAT_TEMPLATE, choose_chat_template
-from trainer.errors import UserError
 from trainer.formats import ChatExample, CompletionExample, TextExample
 from trainer.tokenization import tokenize_examples
 

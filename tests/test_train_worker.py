@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from protocol.events import PHASES, Checkpoint, Done, Error, Eval, Phase, Progress, Started, decode_event
 from tests.worker_helpers import run_worker, tiny_spec, worker_env, write_chat_dataset
-from trainer.protocol import PHASES, Checkpoint, Done, Error, Eval, Phase, Progress, Started, decode_event
 
 
 @pytest.fixture(scope="module")
@@ -270,7 +270,7 @@ def test_failures_become_error_events_with_a_hint(tmp_path, exception, code, kin
 def test_gated_and_missing_hub_models_get_actionable_errors():
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
-    from trainer.errors import UserError
+    from protocol.errors import UserError
     from trainer.model_loading import _explained_load_errors
 
     # huggingface_hub 2.x builds its errors from its own HTTP client's responses (httpx2, not httpx).

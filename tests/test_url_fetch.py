@@ -18,6 +18,9 @@ from bot.config import Config
 from bot.job_specs import make_spec, name_from_dataset
 from bot.jobs.service import Requester
 from bot.logging_setup import setup_logging
+from protocol.errors import UserError
+from protocol.job_spec import DatasetSpec, JobSpec, Limits, spec_problems
+from protocol.sources import redact_url
 from storage.store import Store
 from tests.discord_helpers import bot_config, embed_field, running_bot
 from tests.fake_discord.fixture import fake_discord_fixture  # noqa: F401 - the fake_discord fixture
@@ -33,8 +36,6 @@ from tests.url_servers import (
 )
 from tests.worker_helpers import worker_env
 from trainer.data_sources import read_records
-from trainer.errors import UserError
-from trainer.protocol import DatasetSpec, JobSpec, Limits, redact_url, spec_problems
 from trainer.url_addresses import address_refusal
 from trainer.url_fetch import FetchPolicy, open_url
 
@@ -344,7 +345,7 @@ def test_errors_and_origins_never_show_the_query(tmp_path: Path, trusted) -> Non
 
 async def test_an_allowed_host_passes_the_submit_time_check_in_its_subprocess(tmp_path: Path, trusted):
     """The spec's limits reach trainer.check_data as the job's worker gets them, and the worker trusts
-    the certificates SSL_CERT_FILE names (passed through bot/worker_env.py)."""
+    the certificates SSL_CERT_FILE names (passed through bot/workers/environment.py)."""
     service = await open_service(tmp_path / "home", start=False)
     try:
         with LoopbackServer({"/x.jsonl": body()}, tls=trusted) as server:

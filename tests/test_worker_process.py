@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.jobs.worker_process import MAX_EVENT_LINE_BYTES, WorkerLost, WorkerProcess
-from bot.worker_env import uses_hub, worker_environment
-from trainer.protocol import DatasetSpec, Done, Error, JobSpec, Progress, Started
+from bot.workers.environment import uses_hub, worker_environment
+from bot.workers.train_worker import MAX_EVENT_LINE_BYTES, WorkerLost, WorkerProcess
+from protocol.events import Done, Error, Progress, Started
+from protocol.job_spec import DatasetSpec, JobSpec
 
 PRELUDE = """
 import json, os, signal, sys, time

@@ -1,4 +1,4 @@
-"""Where workers run and what they see (bot/worker_env.py, the executor, the data check, the serve client):
+"""Where workers run and what they see (bot/workers/environment.py and each spawner):
 their own folder as the working directory, the Hub offline and no HF_TOKEN unless the job uses the Hub,
 telemetry off, and every cache and temporary file under the data directory; and what the train worker
 says of its job's files: their names in the job folder, not the server's path to them."""
@@ -10,15 +10,16 @@ import os
 from pathlib import Path
 
 from bot.config import ServeConfig
+from bot.jobs.asking import ResolvedAdapter, build_request
 from bot.jobs.executor import LocalExecutor
 from bot.jobs.scheduler import Slot
-from bot.serving.asking import ResolvedAdapter, build_request
-from bot.serving.serve_client import ServeClient
-from bot.worker_env import job_uses_hub, worker_environment
+from bot.workers.environment import job_uses_hub, worker_environment
+from bot.workers.serve_worker import ServeClient
+from protocol.events import Done, Error, Started
+from protocol.job_spec import DatasetSpec, JobSpec
+from protocol.serve import Finished
 from tests.service_helpers import FAKES
 from tests.worker_helpers import run_worker, tiny_spec, worker_env, write_chat_dataset
-from trainer.protocol import DatasetSpec, Done, Error, JobSpec, Started
-from trainer.serve_protocol import Finished
 
 CACHE_VARIABLES = (
     "HF_HOME",

@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from trainer.protocol import DatasetSpec, Event, JobSpec, LoraSpec, TrainingSpec, decode_event
+from protocol.events import Event, decode_event
+from protocol.job_spec import DatasetSpec, JobSpec, LoraSpec, TrainingSpec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

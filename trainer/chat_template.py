@@ -11,7 +11,7 @@ import atexit
 from collections.abc import Sequence
 from typing import Any
 
-from trainer.errors import UserError
+from protocol.errors import UserError
 from trainer.template_sandbox import Chat, RenderFailed, RenderTimeout, TemplateRenderer
 
 # A real template renders a chat in about a millisecond; this much is only ever spent by a bomb.

@@ -13,18 +13,12 @@ import sys
 import traceback
 from pathlib import Path
 
+from protocol.errors import ProtocolError, UserError
+from protocol.events import DataChecked, Error, encode_check_result
+from protocol.job_spec import JobSpec, dataset_problems
 from trainer.data_sources import read_records
-from trainer.errors import UserError
 from trainer.formats import to_examples
 from trainer.memory_cap import memory_cap
-from trainer.protocol import (
-    DataChecked,
-    Error,
-    JobSpec,
-    ProtocolError,
-    dataset_problems,
-    encode_check_result,
-)
 
 log = logging.getLogger("trainer.check_data")
 

@@ -14,11 +14,12 @@ import tempfile
 import urllib.parse
 from pathlib import Path, PurePosixPath
 
-from trainer.errors import UserError
+from protocol.errors import UserError
+from protocol.job_spec import DatasetSpec, Limits
+from protocol.sources import hub_id_problem, redact_url
 from trainer.file_readers import EXTENSIONS, read_file
 from trainer.file_readers import check_suffix as _check_suffix
 from trainer.parquet_reader import BATCH_ROWS, check_schema, read_batches
-from trainer.protocol import DatasetSpec, Limits, hub_id_problem, redact_url
 from trainer.records import Records
 from trainer.records import too_large as _too_large
 from trainer.records import too_many_rows as _too_many_rows

@@ -11,7 +11,7 @@ import sys
 import threading
 from typing import TextIO
 
-from trainer.protocol import Event, encode_event
+from protocol.events import Event, encode_event
 
 
 class EventWriter:

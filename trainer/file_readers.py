@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from trainer.errors import UserError
+from protocol.errors import UserError
+from protocol.job_spec import Limits
 from trainer.json_rows import check_depth, parse_document, parse_line
 from trainer.parquet_reader import read_parquet
-from trainer.protocol import Limits
 from trainer.records import (
     Records,
     RowCollector,

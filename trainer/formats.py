@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from trainer.errors import UserError
+from protocol.errors import UserError
 from trainer.records import Records
 
 Role = Literal["system", "user", "assistant"]

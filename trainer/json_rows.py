@@ -8,7 +8,7 @@ import json
 import re
 from typing import Any
 
-from trainer.errors import UserError
+from protocol.errors import UserError
 
 # A row is an object of columns; chats go two levels further (a list of {role, content}). Deeper values
 # are never training data, and refusing them keeps every later walk (hashing, conversion) shallow.

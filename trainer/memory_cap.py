@@ -11,7 +11,7 @@ import resource
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from trainer.errors import UserError
+from protocol.errors import UserError
 
 MIB = 1 << 20
 

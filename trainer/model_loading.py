@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from trainer.errors import UserError
-from trainer.protocol import LoraSpec
+from protocol.errors import UserError
+from protocol.job_spec import LoraSpec
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from trainer.errors import UserError
+from protocol.errors import UserError
+from protocol.job_spec import Limits
 from trainer.json_rows import MAX_DEPTH
-from trainer.protocol import Limits
 from trainer.records import Records, RowCollector, row_too_large, too_large_decoded, too_many_rows
 
 # Rows decoded at a time: small enough that a batch of rows at the per-row cap stays modest, large

@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.errors import UserError
-from trainer.protocol import Limits
+from protocol.errors import UserError
+from protocol.job_spec import Limits
 
 # Where an admin raises a cap: the bot's config.toml (the CLI reads the same file).
 SETTINGS = "defaults.limits"

@@ -15,8 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TextIO
 
-from trainer.chat_template import RENDER_TIMEOUT_S  # stdlib only: the template child starts on first use
-from trainer.serve_protocol import (
+from protocol.serve import (
     Cancel,
     Failed,
     Generate,
@@ -26,6 +25,7 @@ from trainer.serve_protocol import (
     decode_request,
     encode,
 )
+from trainer.chat_template import RENDER_TIMEOUT_S  # stdlib only: the template child starts on first use
 from trainer.serving.queue import Ask, RequestQueue
 
 log = logging.getLogger("trainer.serve")

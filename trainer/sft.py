@@ -13,8 +13,10 @@ from datasets import Dataset
 from transformers import PrinterCallback, ProgressCallback
 from trl import SFTConfig, SFTTrainer
 
+from protocol.events import Event
+from protocol.job_folder import CHECKPOINTS_DIR
+from protocol.job_spec import JobSpec
 from trainer.cancellation import CancelFlag
-from trainer.protocol import CHECKPOINTS_DIR, Event, JobSpec
 from trainer.tokenization import TokenizedRows
 from trainer.training_events import EventCallback, TokenCounter
 

@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from protocol.errors import UserError
 from trainer.chat_template import assistant_spans
-from trainer.errors import UserError
 from trainer.formats import ChatExample, CompletionExample, Example, TextExample
 
 

@@ -20,25 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from protocol.errors import ProtocolError, UserError
+from protocol.events import Done, Error, Phase, Started
+from protocol.job_folder import LOG_FILE_NAME, newest_checkpoint
+from protocol.job_spec import JobSpec, spec_problems
 from trainer.cancellation import CancelFlag
 from trainer.chat_template import choose_chat_template
 from trainer.data_sources import read_records
-from trainer.errors import AlreadyTrained, Cancelled, UserError, job_relative
+from trainer.errors import AlreadyTrained, Cancelled, job_relative
 from trainer.event_stream import take_stdout_for_events
 from trainer.formats import ChatExample, to_examples
 from trainer.memory_cap import memory_cap
 from trainer.memory_plan import GIB, MemoryPlan, ModelShape, TrainingLoad, plan_memory
-from trainer.protocol import (
-    LOG_FILE_NAME,
-    Done,
-    Error,
-    JobSpec,
-    Phase,
-    ProtocolError,
-    Started,
-    newest_checkpoint,
-    spec_problems,
-)
 from trainer.tokenization import TokenizedRows, tokenize_examples
 
 log = logging.getLogger("trainer.train")

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from protocol.events import Checkpoint, Eval, Event, Progress
 from trainer.cancellation import CancelFlag
 from trainer.errors import AlreadyTrained
-from trainer.protocol import Checkpoint, Eval, Event, Progress
 
 # Written into each checkpoint so a resumed job keeps counting tokens (and knows its last measured
 # rate) from where it stopped.

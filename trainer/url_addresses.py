@@ -10,7 +10,7 @@ import ipaddress
 import re
 import socket
 
-from trainer.errors import UserError
+from protocol.errors import UserError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -19,8 +19,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.errors import UserError
-from trainer.protocol import Limits, redact_url
+from protocol.errors import UserError
+from protocol.job_spec import Limits
+from protocol.sources import redact_url
 from trainer.url_addresses import IPAddress, address_refusal, host_key, normalised_host, system_resolver
 
 MAX_REDIRECTS = 5

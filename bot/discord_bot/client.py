@@ -18,9 +18,9 @@ from bot.discord_bot.deliverer import Deliverer
 from bot.discord_bot.permissions import requester_for
 from bot.discord_bot.resume_button import ResumeButton
 from bot.discord_bot.shown_paths import without_data_dir
-from bot.errors import UserFacingError
 from bot.jobs.service import JobService
-from bot.serving.serve_client import ServeClient
+from bot.workers.serve_worker import ServeClient
+from protocol.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,8 @@ class QloraBot(commands.Bot):
         await self.deliverer.close()
         await super().close()
 
-    def refusal(self, error: UserFacingError) -> str:
-        """A UserFacingError as Discord shows it: no path into the data directory (job folders, logs)."""
+    def refusal(self, error: UserError) -> str:
+        """A UserError as Discord shows it: no path into the data directory (job folders, logs)."""
         text = f"{error.message}. {error.hint}" if error.hint else error.message
         return without_data_dir(text, self.config.data_dir())
 
@@ -78,7 +78,7 @@ class QloraBot(commands.Bot):
         """The Cancel button: only the job's owner or an admin; everyone else gets a private refusal."""
         try:
             job = await self.service.cancel(job_id, requester_for(interaction.user, self.config.discord))
-        except UserFacingError as error:
+        except UserError as error:
             await reply(interaction, self.refusal(error))
             return
         if job.is_terminal:
@@ -97,7 +97,7 @@ class QloraBot(commands.Bot):
                 guild_id=interaction.guild_id,
                 channel_id=interaction.channel_id,
             )
-        except UserFacingError as error:
+        except UserError as error:
             await reply(interaction, self.refusal(error))
             return
         # Its status message is owed by the job's creation (the outbox posts it).
@@ -107,7 +107,7 @@ class QloraBot(commands.Bot):
         self, interaction: discord.Interaction, error: app_commands.AppCommandError
     ) -> None:
         original = getattr(error, "original", error)
-        if isinstance(original, UserFacingError):
+        if isinstance(original, UserError):
             text = self.refusal(original)
         elif isinstance(error, app_commands.TransformerError):
             text = f"{error.value!r} is not a valid value for this option. {error}"

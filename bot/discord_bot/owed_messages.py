@@ -21,8 +21,8 @@ from bot.discord_bot.status_view import completion_embed, status_embed
 from bot.jobs.outcomes import adapter_name
 from bot.jobs.service import JobService
 from bot.loss_chart import loss_chart_png, loss_points
+from protocol.events import Done
 from storage.models import Job, OutboxEntry
-from trainer.protocol import Done
 
 MENTION_OWNER = discord.AllowedMentions(users=True, roles=False, everyone=False)
 WHAT = {"status": "the status message", "completion": "the completion message"}

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 import discord
 
 from bot.config import DiscordConfig
-from bot.errors import UserFacingError
 from bot.jobs.service import Requester
+from protocol.errors import UserError
 
 
 def requester_for(member: discord.abc.User, config: DiscordConfig) -> Requester:
@@ -36,7 +36,7 @@ def require_role(member: discord.abc.User, roles: tuple[str, ...], config: Disco
     """Refuse unless the member has one of `roles` (empty: everyone) or is an admin."""
     if not roles or is_admin(member, config) or _has_any_role(member, roles):
         return
-    raise UserFacingError(
+    raise UserError(
         f"{what} needs one of these roles: {', '.join(roles)}", "ask a server admin to give you one of them"
     )
 

@@ -11,8 +11,8 @@ from bot.discord_bot.shown_paths import without_paths
 from bot.jobs.checkpoints import checkpoint_step, checkpoint_to_resume
 from bot.jobs.scheduler import QueueEntry
 from bot.terminal_progress import format_duration
+from protocol.events import Progress
 from storage.models import Job
-from trainer.protocol import Progress
 
 COLOURS = {
     "queued": discord.Colour.light_grey(),

@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from bot.errors import UserFacingError
 from bot.hub.failures import classify
+from protocol.errors import UserError
 from storage.hub_repos import HubRepos
 
 OTHER_REPO_HINT = (
@@ -18,7 +18,7 @@ OTHER_REPO_HINT = (
 )
 
 
-class RepoRefused(UserFacingError):
+class RepoRefused(UserError):
     """The publish may not go there, or not as asked; nothing was uploaded. Never retried."""
 
 

@@ -9,24 +9,24 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from bot.errors import UserFacingError
 from bot.hub.access import HubAccess
 from bot.hub.failures import classify
+from protocol.errors import UserError
 
 # What an adapter needs to be served; anything else in the repo (checkpoints, other formats) is skipped.
 ADAPTER_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.md"]
 
 
 async def download_adapter(access: HubAccess, repo_id: str) -> Path:
-    """The local folder of the adapter's newest revision; UserFacingError when it cannot be had."""
+    """The local folder of the adapter's newest revision; UserError when it cannot be had."""
     if access.cache_dir is None:
-        raise UserFacingError(f"cannot download {repo_id}: no Hub cache folder is set", "pass a folder")
+        raise UserError(f"cannot download {repo_id}: no Hub cache folder is set", "pass a folder")
     try:
         folder = await asyncio.to_thread(_download, access, repo_id)
     except Exception as error:
         raise _explain(error, access, repo_id) from None
     if not (folder / "adapter_config.json").is_file():
-        raise UserFacingError(
+        raise UserError(
             f"the Hub repo {repo_id} holds no peft adapter (no adapter_config.json)",
             "pass the id of a LoRA adapter repo",
         )
@@ -47,17 +47,17 @@ def _download(access: HubAccess, repo_id: str) -> Path:
     return Path(folder)
 
 
-def _explain(error: Exception, access: HubAccess, repo_id: str) -> UserFacingError:
+def _explain(error: Exception, access: HubAccess, repo_id: str) -> UserError:
     name = type(error).__name__
     if name in ("RepositoryNotFoundError", "GatedRepoError"):
-        return UserFacingError(
+        return UserError(
             f"there is no adapter named {repo_id!r} here, and no Hub repo {repo_id} this bot can read",
             "check the name; a private repo needs an HF_TOKEN with read access to it",
         )
     if name == "LocalEntryNotFoundError":  # unreachable (or offline), and not in the cache
-        return UserFacingError(
+        return UserError(
             f"could not reach the Hub to download {repo_id}, and it is not in the cache",
             "try again later",
         )
     failure = classify(error, access.token, download=True)
-    return UserFacingError(f"downloading {repo_id} from the Hub failed: {failure.message}", "try again later")
+    return UserError(f"downloading {repo_id} from the Hub failed: {failure.message}", "try again later")

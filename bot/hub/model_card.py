@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.protocol import DatasetSpec, LoraSpec, TrainingSpec, hub_id_problem, redact_url
+from protocol.job_spec import DatasetSpec, LoraSpec, TrainingSpec
+from protocol.sources import hub_id_problem, redact_url
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 TAGS = ("peft", "lora", "qlora", "trl", "sft", "qlora-bot")

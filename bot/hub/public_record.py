@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import PurePath
 from typing import Any
 
-from trainer.protocol import redact_url
+from protocol.sources import redact_url
 
 # Field names per level of the record (trainer/train.py writes it); a name missing here is left out.
 _TOP = ("data_format", "prompt_style", "chat_template_source")

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bot.errors import UserFacingError
 from bot.hub.access import HubAccess
 from bot.hub.destination import create_and_record, require_namespace, require_ours, set_visibility
 from bot.hub.failures import HubFailure, classify
@@ -23,8 +22,9 @@ from bot.hub.model_card import CardFacts, render_card
 from bot.hub.public_record import public_record
 from bot.hub.upload import Published, base_model_license, commit_adapter
 from bot.loss_chart import Points, loss_chart_png
+from protocol.errors import UserError
+from protocol.job_spec import JobSpec
 from storage.hub_repos import HubRepos
-from trainer.protocol import JobSpec
 
 log = logging.getLogger(__name__)
 ADAPTER_RECORD = "qlora_bot.json"
@@ -34,7 +34,7 @@ NO_TOKEN_HINT = "set HF_TOKEN to a token with write access, then retry with /pus
 T = TypeVar("T")
 
 
-class PublishFailed(UserFacingError):
+class PublishFailed(UserError):
     """The publish did not happen; the message is safe to store and show (it never holds the token)."""
 
 
@@ -137,7 +137,7 @@ class HubPublisher:
         return self.access.api().whoami()["name"]
 
     async def _with_retries(self, what: str, step: Callable[[], Awaitable[T]], repo: str | None) -> T:
-        """`step`, tried again on a retryable failure; a UserFacingError (a refusal) is never retried."""
+        """`step`, tried again on a retryable failure; a UserError (a refusal) is never retried."""
         token, config = self.access.token, self.access.config
         attempts = max(config.max_attempts, 1)
         attempt = 0
@@ -145,7 +145,7 @@ class HubPublisher:
             attempt += 1
             try:
                 return await step()
-            except UserFacingError:
+            except UserError:
                 raise
             except Exception as error:
                 failure = classify(

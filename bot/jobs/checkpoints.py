@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from protocol.job_folder import CHECKPOINTS_DIR, newest_checkpoint
+from protocol.job_spec import JobSpec
 from storage.models import Job
-from trainer.protocol import CHECKPOINTS_DIR, JobSpec, newest_checkpoint
 
 TRAINER_STATE = "trainer_state.json"  # written last by the Trainer: its presence marks a whole checkpoint
 ADAPTER_CONFIG = "adapter_config.json"

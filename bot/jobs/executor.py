@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Protocol
 
 from bot.jobs.scheduler import Slot
-from bot.jobs.worker_process import WorkerLost, WorkerProcess
-from bot.worker_env import job_uses_hub, worker_environment
-from trainer.protocol import LOG_FILE_NAME, Event, JobSpec
+from bot.workers.environment import job_uses_hub, worker_environment
+from bot.workers.train_worker import WorkerLost, WorkerProcess
+from protocol.events import Event
+from protocol.job_folder import LOG_FILE_NAME
+from protocol.job_spec import JobSpec
 
 SPEC_FILE_NAME = "spec.json"
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-from bot.jobs.worker_process import WorkerLost
+from bot.workers.train_worker import WorkerLost
+from protocol.events import Done, Error, Phase
+from protocol.job_folder import newest_checkpoint
 from storage.disk_space import DiskFull
 from storage.models import Attempt, Job
 from storage.store import Store
-from trainer.protocol import Done, Error, Phase, newest_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -7,14 +7,14 @@ import logging
 import secrets
 from pathlib import Path
 
-from bot.errors import UserFacingError
 from bot.hub.failures import redact
 from bot.hub.publisher import HubPublisher, PublishRequest
 from bot.jobs.outcomes import adapter_name
 from bot.loss_chart import loss_points
+from protocol.errors import UserError
+from protocol.events import Done
 from storage.models import Job
 from storage.store import Store
-from trainer.protocol import Done
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ async def publish_job(
     )
     try:
         published = await publisher.publish(request)
-    except UserFacingError as error:
+    except UserError as error:
         log.warning("publishing job %s failed: %s", job.id, error)
         updated = await store.set_hub_state(
             job.id, "push_failed", error=redact(str(error), publisher.access.token)

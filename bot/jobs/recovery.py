@@ -11,9 +11,9 @@ import logging
 
 from bot.jobs.executor import Executor
 from bot.jobs.outcomes import conclude
+from protocol.events import Done, Error
 from storage.models import Job
 from storage.store import Store
-from trainer.protocol import Done, Error
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ from bot.config import QueueConfig, WorkerConfig
 from bot.jobs.executor import Executor, RunningWorker
 from bot.jobs.outcomes import StopReason, conclude
 from bot.jobs.scheduler import Slot, jobs_to_start
-from bot.jobs.worker_process import WorkerLost
+from bot.workers.train_worker import WorkerLost
+from protocol.events import Checkpoint, Done, Error, Event, Phase
 from storage.disk_space import DiskFull, is_disk_full
 from storage.models import Job
 from storage.store import Store
-from trainer.protocol import Checkpoint, Done, Error, Event, Phase
 
 log = logging.getLogger(__name__)
 POLL_INTERVAL_S = 1.0

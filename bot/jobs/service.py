@@ -18,12 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.config import Config
-from bot.errors import UserFacingError
 from bot.hub.access import HubAccess
 from bot.hub.model_card import is_hub_id
 from bot.hub.publisher import HubPublisher
 from bot.jobs.checkpoints import checkpoint_to_resume, job_folder_of, resume_problems
-from bot.jobs.data_check import DataChecker
 from bot.jobs.executor import Executor
 from bot.jobs.publishing import publish_job
 from bot.jobs.recovery import reconcile
@@ -38,15 +36,18 @@ from bot.jobs.submission import (
     stored_upload,
     upload_label,
 )
+from bot.workers.data_check import DataChecker
+from protocol.errors import UserError
+from protocol.events import Event, Progress
+from protocol.job_spec import JobSpec, spec_problems
 from storage.disk_space import DiskFull
 from storage.models import TERMINAL_STATES, Job, StoredEvent
 from storage.store import Store
-from trainer.protocol import Event, JobSpec, Progress, spec_problems
 
 DAY_S = 24 * 3600
 
 
-class RunnerBusy(UserFacingError):
+class RunnerBusy(UserError):
     """Another live qlora-bot process holds the runner lock of this data directory."""
 
     def __init__(self, holder_pid: int | None) -> None:
@@ -156,9 +157,7 @@ class JobService:
                 return existing
         problems = spec_problems(spec.replace(output_dir="(job folder)")) + resume_problems(spec)
         if problems:
-            raise UserFacingError(
-                "invalid job settings: " + "; ".join(problems), "change the settings named above"
-            )
+            raise UserError("invalid job settings: " + "; ".join(problems), "change the settings named above")
         if spec.resume_from:
             await self._check_checkpoint_is_free(spec.resume_from)
         if not requester.is_admin:
@@ -197,24 +196,20 @@ class JobService:
         settings, dataset and publishing, its own folder (the old job's is only read)."""
         job = await self.get(job_id)
         if job.owner != requester.owner and not requester.is_admin:
-            raise UserFacingError(f"job {job_id} is not yours", "only its owner or an admin can resume it")
+            raise UserError(f"job {job_id} is not yours", "only its owner or an admin can resume it")
         if not job.is_terminal:
-            raise UserFacingError(
+            raise UserError(
                 f"job {job_id} has not ended ({job.state})", "it resumes from its own checkpoints by itself"
             )
         if job.state == "succeeded":
-            raise UserFacingError(
-                f"job {job_id} finished", "its adapter is ready; start a new job to train more"
-            )
+            raise UserError(f"job {job_id} finished", "its adapter is ready; start a new job to train more")
         checkpoint = checkpoint_to_resume(job)
         if checkpoint is None:
-            raise UserFacingError(
-                f"job {job_id} saved no checkpoint to resume from", "start it again as a new job"
-            )
+            raise UserError(f"job {job_id} saved no checkpoint to resume from", "start it again as a new job")
         # One press, one continuation: a second would train the same steps again beside the first.
         for later in await self.store.jobs_resuming_from(checkpoint):
             if later.state not in ("failed", "cancelled"):
-                raise UserFacingError(
+                raise UserError(
                     f"job {job_id} was already resumed as job {later.id} ({later.state})",
                     f"follow job {later.id}",
                 )
@@ -224,7 +219,7 @@ class JobService:
             try:
                 upload = await asyncio.to_thread(stored_upload, job.spec)
             except OSError:
-                raise UserFacingError(
+                raise UserError(
                     f"the dataset file of job {job_id} is gone", "start a new job with the file attached"
                 ) from None
         return await self.submit(
@@ -247,9 +242,9 @@ class JobService:
         """Cancel a queued job at once, or ask a running one to checkpoint and stop."""
         job = await self.get(job_id)
         if job.owner != requester.owner and not requester.is_admin:
-            raise UserFacingError(f"job {job_id} is not yours", "only its owner or an admin can cancel it")
+            raise UserError(f"job {job_id} is not yours", "only its owner or an admin can cancel it")
         if job.is_terminal:
-            raise UserFacingError(f"job {job_id} already ended ({job.state})", "nothing to cancel")
+            raise UserError(f"job {job_id} already ended ({job.state})", "nothing to cancel")
         await self.store.request_cancel(job_id, requester.owner)
         if job.state == "queued":
             cancelled = await self.store.finish_job(
@@ -271,14 +266,14 @@ class JobService:
         A non-admin's `repo` outside the bot's Hub namespace is refused here, before any Hub write."""
         job = await self.get(job_id)
         if job.owner != requester.owner and not requester.is_admin:
-            raise UserFacingError(f"job {job_id} is not yours", "only its owner or an admin can publish it")
+            raise UserError(f"job {job_id} is not yours", "only its owner or an admin can publish it")
         if job.state != "succeeded":
-            raise UserFacingError(
+            raise UserError(
                 f"job {job_id} has no adapter to publish ({job.state})",
                 "only a succeeded job can be published",
             )
         if repo is not None and not is_hub_id(repo):
-            raise UserFacingError(f"{repo!r} is not a Hub repo id", "write it as namespace/name")
+            raise UserError(f"{repo!r} is not a Hub repo id", "write it as namespace/name")
         if repo is not None and not requester.is_admin:
             await self.hub.check_namespace(repo)
         running = self._publishing.get(job_id)
@@ -293,7 +288,7 @@ class JobService:
     async def get(self, job_id: int) -> Job:
         job = await self.store.get_job(job_id)
         if job is None:
-            raise UserFacingError(f"there is no job {job_id}", "list jobs to find the id")
+            raise UserError(f"there is no job {job_id}", "list jobs to find the id")
         return job
 
     async def list(
@@ -357,7 +352,7 @@ class JobService:
         would train the same steps twice, side by side."""
         owner = await self.job_of_checkpoint(checkpoint)
         if owner is not None and not owner.is_terminal:
-            raise UserFacingError(
+            raise UserError(
                 f"resume_from: {checkpoint} belongs to job {owner.id}, which has not ended ({owner.state}) "
                 "and resumes from its newest checkpoint by itself",
                 f"follow it (`qlora-bot job {owner.id}`), or cancel it first",
@@ -367,14 +362,14 @@ class JobService:
         queue = self.config.queue
         waiting = await self.store.count_jobs(owner=owner, states=["queued"])
         if waiting >= queue.max_queued_per_user:
-            raise UserFacingError(
+            raise UserError(
                 f"you already have {waiting} jobs waiting (limit queue.max_queued_per_user = "
                 f"{queue.max_queued_per_user})",
                 "wait for one to start, or cancel one",
             )
         today = await self.store.count_jobs(owner=owner, since=self.clock() - DAY_S)
         if today >= queue.max_jobs_per_day:
-            raise UserFacingError(
+            raise UserError(
                 f"you submitted {today} jobs in the last 24 hours (limit queue.max_jobs_per_day = "
                 f"{queue.max_jobs_per_day})",
                 "try again later, or ask an admin",
@@ -410,8 +405,8 @@ class JobService:
         return task
 
 
-def _unrecorded_error(full: DiskFull, job_id: int) -> UserFacingError:
-    return UserFacingError(
+def _unrecorded_error(full: DiskFull, job_id: int) -> UserError:
+    return UserError(
         f"{full}: the end of job {job_id} could not be recorded",
         "free space there: the next qlora-bot process to run the queue resumes it from its newest checkpoint",
     )

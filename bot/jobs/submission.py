@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from bot.config import Config
-from bot.errors import UserFacingError
-from bot.jobs.data_check import DataChecker
+from bot.workers.data_check import DataChecker
+from protocol.errors import UserError
+from protocol.job_spec import JobSpec
 from storage.disk_space import is_disk_full
-from trainer.protocol import JobSpec
 
 UPLOAD_DIR = "upload"
 
@@ -71,7 +71,7 @@ class Placement:
         folder = (self.job_dir or self.jobs_dir / str(job_id)).absolute()
         if self.job_dir is None and folder.is_dir() and any(folder.iterdir()):
             # Backstop: ids are seeded above the job folders at open (storage/job_folders.py).
-            raise UserFacingError(
+            raise UserError(
                 f"job folder {folder} already exists and holds another job's files",
                 "restart qlora-bot so job ids continue above the existing job folders",
             )
@@ -94,7 +94,7 @@ def disk_full_refused(data_dir: Path) -> Iterator[None]:
     except OSError as error:
         if not is_disk_full(error):
             raise
-        raise UserFacingError(f"disk full under {data_dir}", "free space there, then submit again") from None
+        raise UserError(f"disk full under {data_dir}", "free space there, then submit again") from None
 
 
 def stored_upload(spec: JobSpec) -> Upload:

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from fake_trainer import options, source_of
 
+from protocol.events import DataChecked, Error, encode_check_result
+from protocol.job_spec import JobSpec
 from trainer import check_data
-from trainer.protocol import DataChecked, Error, JobSpec, encode_check_result
 
 
 def main() -> int:

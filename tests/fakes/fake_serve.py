@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from trainer.serve_protocol import Finished, Generate, Ready, Shutdown, Token, decode_request, encode
+from protocol.serve import Finished, Generate, Ready, Shutdown, Token, decode_request, encode
 
 
 def emit(event) -> None:

@@ -23,17 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-from trainer.protocol import (
-    CHECKPOINTS_DIR,
-    Checkpoint,
-    Done,
-    Error,
-    JobSpec,
-    Phase,
-    Progress,
-    Started,
-    encode_event,
-)
+from protocol.events import Checkpoint, Done, Error, Phase, Progress, Started, encode_event
+from protocol.job_folder import CHECKPOINTS_DIR
+from protocol.job_spec import JobSpec
 
 
 def emit(event) -> None:

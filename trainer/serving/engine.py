@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
+from protocol.errors import UserError
+from protocol.serve import Failed, Finished, Generate, Loading, ServeEvent, Stats, Token, Variant
 from trainer.chat_template import RENDER_TIMEOUT_S
-from trainer.errors import UserError
-from trainer.serve_protocol import Failed, Finished, Generate, Loading, ServeEvent, Stats, Token, Variant
 from trainer.serving.models import BaseModel, Residency
 from trainer.serving.prompts import prompt_ids, stop_ids
 from trainer.serving.queue import Ask

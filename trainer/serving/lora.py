@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from trainer.errors import UserError
+from protocol.errors import UserError
 
 BASE_SLOT = 0
 _PEFT_PREFIX = "base_model.model."

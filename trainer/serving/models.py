@@ -14,8 +14,8 @@ from typing import Any
 
 from transformers import AutoTokenizer
 
+from protocol.errors import UserError
 from trainer.chat_template import choose_chat_template
-from trainer.errors import UserError
 from trainer.model_loading import load_quantized_model, load_tokenizer
 from trainer.serving.decoders import Decoder, HfDecoder
 from trainer.serving.lora import LoraBank

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from protocol.errors import UserError
+from protocol.serve import Generate
 from trainer.chat_template import render
-from trainer.errors import UserError
-from trainer.serve_protocol import Generate
 
 _REPLY_MARKER = "qlora-bot-reply-marker"
 

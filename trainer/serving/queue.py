@@ -11,7 +11,7 @@ import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
-from trainer.serve_protocol import Generate
+from protocol.serve import Generate
 
 WAIT_SLICE_S = 0.1  # how often a waiting loop looks at the stop flag (a signal handler cannot notify)
 

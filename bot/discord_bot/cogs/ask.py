@@ -12,10 +12,10 @@ from discord.ext import commands
 
 from bot.discord_bot.permissions import requester_for, require_role
 from bot.discord_bot.shown_paths import without_paths
-from bot.errors import UserFacingError
-from bot.serving.asking import build_request, resolve_adapter
-from bot.serving.serve_client import Waiting
-from trainer.serve_protocol import Failed, Finished, Loading, Token
+from bot.jobs.asking import build_request, resolve_adapter
+from bot.workers.serve_worker import Waiting
+from protocol.errors import UserError
+from protocol.serve import Failed, Finished, Loading, Token
 
 if TYPE_CHECKING:
     from bot.discord_bot.client import QloraBot
@@ -51,7 +51,7 @@ class AskCog(commands.Cog):
         config = self.bot.config
         require_role(interaction.user, config.discord.ask_roles, config.discord, "/ask")
         if self.bot.serve_client is None:
-            raise UserFacingError("this bot does not serve adapters", "ask an admin to enable serving")
+            raise UserError("this bot does not serve adapters", "ask an admin to enable serving")
         requester = requester_for(interaction.user, config.discord)
         await interaction.response.defer(thinking=True)
         # From Discord: adapter names and Hub ids only, and the base models /finetune allows (admins: any).

@@ -11,10 +11,11 @@ from discord.ext import commands
 
 from bot.discord_bot.permissions import requester_for, require_role
 from bot.discord_bot.shown_paths import without_paths
-from bot.errors import UserFacingError
 from bot.job_specs import clean_name, make_spec, name_from_dataset
 from bot.jobs.submission import Upload
-from trainer.protocol import DATASET_FORMATS, DatasetKind, DatasetSpec, hub_id_problem
+from protocol.errors import UserError
+from protocol.job_spec import DATASET_FORMATS, DatasetKind, DatasetSpec
+from protocol.sources import hub_id_problem
 
 if TYPE_CHECKING:
     from bot.discord_bot.client import QloraBot
@@ -118,7 +119,7 @@ class FinetuneCog(commands.Cog):
     def _check_base_model(self, base_model: str, is_admin: bool) -> None:
         allowed = self.bot.config.limits.base_models
         if base_model not in allowed and not is_admin:
-            raise UserFacingError(
+            raise UserError(
                 f"base model {base_model} is not on the allowed list (limits.base_models)",
                 f"choose one of: {', '.join(allowed)}" if allowed else "ask an admin to allow a base model",
             )
@@ -134,7 +135,7 @@ class FinetuneCog(commands.Cog):
         for option, value in values.items():
             setting, cap = caps[option]
             if value is not None and value > cap:
-                raise UserFacingError(
+                raise UserError(
                     f"{option}={value:g} is above this server's limit of {cap:g} (limits.{setting})",
                     f"use {option} {cap:g} or less",
                 )
@@ -144,7 +145,7 @@ class FinetuneCog(commands.Cog):
     ) -> tuple[str, DatasetKind, Upload | None]:
         """The source and its kind: never "file", which only the CLI may name (DESIGN.md, Security)."""
         if (dataset is None) == (file is None):
-            raise UserFacingError(
+            raise UserError(
                 "give either dataset or file, not both or neither",
                 "dataset: a Hub id or https URL; file: an upload",
             )
@@ -155,30 +156,30 @@ class FinetuneCog(commands.Cog):
                 return source, "url", None
             # The same answer whatever exists on the bot's machine: the text alone decides.
             if hub_id_problem(source, owner_required=True) is not None:
-                raise UserFacingError(
+                raise UserError(
                     f"dataset {source!r} is neither a Hub dataset id (owner/name) nor an https:// URL",
                     NOT_A_SOURCE_HINT,
                 )
             if PurePosixPath(source).suffix.lower() in UPLOAD_SUFFIXES:
-                raise UserFacingError(
+                raise UserError(
                     f"dataset {source!r} looks like a file name, not a Hub dataset id (owner/name)",
                     NOT_A_SOURCE_HINT,
                 )
             return source, "hub", None
         suffix = PurePosixPath(file.filename).suffix.lower()
         if suffix not in UPLOAD_SUFFIXES:
-            raise UserFacingError(
+            raise UserError(
                 f"{file.filename}: unsupported file type {suffix or '(none)'}",
                 f"attach one of {', '.join(UPLOAD_SUFFIXES)}",
             )
         cap = self.bot.config.limits.max_attachment_mb
         if file.size > cap * MIB:
-            raise UserFacingError(
+            raise UserError(
                 f"{file.filename} is {file.size / MIB:.1f} MiB, "
                 f"above the {cap:g} MiB limit (limits.max_attachment_mb)",
                 "use a smaller file, or publish the dataset on the Hub and pass its id",
             )
         data = await file.read()
         if len(data) > cap * MIB:  # the size Discord reported is not a promise
-            raise UserFacingError(f"{file.filename} is above the {cap:g} MiB limit", "use a smaller file")
+            raise UserError(f"{file.filename} is above the {cap:g} MiB limit", "use a smaller file")
         return f"upload{suffix}", "upload", Upload(suffix=suffix, data=data, filename=file.filename)

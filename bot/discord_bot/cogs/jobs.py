@@ -16,8 +16,8 @@ from bot.discord_bot.status_view import COLOURS, ending, hub_line, what_to_do
 from bot.hub.public_record import public_reference
 from bot.jobs.job_log import job_log_tail
 from bot.terminal_progress import format_duration
+from protocol.job_folder import LOG_FILE_NAME
 from storage.models import JOB_STATES, Job
-from trainer.protocol import LOG_FILE_NAME
 
 if TYPE_CHECKING:
     from bot.discord_bot.client import QloraBot

@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 
 from bot.config import Config, Secrets
-from bot.errors import UserFacingError
 from bot.hub.access import HubAccess
 from bot.hub.model_card import is_hub_id
 from bot.hub.publisher import HubPublisher, PublishRequest, read_json
 from bot.jobs.local import open_service, open_store, terminal_requester
 from bot.jobs.outcomes import adapter_name
+from protocol.errors import UserError
 from storage.store import Store
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
@@ -48,14 +48,14 @@ def add_command(commands: argparse._SubParsersAction, common: argparse.ArgumentP
 def run_push(args: argparse.Namespace, config: Config) -> int:
     try:
         return asyncio.run(_push(args, config))
-    except UserFacingError as error:
+    except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
 
 
 async def _push(args: argparse.Namespace, config: Config) -> int:
     if args.repo is not None and not is_hub_id(args.repo):
-        raise UserFacingError(f"--repo {args.repo!r} is not a Hub repo id", "write it as namespace/name")
+        raise UserError(f"--repo {args.repo!r} is not a Hub repo id", "write it as namespace/name")
     private = False if args.public else None
     folder = Path(args.target).expanduser()
     job_id = int(args.target) if args.target.isdigit() else None
@@ -70,14 +70,14 @@ async def _push(args: argparse.Namespace, config: Config) -> int:
         print(f"published: {job.hub_url} (commit {job.hub_commit})")
         return 0
     if args.repo is None:
-        raise UserFacingError("publishing a folder needs --repo namespace/name", "add --repo")
+        raise UserError("publishing a folder needs --repo namespace/name", "add --repo")
     request = _folder_request(folder.resolve(), args.repo, config.hub.private if private is None else private)
     async with await open_store(config) as store:  # it knows which Hub repos qlora-bot created
         request = await _with_owner(store, request)
         publisher = HubPublisher(HubAccess.for_config(config, Secrets.from_env().hf_token), store.hub_repos)
         try:
             published = await publisher.publish(request)
-        except UserFacingError as error:
+        except UserError as error:
             print(f"publishing {folder} failed: {error}", file=sys.stderr)
             return EXIT_FAILED
     print(f"published: {published.url} (commit {published.commit})")
@@ -88,7 +88,7 @@ async def _job_of_adapter(config: Config, name: str) -> int:
     async with await open_store(config) as store:
         adapter = await store.adapter(name)
     if adapter is None:
-        raise UserFacingError(
+        raise UserError(
             f"{name!r} is neither a job id, an adapter name nor a folder", "see `qlora-bot jobs --all`"
         )
     return adapter.job_id

@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.config import ServeConfig
-from bot.errors import UserFacingError
 from bot.hub.access import HubAccess
 from bot.hub.download import download_adapter
 from bot.hub.model_card import is_hub_id
 from bot.job_specs import local_model_path
+from protocol.errors import UserError
+from protocol.serve import Generate
+from protocol.sources import hub_id_problem
 from storage.store import Store
-from trainer.protocol import hub_id_problem
-from trainer.serve_protocol import Generate
 
 ADAPTER_RECORD = "qlora_bot.json"  # written beside every adapter by the trainer
 
@@ -58,15 +58,15 @@ async def resolve_adapter(
             if folders
             else "list adapters with /adapters, or give a Hub adapter id (owner/name)"
         )
-        raise UserFacingError(f"there is no adapter named {reference!r}", hint)
+        raise UserError(f"there is no adapter named {reference!r}", hint)
     if not folder.is_dir():
         gone = f" ({folder})" if folders else ""  # Discord never shows where the bot keeps its files
-        raise UserFacingError(f"the files of adapter {label} are gone{gone}", "train it again")
+        raise UserError(f"the files of adapter {label} are gone{gone}", "train it again")
     base = base_model or recorded_base
     if not base:
-        raise UserFacingError(f"adapter {label} does not say which base model it needs", "pass --base-model")
+        raise UserError(f"adapter {label} does not say which base model it needs", "pass --base-model")
     if allowed_base_models is not None and not _allowed(base, allowed_base_models):
-        raise UserFacingError(
+        raise UserError(
             f"adapter {label} needs base model {base}, which is not on the allowed list (limits.base_models)",
             "ask an adapter of an allowed base model, or ask an admin",
         )
@@ -95,18 +95,16 @@ def build_request(
     seed: int | None = None,
 ) -> Generate:
     if not prompt.strip():
-        raise UserFacingError("the prompt is empty", "write a question or an instruction")
+        raise UserError("the prompt is empty", "write a question or an instruction")
     tokens = max_new_tokens or config.default_max_new_tokens
     if not 1 <= tokens <= config.max_new_tokens_limit:
-        raise UserFacingError(
+        raise UserError(
             f"max_new_tokens={tokens} is outside 1..{config.max_new_tokens_limit} "
             "(serve.max_new_tokens_limit)",
             f"use {config.max_new_tokens_limit} or less",
         )
     if not 0.0 <= temperature <= 2.0:
-        raise UserFacingError(
-            f"temperature={temperature:g} is outside 0..2", "0 answers greedily; 0.7 is typical"
-        )
+        raise UserError(f"temperature={temperature:g} is outside 0..2", "0 answers greedily; 0.7 is typical")
     chat = adapter.prompt_style == "chat"
     return Generate(
         id=uuid.uuid4().hex[:12],

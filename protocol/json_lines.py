@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from trainer.dataclass_codec import CodecError, from_dict, to_dict, without_non_finite
+from protocol.codec import CodecError, from_dict, to_dict, without_non_finite
 
 
 def encode_line(version: int, type_name: str, message: Any) -> str:

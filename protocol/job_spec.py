@@ -1,24 +1,17 @@
-"""The one contract between the bot and its worker processes: the job spec and the JSON-lines events.
-
-Stdlib only, so the bot process can import it without pulling in torch. Every event line carries the
-protocol version `v` and its `type`; the decoder refuses anything it does not know.
-"""
+"""The job spec: what a person asked a training job to do, as the bot stores it and a worker reads it."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import re
-import urllib.parse
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from trainer.dataclass_codec import CodecError, from_dict, to_dict
-from trainer.json_lines import decode_line, encode_line
-from trainer.ranges import Range, above, at_least
-
-PROTOCOL_VERSION = 1
+from protocol.codec import CodecError, from_dict, to_dict
+from protocol.errors import ProtocolError
+from protocol.ranges import Range, above, at_least
+from protocol.sources import hub_id_problem, is_bare_host
 
 DatasetFormat = Literal["auto", "text", "messages", "sharegpt", "alpaca", "prompt-completion"]
 DATASET_FORMATS: tuple[str, ...] = ("auto", "text", "messages", "sharegpt", "alpaca", "prompt-completion")
@@ -26,16 +19,6 @@ DATASET_FORMATS: tuple[str, ...] = ("auto", "text", "messages", "sharegpt", "alp
 # (never a local folder of that name); "url" an https URL; "upload" a file the bot stored in the job folder
 # (source relative to it); "file" a local path, which only the CLI (the machine's own user) may name.
 DatasetKind = Literal["hub", "url", "upload", "file"]
-PHASES: tuple[str, ...] = ("validating", "loading_model", "tokenizing", "training", "saving")
-# The job folder's layout, shared by the worker that writes it and the bot that resumes from it.
-LOG_FILE_NAME = "train.log"  # the worker's stderr, kept by whoever spawned it
-CHECKPOINTS_DIR = "checkpoints"
-ERROR_KINDS: tuple[str, ...] = ("user_error", "oom", "internal", "cancelled")
-
-
-class ProtocolError(ValueError):
-    """A line or spec that does not follow this protocol."""
-
 
 # ---------------------------------------------------------------------------------------------
 # The job spec: everything a worker needs, nothing it must look up elsewhere.
@@ -152,27 +135,6 @@ SCHEDULERS: tuple[str, ...] = (
 )
 
 
-_HUB_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
-
-
-def hub_id_problem(name: str, *, owner_required: bool = False, what: str = "dataset") -> str | None:
-    """What makes `name` no Hub repo id ([owner/]name as the Hub spells them), or None; text only, it never
-    looks at the filesystem (a path and an existing folder are both simply not ids)."""
-    parts = name.split("/")
-    if (
-        len(name) > 96
-        or len(parts) > 2
-        or (owner_required and len(parts) != 2)
-        or not all(_HUB_NAME.fullmatch(part) for part in parts)
-        or "--" in name
-        or ".." in name
-        or name.endswith(".git")
-    ):
-        shape = "owner/name" if owner_required else "owner/name (or a bare name)"
-        return f"{name!r} is not a Hub {what} id: write it as {shape}, letters, digits, '-', '_' and '.' only"
-    return None
-
-
 def dataset_problems(dataset: DatasetSpec) -> list[str]:
     """Whether the source fits its kind: a Hub id, a URL, or a path that stays inside the job folder."""
     source = dataset.source.strip()
@@ -234,7 +196,7 @@ def spec_problems(spec: JobSpec) -> list[str]:
         *(
             (True, f"limits.allowed_url_hosts: {host!r} is not a host name or address (no scheme or port)")
             for host in spec.limits.allowed_url_hosts
-            if not _BARE_HOST.fullmatch(host)
+            if not is_bare_host(host)
         ),
     ]
     problems = dataset_problems(spec.dataset) + [message for failed, message in checks if failed]
@@ -248,152 +210,8 @@ def spec_problems(spec: JobSpec) -> list[str]:
     return problems
 
 
-# A name or an IPv4 address, or an IPv6 one (two colons at least) with or without its brackets.
-_BARE_HOST = re.compile(r"[A-Za-z0-9._-]+|\[?[0-9A-Fa-f.]*:[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\]?")
-_URL_USERINFO = re.compile(r"^([^:/?#]+://)[^/?#]*@")
-
-
-def redact_url(url: str) -> str:
-    """A URL as it may be shown (messages, the job's display, logs): scheme, host, port and path. Its
-    user:password, query and fragment never are: signed download links carry their credentials there.
-    Text that is not a URL (a Hub id, a path) is returned as it is."""
-    if "://" not in url:
-        return url
-    try:
-        parts = urllib.parse.urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port is not None else ""
-    except ValueError:  # an unclosed [ or a bad port: cut what may hold a secret as text
-        return _URL_USERINFO.sub(r"\1", re.split(r"[?#]", url, maxsplit=1)[0])
-    if ":" in host:
-        host = f"[{host}]"  # an IPv6 literal keeps its brackets, or the port would read as part of it
-    return f"{parts.scheme}://{host}{port}{parts.path}"
-
-
-def newest_checkpoint(job_dir: str | Path) -> str | None:
-    """The newest complete checkpoint in a job folder (trainer_state.json is written last)."""
-    found = []
-    for path in (Path(job_dir) / CHECKPOINTS_DIR).glob("checkpoint-*"):
-        step = path.name.removeprefix("checkpoint-")
-        if step.isdigit() and (path / "trainer_state.json").is_file():
-            found.append((int(step), path))
-    return str(max(found)[1]) if found else None
-
-
 def spec_from_dict(data: Any) -> JobSpec:
     try:
         return from_dict(JobSpec, data)
     except CodecError as error:
         raise ProtocolError(f"invalid job spec: {error}") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Events: one JSON object per line on the worker's stdout.
-
-
-@dataclass(frozen=True)
-class Started:
-    pid: int
-    attempt_resumes_from: str | None = None
-
-
-@dataclass(frozen=True)
-class Phase:
-    name: Literal["validating", "loading_model", "tokenizing", "training", "saving"]
-    message: str = ""  # what the phase found worth telling, e.g. "412 rows, format messages"
-
-
-@dataclass(frozen=True)
-class Progress:
-    step: int
-    total_steps: int
-    epoch: float
-    tokens_seen: int
-    tokens_per_s: float
-    eta_s: float | None = None
-    loss: float | None = None
-    lr: float | None = None
-    grad_norm: float | None = None
-    gpu_mem_gib: float | None = None
-
-
-@dataclass(frozen=True)
-class Eval:
-    step: int
-    eval_loss: float
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    step: int
-    path: str
-
-
-@dataclass(frozen=True)
-class Done:
-    adapter_dir: str
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Error:
-    kind: Literal["user_error", "oom", "internal", "cancelled"]
-    message: str  # safe to show to the person who started the job
-    hint: str = ""  # what to do about it
-    checkpoint: str | None = None  # the newest checkpoint, for a resume
-
-
-Event = Started | Phase | Progress | Eval | Checkpoint | Done | Error
-
-EVENT_TYPES: dict[str, type] = {
-    "started": Started,
-    "phase": Phase,
-    "progress": Progress,
-    "eval": Eval,
-    "checkpoint": Checkpoint,
-    "done": Done,
-    "error": Error,
-}
-_TYPE_NAMES = {cls: name for name, cls in EVENT_TYPES.items()}
-
-
-def event_type(event: Event) -> str:
-    return _TYPE_NAMES[type(event)]
-
-
-def encode_event(event: Event) -> str:
-    """One line of JSON (no trailing newline) with the version and type first."""
-    return encode_line(PROTOCOL_VERSION, event_type(event), event)
-
-
-def decode_event(line: str | bytes) -> Event:
-    """Parse one line; raise ProtocolError for bad JSON, another version, or an unknown type or field."""
-    return decode_line(line, version=PROTOCOL_VERSION, types=EVENT_TYPES, error=ProtocolError, noun="event")
-
-
-# ---------------------------------------------------------------------------------------------
-# The data check: `python -m trainer.check_data SPEC.json DOWNLOAD_DIR` runs the worker's reading,
-# format detection and row validation at submit time and answers with exactly one line.
-
-
-@dataclass(frozen=True)
-class DataChecked:
-    origin: (
-        str  # how the data is named in messages, e.g. "chats.jsonl" or "Hub dataset org/name (split train)"
-    )
-    format: str  # the resolved format
-    rows: int
-
-
-CHECK_EVENT_TYPES: dict[str, type] = {"data_checked": DataChecked, "error": Error}
-_CHECK_TYPE_NAMES = {cls: name for name, cls in CHECK_EVENT_TYPES.items()}
-
-
-def encode_check_result(result: DataChecked | Error) -> str:
-    return encode_line(PROTOCOL_VERSION, _CHECK_TYPE_NAMES[type(result)], result)
-
-
-def decode_check_result(line: str | bytes) -> DataChecked | Error:
-    return decode_line(
-        line, version=PROTOCOL_VERSION, types=CHECK_EVENT_TYPES, error=ProtocolError, noun="data check"
-    )

@@ -10,25 +10,18 @@ from pathlib import Path
 
 from rich.console import Console
 
+from bot.cli.stop_signals import StopSignals
 from bot.config import Config
-from bot.errors import UserFacingError
 from bot.job_specs import clean_name, make_spec
 from bot.jobs.executor import LocalExecutor
 from bot.jobs.local import configured_slots, open_service, terminal_requester
 from bot.jobs.service import JobService, Requester, RunnerBusy
-from bot.stop_signals import StopSignals
 from bot.terminal_progress import TerminalProgress, describe_end, format_duration
+from protocol.errors import UserError
+from protocol.events import Done, Event
+from protocol.job_folder import LOG_FILE_NAME, newest_checkpoint
+from protocol.job_spec import DatasetKind, DatasetSpec, JobSpec, spec_problems
 from storage.models import Job
-from trainer.protocol import (
-    LOG_FILE_NAME,
-    DatasetKind,
-    DatasetSpec,
-    Done,
-    Event,
-    JobSpec,
-    newest_checkpoint,
-    spec_problems,
-)
 
 EXIT_CODES = {"user_error": 2, "cancelled": 130}
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")  # a name ending so is a file, not a Hub id
@@ -122,7 +115,7 @@ async def _train(
             except asyncio.CancelledError:
                 console.print("cancelled before the job was queued", highlight=False)
                 return signals.exit_code(EXIT_CODES["cancelled"], cancelled_code=EXIT_CODES["cancelled"])
-            except UserFacingError as error:
+            except UserError as error:
                 console.print(f"[red]error:[/] {error.message}", highlight=False)
                 if error.hint:
                     console.print(f"hint: {error.hint}", highlight=False)
@@ -130,7 +123,7 @@ async def _train(
             takeover = asyncio.create_task(_run_queue_when_free(service, job.id, config, console))
             try:
                 await _follow(service, job, requester, console, signals)
-            except UserFacingError as error:  # e.g. the disk filled up and the job's end went unrecorded
+            except UserError as error:  # e.g. the disk filled up and the job's end went unrecorded
                 console.print(f"[red]error:[/] {error.message}", highlight=False)
                 console.print(f"hint: {error.hint}", highlight=False)
                 return 1

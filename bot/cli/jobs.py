@@ -12,13 +12,14 @@ from rich.console import Console
 from rich.table import Table
 
 from bot.config import Config
-from bot.errors import UserFacingError
 from bot.jobs.job_log import job_log_tail
 from bot.jobs.local import open_service, terminal_requester
 from bot.jobs.service import JobService
 from bot.terminal_progress import describe_end, describe_event, format_duration
+from protocol.errors import UserError
+from protocol.job_folder import LOG_FILE_NAME
+from protocol.sources import redact_url
 from storage.models import JOB_STATES, Job
-from trainer.protocol import LOG_FILE_NAME, redact_url
 
 
 def run_jobs(args: argparse.Namespace, config: Config) -> int:
@@ -39,7 +40,7 @@ async def _with_service(config: Config, command) -> int:
     async with open_service(config) as service:
         try:
             await command(service, console)
-        except UserFacingError as error:
+        except UserError as error:
             Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {error}", highlight=False)
             return 2
     return 0

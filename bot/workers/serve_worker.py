@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.config import ServeConfig
-from bot.worker_env import uses_hub, worker_environment
-from trainer.serve_protocol import (
+from bot.workers.environment import uses_hub, worker_environment
+from protocol.serve import (
     Cancel,
     Failed,
     Finished,

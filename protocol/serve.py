@@ -1,7 +1,7 @@
 """The serve worker's contract: generation requests on stdin and streamed events on stdout, JSON lines.
 
-Stdlib only (the bot imports it). Like the trainer protocol, every line carries the version `v` and a
-`type`, and the decoders refuse anything they do not know.
+Like the training events (protocol/events.py), every line carries the version `v` and a `type`, and the
+decoders refuse anything they do not know.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from trainer.json_lines import decode_line, encode_line
+from protocol.json_lines import decode_line, encode_line
 
 SERVE_PROTOCOL_VERSION = 1
 Variant = Literal["adapter", "base"]

@@ -12,12 +12,12 @@ from typing import Any
 from bot.config import Config, Secrets
 from bot.discord_bot.client import QloraBot
 from bot.hub.access import HubAccess
-from bot.jobs.data_check import DataChecker
 from bot.jobs.executor import LocalExecutor
 from bot.jobs.local import configured_slots, open_store
 from bot.jobs.service import JobService, RunnerBusy
 from bot.logging_setup import setup_logging
-from bot.serving.serve_client import ServeClient
+from bot.workers.data_check import DataChecker
+from bot.workers.serve_worker import ServeClient
 
 log = logging.getLogger(__name__)
 

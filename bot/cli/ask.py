@@ -7,12 +7,12 @@ import asyncio
 import sys
 
 from bot.config import Config, Secrets
-from bot.errors import UserFacingError
 from bot.hub.access import HubAccess
+from bot.jobs.asking import build_request, resolve_adapter
 from bot.jobs.local import open_store
-from bot.serving.asking import build_request, resolve_adapter
-from bot.serving.serve_client import ServeClient, Waiting
-from trainer.serve_protocol import Failed, Finished, Loading, Token
+from bot.workers.serve_worker import ServeClient, Waiting
+from protocol.errors import UserError
+from protocol.serve import Failed, Finished, Loading, Token
 
 
 def add_command(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -36,7 +36,7 @@ def add_command(commands: argparse._SubParsersAction, common: argparse.ArgumentP
 def run_ask(args: argparse.Namespace, config: Config) -> int:
     try:
         return asyncio.run(_ask(args, config))
-    except UserFacingError as error:
+    except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -8,8 +8,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-import trainer
-from trainer.protocol import JobSpec
+import protocol
+from protocol.job_spec import JobSpec
 
 # Variables a worker may need; everything else (DISCORD_TOKEN above all) stays in the bot.
 _PASSED_EXACT = {"PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR", "XDG_CACHE_HOME", "SSL_CERT_FILE"}
@@ -55,8 +55,9 @@ def worker_environment(
         env.update(cache_environment(cache_root))
     if cuda_visible_devices is not None:
         env["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices
-    # The worker must run the same code as the bot, installed or straight from a checkout.
-    source_root = str(Path(trainer.__file__).resolve().parent.parent)
+    # The worker must run the same code as the bot, installed or straight from a checkout: trainer/ sits
+    # beside protocol/ (the one package both import), so the bot finds it without importing it.
+    source_root = str(Path(protocol.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [source_root, environ.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
     return env

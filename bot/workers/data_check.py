@@ -15,9 +15,10 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from bot.errors import UserFacingError
-from bot.worker_env import worker_environment
-from trainer.protocol import DataChecked, Error, JobSpec, ProtocolError, decode_check_result
+from bot.workers.environment import worker_environment
+from protocol.errors import ProtocolError, UserError
+from protocol.events import DataChecked, Error, decode_check_result
+from protocol.job_spec import JobSpec
 
 MAX_ANSWER_BYTES = 1 << 16  # one line: a DataChecked or an Error with a message and a hint
 
@@ -45,7 +46,7 @@ class DataChecker:
         self.cache_dir = cache_dir  # the libraries' caches (a Hub dataset's download); None: the check's own
 
     async def check(self, spec: JobSpec) -> DataChecked:
-        """The data's format and row count, or UserFacingError saying what is wrong with it."""
+        """The data's format and row count, or UserError saying what is wrong with it."""
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         # Absolute: the check runs in this folder, so a relative staging folder would resolve twice.
@@ -57,8 +58,8 @@ class DataChecker:
             shutil.rmtree(work, ignore_errors=True)  # the spec and any download: nothing is kept
         if isinstance(result, Error):
             if result.kind == "user_error":
-                raise UserFacingError(result.message, result.hint)
-            raise UserFacingError(
+                raise UserError(result.message, result.hint)
+            raise UserError(
                 f"the dataset could not be checked ({result.message})",
                 f"see {self.log_path}, or try again",
             )
@@ -87,7 +88,7 @@ class DataChecker:
             line = await asyncio.wait_for(process.stdout.readline(), self.timeout_s)
             code = await asyncio.wait_for(process.wait(), self.timeout_s)
         except TimeoutError:
-            raise UserFacingError(
+            raise UserError(
                 f"checking the dataset took longer than {self.timeout_s:g} s (limits.data_check_timeout_s)",
                 "use a smaller dataset, or ask an admin to raise the limit",
             ) from None

@@ -6,14 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from bot.ask_command import add_command as add_ask_command
+from bot.cli.ask import add_command as add_ask_command
+from bot.cli.jobs import add_commands as add_job_commands
+from bot.cli.push import add_command as add_push_command
 from bot.config import Config, ConfigError, Secrets, load_config
-from bot.job_commands import add_commands as add_job_commands
 from bot.logging_setup import setup_cli_logging
-from bot.push_command import add_command as add_push_command
+from protocol.job_spec import DATASET_FORMATS, SCHEDULERS
 from storage.database import DatabaseUnusable
 from storage.migrate import MigrationError
-from trainer.protocol import DATASET_FORMATS, SCHEDULERS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,19 +108,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, config: Config, argv: list[str]) -> int:
     if args.command == "train":
-        from bot.train_command import run_train
+        from bot.cli.train import run_train
 
         return run_train(args, config, argv)
     if args.command == "ask":
-        from bot.ask_command import run_ask
+        from bot.cli.ask import run_ask
 
         return run_ask(args, config)
     if args.command == "push":
-        from bot.push_command import run_push
+        from bot.cli.push import run_push
 
         return run_push(args, config)
     if args.command == "run":
-        from bot.run_command import run_bot
+        from bot.cli.run import run_bot
 
         return run_bot(config, verbose=args.verbose)
     from bot import job_commands

@@ -16,7 +16,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.protocol import Done, Error, Event, ProtocolError, decode_event
+from protocol.errors import ProtocolError
+from protocol.events import Done, Error, Event, decode_event
 
 # A progress line is ~300 bytes and `done` carries a small metrics dict; 1 MiB leaves room for
 # growth while a runaway line still cannot eat the bot's memory.

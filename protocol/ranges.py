@@ -1,6 +1,6 @@
 """The allowed range of a numeric setting, declared once and checked with the dotted key named.
 
-Stdlib only: the job spec (trainer/protocol.py) and the bot's config (bot/config.py) both declare theirs.
+Stdlib only: the job spec (protocol/job_spec.py) and the bot's config (bot/config.py) both declare theirs.
 NaN and infinity are outside every range: `x <= 0` is False for NaN, so a bare comparison lets it through.
 """
 
