@@ -16,7 +16,7 @@ from protocol.job_spec import JobSpec
 from storage.migrate import apply_migrations, load_migrations
 from storage.models import OutboxEntry
 from storage.store import Store
-from tests.test_storage import FakeClock, new_job, running_job, spec_maker
+from tests.storage_helpers import FakeClock, new_job, running_job, spec_maker
 
 CHANNEL = 555
 
