@@ -9,14 +9,7 @@ from pathlib import Path
 import pytest
 
 from storage.store import Store
-from tests.storage_helpers import (
-    FakeClock,
-    clock_fixture,  # noqa: F401 - the clock fixture
-    db_path_fixture,  # noqa: F401 - the db_path fixture
-    new_job,
-    running_job,
-    store_fixture,  # noqa: F401 - the store fixture
-)
+from tests.storage.helpers import FakeClock, new_job, running_job
 
 
 async def test_start_job_runs_once_and_opens_one_attempt(store: Store, clock: FakeClock):

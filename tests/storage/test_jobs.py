@@ -7,15 +7,7 @@ import pytest
 
 from protocol.job_spec import JobSpec
 from storage.store import Store
-from tests.storage_helpers import (
-    FakeClock,
-    clock_fixture,  # noqa: F401 - the clock fixture
-    db_path_fixture,  # noqa: F401 - the db_path fixture
-    new_job,
-    running_job,
-    spec_maker,
-    store_fixture,  # noqa: F401 - the store fixture
-)
+from tests.storage.helpers import FakeClock, new_job, running_job, spec_maker
 
 
 async def test_create_job_stores_the_spec_built_for_its_id(store: Store, clock: FakeClock):

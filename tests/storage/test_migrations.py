@@ -12,13 +12,7 @@ import pytest
 from storage.migrate import MigrationError, apply_migrations, load_migrations, split_statements
 from storage.models import Job, OutboxEntry
 from storage.store import Store
-from tests.storage_helpers import (
-    FakeClock,
-    clock_fixture,  # noqa: F401 - the clock fixture
-    db_path_fixture,  # noqa: F401 - the db_path fixture
-    new_job,
-    store_fixture,  # noqa: F401 - the store fixture
-)
+from tests.storage.helpers import FakeClock, new_job
 
 
 def write_migrations(folder: Path, files: dict[str, str]) -> Path:

@@ -9,14 +9,7 @@ import pytest
 
 from protocol.events import Checkpoint, Done, Error, Phase, Progress, Started
 from storage.store import Store
-from tests.storage_helpers import (
-    FakeClock,
-    clock_fixture,  # noqa: F401 - the clock fixture
-    db_path_fixture,  # noqa: F401 - the db_path fixture
-    new_job,
-    running_job,
-    store_fixture,  # noqa: F401 - the store fixture
-)
+from tests.storage.helpers import FakeClock, new_job, running_job
 
 
 async def test_events_round_trip_in_order_with_their_attempts(store: Store, clock: FakeClock):

@@ -5,13 +5,7 @@ from __future__ import annotations
 import pytest
 
 from storage.store import AdapterNameTaken, Store
-from tests.storage_helpers import (
-    FakeClock,
-    clock_fixture,  # noqa: F401 - the clock fixture
-    db_path_fixture,  # noqa: F401 - the db_path fixture
-    new_job,
-    store_fixture,  # noqa: F401 - the store fixture
-)
+from tests.storage.helpers import FakeClock, new_job
 
 
 async def test_adapter_names_are_unique(store: Store, clock: FakeClock):

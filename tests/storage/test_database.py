@@ -11,14 +11,7 @@ import pytest
 from protocol.events import Phase
 from storage.database import DatabaseUnusable
 from storage.store import Store
-from tests.storage_helpers import (
-    FakeClock,
-    clock_fixture,  # noqa: F401 - the clock fixture
-    db_path_fixture,  # noqa: F401 - the db_path fixture
-    new_job,
-    spec_maker,
-    store_fixture,  # noqa: F401 - the store fixture
-)
+from tests.storage.helpers import FakeClock, new_job, spec_maker
 
 
 def job_folders(jobs_dir: Path, *ids: int) -> Path:

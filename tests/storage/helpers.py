@@ -1,13 +1,9 @@
-"""The storage tests' shared parts: a clock that moves only when told, a Store on a fresh database, and
-jobs made queued or running. A test module enables the fixtures by importing `store_fixture` (and
-`clock_fixture`, `db_path_fixture`)."""
+"""The storage tests' shared parts: a clock that moves only when told, the spec a job gets for its id, and
+jobs made queued or running (the fixtures are in tests/storage/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
-
-import pytest
+from collections.abc import Callable
 
 from protocol.job_spec import DatasetSpec, JobSpec
 from storage.models import Job
@@ -25,22 +21,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-@pytest.fixture(name="clock")
-def clock_fixture() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture(name="db_path")
-def db_path_fixture(tmp_path: Path) -> Path:
-    return tmp_path / "data" / "qlora-bot.db"  # the folder does not exist yet: open() creates it
-
-
-@pytest.fixture(name="store")
-async def store_fixture(db_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
-    async with await Store.open(db_path, clock=clock) as opened:
-        yield opened
 
 
 def spec_maker(base_model: str = "tiny-llama") -> Callable[[int], JobSpec]:
