@@ -6,7 +6,6 @@ A remote executor (Ray) implements the same two methods; the runner never knows 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator, Mapping
@@ -15,6 +14,7 @@ from typing import Protocol
 
 from bot.jobs.scheduler import Slot
 from bot.workers.environment import job_uses_hub, worker_environment
+from bot.workers.process import signal_group
 from bot.workers.train_worker import WorkerLost, WorkerProcess
 from protocol.events import Event
 from protocol.job_folder import LOG_FILE_NAME
@@ -78,12 +78,12 @@ class LocalExecutor:
         if pid is None or not _is_live_worker(pid, spec_path):
             return False
         # SIGTERM first: the worker saves a checkpoint before it exits (if it can still write).
-        _signal_group(pid, signal.SIGTERM)
+        signal_group(pid, signal.SIGTERM)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
         while loop.time() < deadline and _is_live_worker(pid, spec_path):
             await asyncio.sleep(0.2)
-        _signal_group(pid, signal.SIGKILL)
+        signal_group(pid, signal.SIGKILL)
         return True
 
 
@@ -96,8 +96,3 @@ def _is_live_worker(pid: int, spec_path: str) -> bool:
         return False
     state = status.rsplit(")", 1)[-1].split()[0]
     return state not in ("Z", "X") and spec_path.encode() in cmdline
-
-
-def _signal_group(pid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signum)

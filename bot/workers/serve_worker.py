@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bot.config import ServeConfig
 from bot.workers.environment import uses_hub, worker_environment
+from bot.workers.process import LineTooLong, read_line, signal_worker, spawn_worker
 from protocol.serve import (
     Cancel,
     Failed,
@@ -165,8 +166,7 @@ class ServeClient:
         )
         log.error("%s (pid %s)", why, process.pid)
         self._stopped_why[process.pid] = why
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # its own session: the template child goes too
+        signal_worker(process, signal.SIGKILL)  # its own session: the template child goes too
 
     async def cancel(self, request_id: str) -> None:
         if self.running:
@@ -184,7 +184,6 @@ class ServeClient:
                 await self._stop_worker()
             if self.running:
                 return
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self.work_dir.mkdir(parents=True, exist_ok=True)
             config = self.config
             env = worker_environment(
@@ -194,20 +193,18 @@ class ServeClient:
                 cache_root=self.cache_dir,
             )
             sent: set[str] = set()
-            with open(self.log_path, "ab") as log_file:
-                self._process = await asyncio.create_subprocess_exec(
-                    self.python, "-m", self.module,
-                    "--max-adapters", str(config.max_adapters),
-                    "--max-adapter-mb", str(config.max_adapter_mb),
-                    "--max-batch", str(config.max_batch),
-                    stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=log_file,
-                    env=env,
-                    cwd=self.work_dir,  # nothing it resolves lands in the bot's folder
-                    start_new_session=True,
-                    limit=MAX_LINE_BYTES,
-                )  # fmt: skip
+            self._process = await spawn_worker(
+                self.module,
+                "--max-adapters", str(config.max_adapters),
+                "--max-adapter-mb", str(config.max_adapter_mb),
+                "--max-batch", str(config.max_batch),
+                python=self.python,
+                log_path=self.log_path,
+                env=env,
+                cwd=self.work_dir,
+                line_limit=MAX_LINE_BYTES,
+                stdin_pipe=True,  # the requests
+            )  # fmt: skip
             self._online, self._sent = hub, sent
             self.starts += 1
             ready = asyncio.get_running_loop().create_future()
@@ -241,9 +238,8 @@ class ServeClient:
         await process.stdin.drain()
 
     async def _read(self, process: asyncio.subprocess.Process, ready: asyncio.Future, sent: set[str]) -> None:
-        assert process.stdout is not None
         try:
-            while line := await process.stdout.readline():
+            while line := await read_line(process):
                 self._last_heard = asyncio.get_running_loop().time()
                 try:
                     event = decode_event(line)
@@ -258,7 +254,7 @@ class ServeClient:
                 queue = self._pending.get(getattr(event, "id", ""))
                 if queue is not None:
                     queue.put_nowait(event)
-        except (ValueError, asyncio.LimitOverrunError):
+        except (LineTooLong, ValueError):  # ValueError: a line json cannot even parse (a 5000-digit number)
             log.error("serve worker sent an oversized line")
             process.kill()
         code = await process.wait()

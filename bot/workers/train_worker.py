@@ -8,14 +8,12 @@ dies without a final event (signal, segfault, OOM kill) ends with WorkerLost, wh
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from bot.workers.process import LineTooLong, kill_worker, read_line, signal_worker, spawn_worker
 from protocol.errors import ProtocolError
 from protocol.events import Done, Error, Event, decode_event
 
@@ -53,21 +51,15 @@ class WorkerProcess:
         cwd: Path | None = None,
     ) -> WorkerProcess:
         """`cwd`: where the worker runs (its job folder), so nothing it resolves lands in the bot's folder."""
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log_file:
-            process = await asyncio.create_subprocess_exec(
-                python or sys.executable,
-                "-m",
-                module,
-                str(spec_path),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log_file,
-                env=dict(env),
-                cwd=cwd,
-                start_new_session=True,  # its own process group: cancel signals reach its children too
-                limit=MAX_EVENT_LINE_BYTES,
-            )
+        process = await spawn_worker(
+            module,
+            str(spec_path),
+            python=python,
+            log_path=log_path,
+            env=env,
+            cwd=cwd,
+            line_limit=MAX_EVENT_LINE_BYTES,
+        )
         return cls(process, log_path)
 
     @property
@@ -76,13 +68,11 @@ class WorkerProcess:
 
     async def events(self) -> AsyncIterator[Event | WorkerLost]:
         """Every event the worker reports, ending with exactly one Done, Error or WorkerLost."""
-        assert self.process.stdout is not None
         while True:
             try:
-                line = await self.process.stdout.readline()
-            except (ValueError, asyncio.LimitOverrunError):
-                self.kill()
-                await self.process.wait()
+                line = await read_line(self.process)
+            except LineTooLong:
+                await kill_worker(self.process)
                 yield self._broken(f"the worker sent an event line over {MAX_EVENT_LINE_BYTES} bytes")
                 return
             if not line:
@@ -92,8 +82,7 @@ class WorkerProcess:
             try:
                 event = decode_event(line)
             except ProtocolError as error:
-                self.kill()
-                await self.process.wait()
+                await kill_worker(self.process)
                 yield self._broken(f"the worker broke the event protocol ({error})")
                 return
             yield event
@@ -109,13 +98,7 @@ class WorkerProcess:
 
     def terminate(self) -> None:
         """Ask the worker to checkpoint and stop (SIGTERM to its whole group)."""
-        self._signal_group(signal.SIGTERM)
+        signal_worker(self.process, signal.SIGTERM)
 
     def kill(self) -> None:
-        self._signal_group(signal.SIGKILL)
-
-    def _signal_group(self, signum: int) -> None:
-        if self.process.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):  # it exited between the check and the signal
-            os.killpg(self.process.pid, signum)
+        signal_worker(self.process, signal.SIGKILL)

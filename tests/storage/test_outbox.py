@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiosqlite
@@ -16,25 +15,16 @@ from protocol.job_spec import JobSpec
 from storage.migrate import apply_migrations, load_migrations
 from storage.models import OutboxEntry
 from storage.store import Store
-from tests.test_storage import FakeClock, new_job, running_job, spec_maker
+from tests.storage.helpers import FakeClock, new_job, running_job, spec_maker
 
 CHANNEL = 555
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
+def db_path(
+    tmp_path: Path,
+) -> Path:  # beside the test's files; `clock` and `store`: tests/storage/conftest.py
     return tmp_path / "qlora-bot.db"
-
-
-@pytest.fixture
-async def store(db_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
-    async with await Store.open(db_path, clock=clock) as opened:
-        yield opened
 
 
 def progress(step: int) -> Progress:
