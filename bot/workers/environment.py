@@ -10,6 +10,7 @@ from pathlib import Path
 
 import protocol
 from protocol.job_spec import JobSpec
+from protocol.sources import source_kind
 
 # Variables a worker may need; everything else (DISCORD_TOKEN above all) stays in the bot.
 _PASSED_EXACT = {"PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR", "XDG_CACHE_HOME", "SSL_CERT_FILE"}
@@ -85,12 +86,10 @@ def cache_environment(cache_root: Path) -> dict[str, str]:
 
 
 def uses_hub(*names: str) -> bool:
-    """Whether any of these model names may be fetched from the Hub (so may need HF_TOKEN)."""
-
-    def local(name: str) -> bool:
-        return name.startswith(("/", ".", "~", "http://", "https://")) or Path(name).expanduser().exists()
-
-    return not all(local(name) for name in names)
+    """Whether any of these model names may be fetched from the Hub (so may need HF_TOKEN): what is not a URL
+    or a path (a folder here counts: model names reach this process from its own configuration or from an
+    adapter's record, never unchecked from a channel)."""
+    return any(source_kind(name, existing_paths=True) == "hub" for name in names)
 
 
 def job_uses_hub(spec: JobSpec) -> bool:
