@@ -70,3 +70,15 @@ def test_the_protocol_is_stdlib_only():
         for name in sorted(names - allowed)
     ]
     assert offenders == []
+
+
+def test_discord_and_the_terminal_share_only_bot_jobs():
+    """What both front ends show is written once in bot/jobs/ (summaries, results): Discord never imports
+    the command line."""
+    discord_imports = [
+        f"{path}: {node.module}"
+        for path in sorted((REPO_ROOT / "bot" / "discord_bot").rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("bot.cli")
+    ]
+    assert discord_imports == []

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from bot.config import Config
-from bot.job_specs import make_spec, name_from_dataset
 from bot.jobs.service import Requester
+from bot.jobs.specs import make_spec, name_from_dataset
 from bot.logging_setup import setup_logging
 from protocol.errors import UserError
 from protocol.job_spec import DatasetSpec, JobSpec, Limits, spec_problems

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 
-from bot.config import Config, Secrets
-from bot.hub.access import HubAccess
-from bot.jobs.asking import build_request, resolve_adapter
-from bot.jobs.local import open_store
+from bot.config import Config
+from bot.jobs.asking import Question
+from bot.jobs.local import open_service, terminal_requester
 from bot.workers.serve_worker import ServeClient, Waiting
-from protocol.errors import UserError
-from protocol.serve import Failed, Finished, Loading, Token
+from protocol.serve import Failed, Loading, Token
 
 
 def add_command(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -34,26 +33,12 @@ def add_command(commands: argparse._SubParsersAction, common: argparse.ArgumentP
 
 
 def run_ask(args: argparse.Namespace, config: Config) -> int:
-    try:
-        return asyncio.run(_ask(args, config))
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return asyncio.run(_ask(args, config))
 
 
 async def _ask(args: argparse.Namespace, config: Config) -> int:
-    async with await open_store(config) as store:
-        hub = HubAccess.for_config(config, Secrets.from_env().hf_token)
-        adapter = await resolve_adapter(store, args.adapter, args.base_model, hub=hub)
-    request = build_request(
-        adapter,
-        args.prompt,
-        config.serve,
-        compare=args.compare,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        seed=args.seed,
-    )
+    # The flags are named after the question's fields.
+    question = Question(**{field.name: getattr(args, field.name) for field in dataclasses.fields(Question)})
     client = ServeClient(
         config.serve,
         config.logs_dir() / "serve.log",
@@ -61,34 +46,28 @@ async def _ask(args: argparse.Namespace, config: Config) -> int:
         work_dir=config.data_dir() / "serve",
         cache_dir=config.cache_dir(),
     )
-    base_answer: list[str] = []
-    finished: dict[str, Finished] = {}
     try:
-        async for event in client.generate(request):
-            if isinstance(event, Waiting):
-                print(f"waiting: {event.reason}", file=sys.stderr)
-            elif isinstance(event, Loading):
-                print(f"loading {event.what.replace('_', ' ')} {event.name}...", file=sys.stderr)
-            elif isinstance(event, Token) and event.variant == "adapter":
-                sys.stdout.write(event.text)
-                sys.stdout.flush()
-            elif isinstance(event, Token):
-                base_answer.append(event.text)  # shown after the adapter's answer, not interleaved
-            elif isinstance(event, Finished):
-                finished[event.variant] = event
-            elif isinstance(event, Failed):
-                print(
-                    f"\n{event.kind}: {event.message}" + (f" ({event.hint})" if event.hint else ""),
-                    file=sys.stderr,
-                )
-                return 1
+        async with open_service(config) as service:
+            answering = await service.ask(question, terminal_requester(), client)
+            async for event in answering.events():
+                if isinstance(event, Waiting):
+                    print(f"waiting: {event.reason}", file=sys.stderr)
+                elif isinstance(event, Loading):
+                    print(f"loading {event.what.replace('_', ' ')} {event.name}...", file=sys.stderr)
+                elif isinstance(event, Token) and event.variant == "adapter":
+                    sys.stdout.write(event.text)
+                    sys.stdout.flush()
+                elif isinstance(event, Failed):
+                    hint = f" ({event.hint})" if event.hint else ""
+                    print(f"\n{event.kind}: {event.message}{hint}", file=sys.stderr)
+                    return 1
     finally:
         await client.close()
     print()
-    if args.compare:
-        print(f"--- base model ({adapter.base_model}) ---")
-        print("".join(base_answer))
-    for variant, result in finished.items():
+    if args.compare:  # shown after the adapter's answer, not interleaved
+        print(f"--- base model ({answering.adapter.base_model}) ---")
+        print(answering.texts["base"])
+    for variant, result in answering.finished.items():
         print(
             f"[{variant}] {result.tokens} tokens in {result.seconds:.2f} s "
             f"({result.tokens_per_s:.1f} tokens/s)",

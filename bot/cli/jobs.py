@@ -6,18 +6,15 @@ import argparse
 import asyncio
 import datetime
 import sys
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from bot.cli.progress import describe_end, describe_event
 from bot.config import Config
-from bot.jobs.job_log import job_log_tail
 from bot.jobs.local import open_service, terminal_requester
 from bot.jobs.service import JobService
-from bot.terminal_progress import describe_end, describe_event, format_duration
-from protocol.errors import UserError
-from protocol.job_folder import LOG_FILE_NAME
+from bot.jobs.summaries import starts_in
 from protocol.sources import redact_url
 from storage.models import JOB_STATES, Job
 
@@ -38,11 +35,7 @@ async def _with_service(config: Config, command) -> int:
     # Piped output (scripts, tests) must not wrap paths at 80 columns.
     console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
     async with open_service(config) as service:
-        try:
-            await command(service, console)
-        except UserError as error:
-            Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {error}", highlight=False)
-            return 2
+        await command(service, console)
     return 0
 
 
@@ -72,7 +65,8 @@ async def _jobs(service: JobService, console: Console, args: argparse.Namespace)
 
 
 async def _job(service: JobService, console: Console, job_id: int) -> None:
-    job = await service.get(job_id)
+    report = await service.report(job_id)
+    job = report.job
     entry = next((entry for entry in await service.queue() if entry.job.id == job_id), None)
     rows = [
         ("state", _state(job, entry)),
@@ -88,7 +82,7 @@ async def _job(service: JobService, console: Console, job_id: int) -> None:
         ("started", _when(job.started_at)),
         ("finished", _when(job.finished_at)),
         ("folder", job.spec.output_dir),
-        ("log", str(Path(job.spec.output_dir) / LOG_FILE_NAME)),
+        ("log", str(report.log)),
         ("checkpoint", job.checkpoint_path or ""),
         ("adapter", job.adapter_path or ""),
         ("hub", _hub(job)),
@@ -99,8 +93,7 @@ async def _job(service: JobService, console: Console, job_id: int) -> None:
     for label, value in rows:
         if value:
             console.print(f"  {label:<11} {value}", highlight=False, markup=False)
-    attempts = await service.store.attempts(job_id)
-    for attempt in attempts:
+    for attempt in report.attempts:
         ended = f"{attempt.outcome} at {_when(attempt.finished_at)}" if attempt.outcome else "running"
         detail = f" ({attempt.detail})" if attempt.detail else ""
         console.print(f"attempt {attempt.number} on {attempt.slot}: {ended}{detail}", highlight=False)
@@ -109,10 +102,9 @@ async def _job(service: JobService, console: Console, job_id: int) -> None:
         console.print("last events:", style="bold")
         for stored in events[-10:]:
             console.print(f"  {_when(stored.created_at)}  {describe_event(stored.event)}", highlight=False)
-    tail = job_log_tail(Path(job.spec.output_dir) / LOG_FILE_NAME)
-    if tail:
+    if report.log_tail:
         console.print("log (last lines):", style="bold")
-        for line in tail.splitlines():
+        for line in report.log_tail.splitlines():
             console.print(f"  {line}", highlight=False, markup=False)
 
 
@@ -135,7 +127,7 @@ def _dataset(job: Job) -> str:
 
 def _state(job: Job, entry) -> str:
     if job.state == "queued" and entry is not None:
-        return f"queued #{entry.position}, starts in ~{format_duration(entry.eta_s)}"
+        return f"queued #{entry.position}, {starts_in(entry.eta_s)}"
     if job.state == "running" and job.phase:
         return f"running ({job.phase})"
     return job.state

@@ -1,4 +1,5 @@
-"""The `qlora-bot` command line: parse arguments, load config, hand off to one command module."""
+"""The `qlora-bot` command line: parse arguments, load config, hand off to one command module, and show
+what any command was refused (a UserError) in one place."""
 
 from __future__ import annotations
 
@@ -6,11 +7,16 @@ import argparse
 import sys
 from pathlib import Path
 
+from rich.console import Console
+from rich.text import Text
+
 from bot.cli.ask import add_command as add_ask_command
 from bot.cli.jobs import add_commands as add_job_commands
 from bot.cli.push import add_command as add_push_command
 from bot.config import Config, ConfigError, Secrets, load_config
+from bot.jobs.service import EndUnrecorded, RunnerBusy
 from bot.logging_setup import setup_cli_logging
+from protocol.errors import UserError
 from protocol.job_spec import DATASET_FORMATS, SCHEDULERS
 from storage.database import DatabaseUnusable
 from storage.migrate import MigrationError
@@ -100,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return _run(args, config, sys.argv[1:] if argv is None else argv)
+    except UserError as error:
+        return _refused(error, args.command, config)
     except (DatabaseUnusable, MigrationError) as error:
         # The job database cannot be used: what to do fits one line, a traceback would bury it.
         print(f"qlora-bot: {error}", file=sys.stderr)
@@ -127,6 +135,22 @@ def _run(args: argparse.Namespace, config: Config, argv: list[str]) -> int:
 
     commands = {"jobs": jobs.run_jobs, "job": jobs.run_job, "cancel": jobs.run_cancel}
     return commands[args.command](args, config)
+
+
+def _refused(error: UserError, command: str, config: Config) -> int:
+    """A UserError as the terminal shows it: `error: message (hint)`; `train` puts the hint on a line of
+    its own, as it shows a job's end. Exit 2 (refused), but 1 for a job that ran and failed."""
+    if isinstance(error, RunnerBusy):  # `run`: the one line names the data directory it is about
+        print(f"qlora-bot: {error.message} ({config.data_dir()}); {error.hint}", file=sys.stderr)
+        return 2
+    console = Console(stderr=True, soft_wrap=True)  # long paths and hints stay on one line
+    if command == "train":
+        console.print(Text.assemble(("error:", "red"), f" {error.message}"))
+        if error.hint:
+            console.print(Text(f"hint: {error.hint}"))
+    else:
+        console.print(Text.assemble(("error:", "red"), f" {error}"))
+    return 1 if isinstance(error, EndUnrecorded) else 2
 
 
 if __name__ == "__main__":

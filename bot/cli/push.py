@@ -18,7 +18,7 @@ from bot.jobs.outcomes import adapter_name
 from protocol.errors import UserError
 from storage.store import Store
 
-EXIT_FAILED, EXIT_USAGE = 1, 2
+EXIT_FAILED = 1  # a refusal (UserError) exits 2, in bot/cli/main.py
 
 
 def add_command(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -46,11 +46,7 @@ def add_command(commands: argparse._SubParsersAction, common: argparse.ArgumentP
 
 
 def run_push(args: argparse.Namespace, config: Config) -> int:
-    try:
-        return asyncio.run(_push(args, config))
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+    return asyncio.run(_push(args, config))
 
 
 async def _push(args: argparse.Namespace, config: Config) -> int:

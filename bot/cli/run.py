@@ -14,7 +14,7 @@ from bot.discord_bot.client import QloraBot
 from bot.hub.access import HubAccess
 from bot.jobs.executor import LocalExecutor
 from bot.jobs.local import configured_slots, open_store
-from bot.jobs.service import JobService, RunnerBusy
+from bot.jobs.service import JobService
 from bot.logging_setup import setup_logging
 from bot.workers.data_check import DataChecker
 from bot.workers.serve_worker import ServeClient
@@ -42,11 +42,7 @@ def run_bot(config: Config, verbose: bool = False) -> int:
         return 2
     log_path = setup_logging(config.logs_dir(), [secrets.discord_token, secrets.hf_token], verbose)
     print(f"qlora-bot: logging to {log_path}", file=sys.stderr)
-    try:
-        asyncio.run(serve(config, secrets))
-    except RunnerBusy as busy:
-        print(f"qlora-bot: {busy.message} ({config.data_dir()}); {busy.hint}", file=sys.stderr)
-        return 2
+    asyncio.run(serve(config, secrets))  # RunnerBusy: another process runs the queue (shown by main)
     return 0
 
 

@@ -10,37 +10,36 @@ from pathlib import Path
 
 from rich.console import Console
 
+from bot.cli.progress import TerminalProgress, describe_end
 from bot.cli.stop_signals import StopSignals
 from bot.config import Config
-from bot.job_specs import clean_name, make_spec
 from bot.jobs.executor import LocalExecutor
 from bot.jobs.local import configured_slots, open_service, terminal_requester
+from bot.jobs.requests import JobRequest, request_spec
+from bot.jobs.results import JobReport
 from bot.jobs.service import JobService, Requester, RunnerBusy
-from bot.terminal_progress import TerminalProgress, describe_end, format_duration
-from protocol.errors import UserError
-from protocol.events import Done, Event
-from protocol.job_folder import LOG_FILE_NAME, newest_checkpoint
-from protocol.job_spec import DatasetKind, DatasetSpec, JobSpec, spec_problems
+from bot.jobs.summaries import format_duration
+from protocol.job_folder import newest_checkpoint
+from protocol.job_spec import JobSpec, spec_problems
 from storage.models import Job
 
 EXIT_CODES = {"user_error": 2, "cancelled": 130}
-DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")  # a name ending so is a file, not a Hub id
 
 
 def build_spec(args: argparse.Namespace, config: Config) -> JobSpec:
+    """The spec the flags ask for over the configured defaults, the names made as this machine reads them."""
+    return request_spec(job_request(args), config.defaults, local_paths=True)
+
+
+def job_request(args: argparse.Namespace) -> JobRequest:
     modules = [m.strip() for m in (args.target_modules or "").split(",") if m.strip()]
-    source, kind = dataset_source(args.dataset)
-    return make_spec(
-        config.defaults,
+    return JobRequest(
         base_model=args.base_model,
-        dataset=DatasetSpec(
-            source=source,
-            kind=kind,
-            format=args.format,
-            config=args.dataset_config,
-            split=args.split,
-        ),
-        name=clean_name(args.name) if args.name else None,
+        dataset=args.dataset,
+        format=args.format,
+        dataset_config=args.dataset_config,
+        split=args.split,
+        name=args.name,
         lora={
             "r": args.r,
             "alpha": args.alpha,
@@ -74,18 +73,6 @@ def _checkpointing_choice(args: argparse.Namespace) -> bool | str | None:
     return {"on": True, "off": False, "auto": "auto", None: None}[args.gradient_checkpointing]
 
 
-def dataset_source(text: str) -> tuple[str, DatasetKind]:
-    """What `--dataset` names: a URL, a local file or folder (the terminal's user may name one; made
-    absolute, since the worker runs in its job folder), or else a Hub id."""
-    if "://" in text:
-        return text, "url"
-    path = Path(text).expanduser()
-    looks_local = text.startswith(("/", "./", "../", "~")) or path.suffix.lower() in DATA_SUFFIXES
-    if path.exists() or looks_local:
-        return str(path.resolve()), "file"
-    return text, "hub"
-
-
 def run_train(args: argparse.Namespace, config: Config, argv: list[str]) -> int:
     console = Console(stderr=True, soft_wrap=True)  # long paths and hints stay on one line
     spec = build_spec(args, config)
@@ -97,51 +84,55 @@ def run_train(args: argparse.Namespace, config: Config, argv: list[str]) -> int:
             console.print(f"[red]error:[/] {problem}", highlight=False)
         return 2
     job_dir = args.output.expanduser().resolve() if args.output else None
-    return asyncio.run(_train(spec, job_dir, config, console, argv))
+    return asyncio.run(_train(job_request(args), spec, job_dir, config, console, argv))
 
 
 async def _train(
-    spec: JobSpec, job_dir: Path | None, config: Config, console: Console, argv: list[str]
+    request: JobRequest,
+    spec: JobSpec,
+    job_dir: Path | None,
+    config: Config,
+    console: Console,
+    argv: list[str],
 ) -> int:
+    """Queue the job and follow it to its end; a UserError (refused, or its end unrecorded) is shown by
+    bot/cli/main.py."""
     requester = terminal_requester()
     signals = StopSignals(console)
     signals.install()
     try:
         async with open_service(config) as service:
-            submitting = asyncio.create_task(_job_to_follow(service, spec, job_dir, requester, console))
+            submitting = asyncio.create_task(
+                _job_to_follow(service, request, spec, job_dir, requester, console)
+            )
             signals.on_first = submitting.cancel  # stopped before the job exists: no job at all
             try:
                 job = await submitting
             except asyncio.CancelledError:
                 console.print("cancelled before the job was queued", highlight=False)
                 return signals.exit_code(EXIT_CODES["cancelled"], cancelled_code=EXIT_CODES["cancelled"])
-            except UserError as error:
-                console.print(f"[red]error:[/] {error.message}", highlight=False)
-                if error.hint:
-                    console.print(f"hint: {error.hint}", highlight=False)
-                return 2
             takeover = asyncio.create_task(_run_queue_when_free(service, job.id, config, console))
             try:
                 await _follow(service, job, requester, console, signals)
-            except UserError as error:  # e.g. the disk filled up and the job's end went unrecorded
-                console.print(f"[red]error:[/] {error.message}", highlight=False)
-                console.print(f"hint: {error.hint}", highlight=False)
-                return 1
             finally:
                 takeover.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await takeover
-            ended = await service.get(job.id)
-            done = await service.store.last_event(job.id, "done")
+            report = await service.report(job.id)
             _say_what_is_handed_back(service, job.id, console)
     finally:
         signals.remove()
-    code = _report(ended, done.event if done else None, argv, console)
+    code = _report(report, argv, console)
     return signals.exit_code(code, cancelled_code=EXIT_CODES["cancelled"])
 
 
 async def _job_to_follow(
-    service: JobService, spec: JobSpec, job_dir: Path | None, requester: Requester, console: Console
+    service: JobService,
+    request: JobRequest,
+    spec: JobSpec,
+    job_dir: Path | None,
+    requester: Requester,
+    console: Console,
 ) -> Job:
     """The job this command follows: a new one, or, for --resume of a checkpoint whose own job has not
     ended (its runner died and left it queued or running), that job, which resumes by itself."""
@@ -154,7 +145,7 @@ async def _job_to_follow(
                 highlight=False,
             )
             return owner
-    job = await service.submit(spec, requester, job_dir=job_dir)
+    job = await service.submit_request(request, requester, job_dir=job_dir)
     console.print(f"job {job.id}: folder {job.spec.output_dir}", highlight=False)
     if spec.resume_from:
         console.print(f"job {job.id} continues from {spec.resume_from}", highlight=False)
@@ -172,11 +163,7 @@ async def _follow(
         pending.add(task)
         task.add_done_callback(pending.discard)
 
-    def kill() -> None:
-        if service.runner is not None:
-            service.runner.kill(job.id)
-
-    signals.on_first, signals.on_second = cancel, kill
+    signals.on_first, signals.on_second = cancel, lambda: service.kill(job.id)
     if signals.received:
         cancel()  # the signal came just as the job was queued
     display = TerminalProgress(console)
@@ -216,8 +203,7 @@ async def _run_queue_when_free(service: JobService, job_id: int, config: Config,
 def _say_what_is_handed_back(service: JobService, job_id: int, console: Console) -> None:
     """Other jobs this process ran are stopped at a checkpoint when it exits (service.close) and go
     back to the queue, where the next qlora-bot process to run it (`run` or `train`) resumes them."""
-    runner = service.runner
-    others = sorted(other for other in (runner.active_job_ids() if runner else ()) if other != job_id)
+    others = [other for other in service.running_here() if other != job_id]
     if others:
         listed = ", ".join(str(other) for other in others)
         console.print(
@@ -227,9 +213,9 @@ def _say_what_is_handed_back(service: JobService, job_id: int, console: Console)
         )
 
 
-def _report(job: Job, done: Event | None, argv: list[str], console: Console) -> int:
+def _report(report: JobReport, argv: list[str], console: Console) -> int:
+    job, metrics = report.job, report.metrics
     if job.state == "succeeded":
-        metrics = done.metrics if isinstance(done, Done) else {}
         loss = metrics.get("final_loss")
         summary = [f"{metrics.get('steps')} steps", f"{metrics.get('tokens', 0):,} tokens"]
         if loss is not None:
@@ -244,7 +230,7 @@ def _report(job: Job, done: Event | None, argv: list[str], console: Console) -> 
     if job.error_hint:
         console.print(f"hint: {job.error_hint}", highlight=False)
     if job.error_kind != "user_error":
-        console.print(f"log: {Path(job.spec.output_dir) / LOG_FILE_NAME}", highlight=False)
+        console.print(f"log: {report.log}", highlight=False)
     checkpoint = newest_checkpoint(job.spec.output_dir) or job.checkpoint_path
     if job.state == "cancelled" and checkpoint:
         console.print("resume with:", highlight=False)

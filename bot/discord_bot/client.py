@@ -69,17 +69,12 @@ class QloraBot(commands.Bot):
         await self.deliverer.close()
         await super().close()
 
-    def refusal(self, error: UserError) -> str:
-        """A UserError as Discord shows it: no path into the data directory (job folders, logs)."""
-        text = f"{error.message}. {error.hint}" if error.hint else error.message
-        return without_data_dir(text, self.config.data_dir())
-
     async def press_cancel(self, interaction: discord.Interaction, job_id: int) -> None:
         """The Cancel button: only the job's owner or an admin; everyone else gets a private refusal."""
         try:
             job = await self.service.cancel(job_id, requester_for(interaction.user, self.config.discord))
-        except UserError as error:
-            await reply(interaction, self.refusal(error))
+        except UserError as error:  # a button is no command: its refusal is rendered as theirs are
+            await self.on_app_command_error(interaction, error)
             return
         if job.is_terminal:
             await reply(interaction, f"Job {job_id} cancelled.")
@@ -98,17 +93,20 @@ class QloraBot(commands.Bot):
                 channel_id=interaction.channel_id,
             )
         except UserError as error:
-            await reply(interaction, self.refusal(error))
+            await self.on_app_command_error(interaction, error)
             return
         # Its status message is owed by the job's creation (the outbox posts it).
         await reply(interaction, f"Resuming job {job_id} as job **{job.id}**: see its status message.")
 
     async def on_app_command_error(
-        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError | UserError
     ) -> None:
+        """Every error of a command or a button, shown privately: a UserError as its message and hint
+        (no path into the data directory: job folders, logs), anything else as a reference id."""
         original = getattr(error, "original", error)
         if isinstance(original, UserError):
-            text = self.refusal(original)
+            text = f"{original.message}. {original.hint}" if original.hint else original.message
+            text = without_data_dir(text, self.config.data_dir())
         elif isinstance(error, app_commands.TransformerError):
             text = f"{error.value!r} is not a valid value for this option. {error}"
         else:

@@ -10,7 +10,7 @@ from bot.discord_bot.permissions import discord_user_id
 from bot.discord_bot.shown_paths import without_paths
 from bot.jobs.checkpoints import checkpoint_step, checkpoint_to_resume
 from bot.jobs.scheduler import QueueEntry
-from bot.terminal_progress import format_duration
+from bot.jobs.summaries import format_duration, phase_in_sentence, starts_in
 from protocol.events import Progress
 from storage.models import Job
 
@@ -20,13 +20,6 @@ COLOURS = {
     "succeeded": discord.Colour.green(),
     "failed": discord.Colour.red(),
     "cancelled": discord.Colour.dark_grey(),
-}
-PHASES = {
-    "validating": "validating the dataset",
-    "loading_model": "loading the model",
-    "tokenizing": "packing tokens",
-    "training": "training",
-    "saving": "saving the adapter",
 }
 BAR_WIDTH = 20
 
@@ -41,12 +34,12 @@ def status_embed(
 ) -> discord.Embed:
     now = time.time() if now is None else now
     embed = discord.Embed(title=f"Job {job.id} · {job.name}", colour=COLOURS[job.state])
-    state = job.state if job.state != "running" else f"running: {PHASES.get(job.phase or '', 'starting')}"
+    state = job.state if job.state != "running" else f"running: {phase_in_sentence(job.phase)}"
     if job.attempt > 1 and not job.is_terminal:
         state += f" (attempt {job.attempt})"
     embed.add_field(name="State", value=state, inline=False)
     if job.state == "queued" and queued is not None:
-        embed.add_field(name="Queue", value=f"#{queued.position}, starts in ~{format_duration(queued.eta_s)}")
+        embed.add_field(name="Queue", value=f"#{queued.position}, {starts_in(queued.eta_s)}")
     if progress is not None:
         embed.add_field(
             name="Progress", value=progress_bar(progress.step, progress.total_steps), inline=False

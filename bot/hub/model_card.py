@@ -5,16 +5,14 @@ and how to use it. Rendered at publish time and uploaded in place of the README.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from protocol.job_spec import DatasetSpec, LoraSpec, TrainingSpec
-from protocol.sources import hub_id_problem, redact_url
+from protocol.sources import hub_id_problem, redact_url, source_kind
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 TAGS = ("peft", "lora", "qlora", "trl", "sft", "qlora-bot")
 _METRICS = (  # (key in the trainer's metrics, label, format)
     ("final_loss", "Final train loss", "{:.4f}"),
@@ -49,7 +47,8 @@ class CardFacts:
 
 def is_hub_id(reference: str) -> bool:
     """owner/name, and not a folder that happens to exist here."""
-    return bool(_HUB_ID.match(reference)) and not Path(reference).expanduser().exists()
+    kind = source_kind(reference, existing_paths=True)
+    return kind == "hub" and hub_id_problem(reference, owner_required=True, what="repo") is None
 
 
 def render_card(facts: CardFacts) -> str:

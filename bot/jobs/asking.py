@@ -1,20 +1,23 @@
-"""One ask, the same from Discord and the terminal: find the adapter and turn the options into a request."""
+"""One ask, the same from Discord and the terminal: find the adapter, turn the options into a request, stream
+the serve worker's answer and accumulate it for the front end to render."""
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.config import ServeConfig
+from bot.config import Config, ServeConfig
 from bot.hub.access import HubAccess
 from bot.hub.download import download_adapter
 from bot.hub.model_card import is_hub_id
-from bot.job_specs import local_model_path
+from bot.jobs.requests import Requester
+from bot.jobs.specs import local_model_path
+from bot.workers.serve_worker import ServeClient, Waiting
 from protocol.errors import UserError
-from protocol.serve import Generate
+from protocol.serve import Failed, Finished, Generate, Loading, Token
 from protocol.sources import hub_id_problem
 from storage.store import Store
 
@@ -82,6 +85,72 @@ def _is_hub_reference(reference: str, folders: bool) -> bool:
 def _allowed(base: str, allowed: Sequence[str]) -> bool:
     """On the list as written, or as the folder a listed local path names (jobs record folders absolute)."""
     return base in allowed or base in {local_model_path(name) for name in allowed}
+
+
+@dataclass(frozen=True)
+class Question:
+    """One ask as a person wrote it."""
+
+    prompt: str
+    adapter: str  # a name, a Hub id, or (on_this_machine only) a folder
+    base_model: str | None = None  # instead of the one the adapter records
+    compare: bool = False  # also answer with the base model alone
+    max_new_tokens: int | None = None
+    temperature: float = 0.0
+    seed: int | None = None
+
+
+class Answering:
+    """One ask under way. `events()` streams the serve worker's events (and Waiting), each applied to
+    `texts` and `finished` before it is yielded; a Failed event is the last."""
+
+    def __init__(self, adapter: ResolvedAdapter, request: Generate, client: ServeClient) -> None:
+        self.adapter = adapter
+        self.request = request
+        self.client = client
+        self.texts = {"adapter": "", "base": ""}  # each variant's answer so far, whole once it finished
+        self.finished: dict[str, Finished] = {}
+
+    async def events(self) -> AsyncIterator[Token | Finished | Loading | Waiting | Failed]:
+        async for event in self.client.generate(self.request):
+            if isinstance(event, Token):
+                self.texts[event.variant] += event.text
+            elif isinstance(event, Finished):
+                self.finished[event.variant] = event
+                self.texts[event.variant] = event.text
+            yield event
+            if isinstance(event, Failed):
+                return
+
+
+async def start_ask(
+    store: Store,
+    hub: HubAccess,
+    config: Config,
+    question: Question,
+    requester: Requester,
+    client: ServeClient,
+) -> Answering:
+    """Resolve the adapter and check the options for `requester`: folders only on this machine's terminal,
+    and (but for admins) only adapters of the base models /finetune allows."""
+    adapter = await resolve_adapter(
+        store,
+        question.adapter,
+        question.base_model,
+        hub=hub,
+        folders=requester.on_this_machine,
+        allowed_base_models=None if requester.is_admin else config.limits.base_models,
+    )
+    request = build_request(
+        adapter,
+        question.prompt,
+        config.serve,
+        compare=question.compare,
+        max_new_tokens=question.max_new_tokens,
+        temperature=question.temperature,
+        seed=question.seed,
+    )
+    return Answering(adapter, request, client)
 
 
 def build_request(

@@ -20,8 +20,9 @@ def configured_slots(config: Config) -> list[Slot]:
 
 
 def terminal_requester() -> Requester:
-    """Whoever can run the command line on this machine owns its data directory: an admin."""
-    return Requester(owner=f"local:{getpass.getuser()}", is_admin=True)
+    """Whoever can run the command line on this machine owns its data directory: an admin, who may name
+    its files and folders."""
+    return Requester(owner=f"local:{getpass.getuser()}", is_admin=True, on_this_machine=True)
 
 
 async def open_store(config: Config) -> Store:

@@ -1,8 +1,9 @@
-"""JobService: the one API the Discord cogs and the command line use to submit, watch and cancel jobs.
+"""JobService: the one API the Discord cogs and the command line use to submit, watch, cancel, publish and
+ask jobs, and to read what they left.
 
-It validates and enforces quotas, writes through the Store, and (when this process holds the runner
-lock) runs the queue through a JobRunner. Without the runner it still works against the database,
-so a CLI beside a running bot submits, follows and cancels jobs the bot runs.
+It validates every request and enforces quotas, writes through the Store, and (when this process holds
+the runner lock) runs the queue through a JobRunner. Without the runner it still works against the
+database, so a CLI beside a running bot submits, follows and cancels jobs the bot runs.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import statistics
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -21,50 +21,30 @@ from bot.config import Config
 from bot.hub.access import HubAccess
 from bot.hub.model_card import is_hub_id
 from bot.hub.publisher import HubPublisher
-from bot.jobs.checkpoints import checkpoint_to_resume, job_folder_of, resume_problems
+from bot.jobs.admission import check_checkpoint_is_free, check_quotas, job_of_checkpoint, resume_point
+from bot.jobs.asking import Answering, Question, start_ask
+from bot.jobs.checkpoints import resume_problems
 from bot.jobs.executor import Executor
 from bot.jobs.publishing import publish_job
 from bot.jobs.recovery import reconcile
+from bot.jobs.requests import JobRequest, Requester, checked_request
+from bot.jobs.results import FinishedAdapter, JobReport, finished_adapters, job_report, last_progress
 from bot.jobs.runner import JobRunner
-from bot.jobs.scheduler import QueueEntry, Slot, estimate_queue
-from bot.jobs.service_lock import RunnerLock
-from bot.jobs.submission import (
-    Placement,
-    Upload,
-    default_data_checker,
-    disk_full_refused,
-    stored_upload,
-    upload_label,
-)
+from bot.jobs.scheduler import QueueEntry, Slot
+from bot.jobs.service_lock import RunnerBusy, RunnerLock
+from bot.jobs.submission import Placement, Upload, default_data_checker, disk_full_refused, upload_label
+from bot.jobs.waiting import queue_entries
 from bot.workers.data_check import DataChecker
+from bot.workers.serve_worker import ServeClient
 from protocol.errors import UserError
 from protocol.events import Event, Progress
 from protocol.job_spec import JobSpec, spec_problems
 from storage.disk_space import DiskFull
-from storage.models import TERMINAL_STATES, Job, StoredEvent
+from storage.models import TERMINAL_STATES, Adapter, Job, StoredEvent
 from storage.store import Store
 
-DAY_S = 24 * 3600
-
-
-class RunnerBusy(UserError):
-    """Another live qlora-bot process holds the runner lock of this data directory."""
-
-    def __init__(self, holder_pid: int | None) -> None:
-        who = f"pid {holder_pid}" if holder_pid else "another process"
-        super().__init__(
-            f"another qlora-bot process ({who}) already runs the job queue of this data directory",
-            "stop it first, or set QLORA_BOT_HOME to another data directory",
-        )
-        self.holder_pid = holder_pid
-
-
-@dataclass(frozen=True)
-class Requester:
-    """Who is asking: "discord:<user id>" or "local:<user>"; admins bypass quotas and may cancel any job."""
-
-    owner: str
-    is_admin: bool = False
+# The front ends import these from here.
+__all__ = ["EndUnrecorded", "JobService", "JobUpdate", "Requester", "RunnerBusy"]
 
 
 @dataclass(frozen=True)
@@ -133,6 +113,33 @@ class JobService:
 
     # --- commands
 
+    async def submit_request(
+        self,
+        request: JobRequest,
+        requester: Requester,
+        *,
+        idempotency_key: str | None = None,
+        guild_id: int | None = None,
+        channel_id: int | None = None,
+        job_dir: Path | None = None,
+        push: bool = False,
+        private: bool = True,
+    ) -> Job:
+        """A new job as a front end's options asked for it: checked (allow-list, caps, the dataset's name,
+        the attached file) for whoever asks, then queued by submit()."""
+        spec, upload = await checked_request(request, requester, self.config)
+        return await self.submit(
+            spec,
+            requester,
+            idempotency_key=idempotency_key,
+            guild_id=guild_id,
+            channel_id=channel_id,
+            job_dir=job_dir,
+            upload=upload,
+            push=push,
+            private=private,
+        )
+
     async def submit(
         self,
         spec: JobSpec,
@@ -146,7 +153,8 @@ class JobService:
         push: bool = False,
         private: bool = True,
     ) -> Job:
-        """Queue a job (one idempotency key, one job) in `job_dir`, by default the data dir's jobs/ID.
+        """Queue a job from a whole spec (one idempotency key, one job) in `job_dir`, by default the data
+        dir's jobs/ID. Front ends call submit_request, which checks what a person may ask for first.
 
         With an `upload`, the file becomes the job's dataset: it is written aside first and moved
         into the job folder while the job is created, so no runner can start the job without it.
@@ -159,9 +167,9 @@ class JobService:
         if problems:
             raise UserError("invalid job settings: " + "; ".join(problems), "change the settings named above")
         if spec.resume_from:
-            await self._check_checkpoint_is_free(spec.resume_from)
+            await check_checkpoint_is_free(self.store, spec.resume_from)
         if not requester.is_admin:
-            await self._check_quotas(requester.owner)
+            await check_quotas(self.store, self.config.queue, requester.owner, self.clock())
         if upload is not None:
             dataset = dataclasses.replace(spec.dataset, label=upload_label(upload), kind="upload")
             spec = spec.replace(dataset=dataset)
@@ -195,33 +203,7 @@ class JobService:
         """Queue a new job that continues a cancelled or failed one from its newest checkpoint: same
         settings, dataset and publishing, its own folder (the old job's is only read)."""
         job = await self.get(job_id)
-        if job.owner != requester.owner and not requester.is_admin:
-            raise UserError(f"job {job_id} is not yours", "only its owner or an admin can resume it")
-        if not job.is_terminal:
-            raise UserError(
-                f"job {job_id} has not ended ({job.state})", "it resumes from its own checkpoints by itself"
-            )
-        if job.state == "succeeded":
-            raise UserError(f"job {job_id} finished", "its adapter is ready; start a new job to train more")
-        checkpoint = checkpoint_to_resume(job)
-        if checkpoint is None:
-            raise UserError(f"job {job_id} saved no checkpoint to resume from", "start it again as a new job")
-        # One press, one continuation: a second would train the same steps again beside the first.
-        for later in await self.store.jobs_resuming_from(checkpoint):
-            if later.state not in ("failed", "cancelled"):
-                raise UserError(
-                    f"job {job_id} was already resumed as job {later.id} ({later.state})",
-                    f"follow job {later.id}",
-                )
-        upload = None
-        # An upload is copied into the new job's folder: a worker reads no other job's files.
-        if job.spec.dataset.kind == "upload":
-            try:
-                upload = await asyncio.to_thread(stored_upload, job.spec)
-            except OSError:
-                raise UserError(
-                    f"the dataset file of job {job_id} is gone", "start a new job with the file attached"
-                ) from None
+        checkpoint, upload = await resume_point(self.store, job, requester)
         return await self.submit(
             job.spec.replace(output_dir="", resume_from=checkpoint, cache_dir=None),
             requester,
@@ -235,8 +217,7 @@ class JobService:
 
     async def job_of_checkpoint(self, checkpoint: str) -> Job | None:
         """The job that wrote this checkpoint, when it lies in a job folder this database knows."""
-        folder = job_folder_of(checkpoint)
-        return await self.store.job_in_folder(str(folder)) if folder is not None else None
+        return await job_of_checkpoint(self.store, checkpoint)
 
     async def cancel(self, job_id: int, requester: Requester) -> Job:
         """Cancel a queued job at once, or ask a running one to checkpoint and stop."""
@@ -257,6 +238,11 @@ class JobService:
             self.runner.cancel(job_id)
         self._notify(job_id)
         return await self.get(job_id)
+
+    def kill(self, job_id: int) -> None:
+        """Stop the job's worker now, without a checkpoint (a second Ctrl-C), when it runs here."""
+        if self.runner is not None:
+            self.runner.kill(job_id)
 
     async def publish(
         self, job_id: int, requester: Requester, *, repo: str | None = None, private: bool | None = None
@@ -283,6 +269,10 @@ class JobService:
             self._start_publish(job, repo=repo, private=private, admin=requester.is_admin)
         )
 
+    async def ask(self, question: Question, requester: Requester, client: ServeClient) -> Answering:
+        """An ask of an adapter, resolved and checked for `requester`; iterate its events() to stream it."""
+        return await start_ask(self.store, self.hub.access, self.config, question, requester, client)
+
     # --- queries
 
     async def get(self, job_id: int) -> Job:
@@ -301,24 +291,29 @@ class JobService:
 
     async def queue(self) -> list[QueueEntry]:
         """Every queued job with its position and expected wait."""
-        queued = await self.store.queued_jobs()
-        running = await self.store.running_jobs()
-        estimate = await self._job_estimate_s()
-        remaining = {}
-        for job in running:
-            progress = await self.last_progress(job.id)
-            if progress is not None and progress.eta_s is not None:
-                remaining[job.id] = progress.eta_s
-            elif job.started_at is not None:
-                remaining[job.id] = max(estimate - (self.clock() - job.started_at), 0.0)
         slot_count = len(self.runner.slots) if self.runner is not None else 1
-        last_started = await self.store.last_start_times()
-        return estimate_queue(queued, running, remaining, slot_count, estimate, last_started)
+        default_s = self.config.queue.default_job_minutes * 60
+        return await queue_entries(self.store, slot_count, self.clock(), default_s)
 
     async def last_progress(self, job_id: int) -> Progress | None:
         """The job's newest progress event (step, loss, ETA), if it reported one."""
-        stored = await self.store.last_event(job_id, "progress")
-        return stored.event if stored is not None and isinstance(stored.event, Progress) else None
+        return await last_progress(self.store, job_id)
+
+    def running_here(self) -> list[int]:
+        """The jobs whose workers this process runs, in id order."""
+        return sorted(self.runner.active_job_ids()) if self.runner is not None else []
+
+    async def report(self, job_id: int) -> JobReport:
+        """What the job shows and left: progress, metrics, its log's last lines, attempts, owed messages."""
+        return await job_report(self.store, await self.get(job_id))
+
+    async def adapters(self, limit: int = 50) -> list[Adapter]:
+        """The finished adapters, newest first."""
+        return await self.store.adapters(limit=limit)
+
+    async def finished_adapters(self, limit: int = 50) -> list[FinishedAdapter]:
+        """The finished adapters, newest first, each with where its job published it."""
+        return await finished_adapters(self.store, limit)
 
     async def subscribe(self, job_id: int, poll_s: float = 1.0) -> AsyncIterator[JobUpdate]:
         """Every event of the job (past ones first) and every state change, until it ends (and, when it
@@ -339,45 +334,13 @@ class JobService:
             if job.state in TERMINAL_STATES and not job.publish_pending:
                 return
             if job_id in self._unrecorded:
-                raise _unrecorded_error(self._unrecorded[job_id], job_id)
+                raise EndUnrecorded(self._unrecorded[job_id], job_id)
             changed = self._changed[job_id]
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), poll_s)
             changed.clear()
 
     # --- internals
-
-    async def _check_checkpoint_is_free(self, checkpoint: str) -> None:
-        """A job that has not ended resumes from its own checkpoints: a second job from the same one
-        would train the same steps twice, side by side."""
-        owner = await self.job_of_checkpoint(checkpoint)
-        if owner is not None and not owner.is_terminal:
-            raise UserError(
-                f"resume_from: {checkpoint} belongs to job {owner.id}, which has not ended ({owner.state}) "
-                "and resumes from its newest checkpoint by itself",
-                f"follow it (`qlora-bot job {owner.id}`), or cancel it first",
-            )
-
-    async def _check_quotas(self, owner: str) -> None:
-        queue = self.config.queue
-        waiting = await self.store.count_jobs(owner=owner, states=["queued"])
-        if waiting >= queue.max_queued_per_user:
-            raise UserError(
-                f"you already have {waiting} jobs waiting (limit queue.max_queued_per_user = "
-                f"{queue.max_queued_per_user})",
-                "wait for one to start, or cancel one",
-            )
-        today = await self.store.count_jobs(owner=owner, since=self.clock() - DAY_S)
-        if today >= queue.max_jobs_per_day:
-            raise UserError(
-                f"you submitted {today} jobs in the last 24 hours (limit queue.max_jobs_per_day = "
-                f"{queue.max_jobs_per_day})",
-                "try again later, or ask an admin",
-            )
-
-    async def _job_estimate_s(self) -> float:
-        runtimes = await self.store.recent_runtimes()
-        return statistics.median(runtimes) if runtimes else self.config.queue.default_job_minutes * 60
 
     def _notify(self, job_id: int) -> None:
         self._changed[job_id].set()
@@ -405,8 +368,12 @@ class JobService:
         return task
 
 
-def _unrecorded_error(full: DiskFull, job_id: int) -> UserError:
-    return UserError(
-        f"{full}: the end of job {job_id} could not be recorded",
-        "free space there: the next qlora-bot process to run the queue resumes it from its newest checkpoint",
-    )
+class EndUnrecorded(UserError):
+    """The job ended but the disk was too full to record it: not a refusal of the request, a failure."""
+
+    def __init__(self, full: DiskFull, job_id: int) -> None:
+        super().__init__(
+            f"{full}: the end of job {job_id} could not be recorded",
+            "free space there: the next qlora-bot process to run the queue resumes it from its newest "
+            "checkpoint",
+        )

@@ -10,6 +10,8 @@ import fcntl
 import os
 from pathlib import Path
 
+from protocol.errors import UserError
+
 
 class RunnerLock:
     def __init__(self, data_dir: Path) -> None:
@@ -45,3 +47,15 @@ class RunnerLock:
             fcntl.flock(self._handle, fcntl.LOCK_UN)
             self._handle.close()
             self._handle = None
+
+
+class RunnerBusy(UserError):
+    """Another live qlora-bot process holds the runner lock of this data directory."""
+
+    def __init__(self, holder_pid: int | None) -> None:
+        who = f"pid {holder_pid}" if holder_pid else "another process"
+        super().__init__(
+            f"another qlora-bot process ({who}) already runs the job queue of this data directory",
+            "stop it first, or set QLORA_BOT_HOME to another data directory",
+        )
+        self.holder_pid = holder_pid

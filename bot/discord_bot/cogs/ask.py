@@ -12,10 +12,10 @@ from discord.ext import commands
 
 from bot.discord_bot.permissions import requester_for, require_role
 from bot.discord_bot.shown_paths import without_paths
-from bot.jobs.asking import build_request, resolve_adapter
+from bot.jobs.asking import Question
 from bot.workers.serve_worker import Waiting
 from protocol.errors import UserError
-from protocol.serve import Failed, Finished, Loading, Token
+from protocol.serve import Failed, Finished, Loading
 
 if TYPE_CHECKING:
     from bot.discord_bot.client import QloraBot
@@ -54,33 +54,17 @@ class AskCog(commands.Cog):
             raise UserError("this bot does not serve adapters", "ask an admin to enable serving")
         requester = requester_for(interaction.user, config.discord)
         await interaction.response.defer(thinking=True)
-        # From Discord: adapter names and Hub ids only, and the base models /finetune allows (admins: any).
-        resolved = await resolve_adapter(
-            self.bot.service.store,
-            adapter,
-            hub=self.bot.service.hub.access,
-            folders=False,
-            allowed_base_models=None if requester.is_admin else config.limits.base_models,
+        # From Discord the service takes adapter names and Hub ids only, of the base models /finetune allows
+        # (admins: any).
+        question = Question(
+            prompt, adapter, compare=compare, max_new_tokens=max_new_tokens, temperature=temperature
         )
-        request = build_request(
-            resolved,
-            prompt,
-            config.serve,
-            compare=compare,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-        )
-        answers = {"adapter": "", "base": ""}
-        finished: dict[str, Finished] = {}
+        answering = await self.bot.service.ask(question, requester, self.bot.serve_client)
+        resolved, answers = answering.adapter, answering.texts
         last_edit = 0.0
-        async for event in self.bot.serve_client.generate(request):
+        async for event in answering.events():
             status = None
-            if isinstance(event, Token):
-                answers[event.variant] += event.text
-            elif isinstance(event, Finished):
-                finished[event.variant] = event
-                answers[event.variant] = event.text
-            elif isinstance(event, Waiting):
+            if isinstance(event, Waiting):
                 status = f"⏳ waiting: {event.reason}"
             elif isinstance(event, Loading):
                 status = f"⏳ loading the {event.what.replace('_', ' ')}…"
@@ -96,13 +80,13 @@ class AskCog(commands.Cog):
                     content=status or _partial(resolved.label, answers, compare)
                 )
         base_model = without_paths(resolved.base_model)
-        await self._final(interaction, resolved.label, base_model, answers, finished, compare)
+        await self._final(interaction, resolved.label, base_model, answers, answering.finished, compare)
 
     @ask.autocomplete("adapter")
     async def adapter_choices(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        adapters = await self.bot.service.store.adapters(limit=100)  # newest first
+        adapters = await self.bot.service.adapters(limit=100)  # newest first
         matches = [adapter for adapter in adapters if current.lower() in adapter.name.lower()]
         return [
             app_commands.Choice(name=f"{a.name} ({without_paths(a.base_model)})"[:100], value=a.name)

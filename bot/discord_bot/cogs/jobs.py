@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import discord
@@ -14,9 +13,7 @@ from bot.discord_bot.permissions import discord_user_id, requester_for
 from bot.discord_bot.shown_paths import without_paths
 from bot.discord_bot.status_view import COLOURS, ending, hub_line, what_to_do
 from bot.hub.public_record import public_reference
-from bot.jobs.job_log import job_log_tail
-from bot.terminal_progress import format_duration
-from protocol.job_folder import LOG_FILE_NAME
+from bot.jobs.summaries import starts_in, step_and_loss
 from storage.models import JOB_STATES, Job
 
 if TYPE_CHECKING:
@@ -51,9 +48,9 @@ class JobsCog(commands.Cog):
     @app_commands.command(name="job", description="Show one job: settings, progress and (yours) its log")
     async def job(self, interaction: discord.Interaction, id: int) -> None:
         await interaction.response.defer(ephemeral=True)
-        job = await self.bot.service.get(id)
+        report = await self.bot.service.report(id)
+        job, progress = report.job, report.progress
         requester = requester_for(interaction.user, self.bot.config.discord)
-        progress = await self.bot.service.last_progress(job.id)
         embed = discord.Embed(title=f"Job {job.id} · {job.name}", colour=COLOURS[job.state])
         embed.add_field(name="State", value=f"{job.state}{f' ({job.phase})' if job.phase else ''}")
         embed.add_field(name="Owner", value=_owner(job))
@@ -64,10 +61,7 @@ class JobsCog(commands.Cog):
         lora = job.spec.lora
         embed.add_field(name="LoRA", value=f"r={lora.r}, alpha={lora.resolved_alpha}, dropout={lora.dropout}")
         if progress is not None:
-            loss = f", loss {progress.loss:.4f}" if progress.loss is not None else ""
-            embed.add_field(
-                name="Progress", value=f"step {progress.step}/{progress.total_steps}{loss}", inline=False
-            )
+            embed.add_field(name="Progress", value=step_and_loss(progress), inline=False)
         if job.error_message:
             advice = what_to_do(job)
             hint = f"\n{advice}" if advice else ""
@@ -78,12 +72,12 @@ class JobsCog(commands.Cog):
         if hub:
             embed.add_field(name="Hugging Face Hub", value=_clip(hub, 1024), inline=False)
         # What the bot owes the job's channel and could not (yet) deliver, in Discord's words.
-        problems = [delivery_problem(entry) for entry in await self.bot.service.store.outbox.entries(job.id)]
+        problems = [delivery_problem(entry) for entry in report.owed]
         if any(problems):
             text = "\n".join(problem for problem in problems if problem)
             embed.add_field(name="Discord", value=_clip(text, 1024), inline=False)
         if requester.owner == job.owner or requester.is_admin:
-            tail = without_paths(job_log_tail(Path(job.spec.output_dir) / LOG_FILE_NAME), job.spec.output_dir)
+            tail = without_paths(report.log_tail, job.spec.output_dir)
             if tail:
                 embed.description = f"Log (last lines):\n```\n{_clip(tail, 3900)}\n```"
         await interaction.followup.send(embed=embed, ephemeral=True)
@@ -107,7 +101,7 @@ class JobsCog(commands.Cog):
         lines = [f"▶ job {job.id} `{job.name}` ({_owner(job)}): {job.phase or 'starting'}" for job in running]
         lines += [
             f"#{entry.position} job {entry.job.id} `{entry.job.name}` ({_owner(entry.job)}): "
-            f"starts in ~{format_duration(entry.eta_s)}"
+            f"{starts_in(entry.eta_s)}"
             for entry in entries
         ]
         embed = discord.Embed(title="Queue", description="\n".join(lines) or "Nothing running or waiting.")
@@ -116,11 +110,10 @@ class JobsCog(commands.Cog):
     @app_commands.command(name="adapters", description="Finished adapters you can /ask, newest first")
     async def adapters(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True)
-        adapters = await self.bot.service.store.adapters(limit=LIST_LIMIT)
         lines = []
-        for adapter in adapters:
-            job = await self.bot.service.store.get_job(adapter.job_id)
-            hub = f" · {job.hub_url}" if job is not None and job.hub_url else ""
+        for listed in await self.bot.service.finished_adapters(limit=LIST_LIMIT):
+            adapter = listed.adapter
+            hub = f" · {listed.hub_url}" if listed.hub_url else ""
             base = without_paths(adapter.base_model)
             lines.append(f"`{adapter.name}` on `{base}` (job {adapter.job_id}){hub}")
         embed = discord.Embed(title="Adapters", description="\n".join(lines) or "No finished adapters yet.")
@@ -130,9 +123,7 @@ class JobsCog(commands.Cog):
         progress = await self.bot.service.last_progress(job.id)
         detail = ""
         if progress is not None and job.state == "running":
-            detail = f" step {progress.step}/{progress.total_steps}"
-            if progress.loss is not None:
-                detail += f", loss {progress.loss:.4f}"
+            detail = f" {step_and_loss(progress)}"
         return f"**{job.id}** `{job.name}` {job.state}{detail} ({_owner(job)})"
 
 

@@ -1,4 +1,5 @@
-"""Render a job's events in the terminal: a live progress bar on a TTY, plain lines elsewhere."""
+"""Render a job's events in the terminal: a live progress bar on a TTY, plain lines elsewhere; and one line
+for any event, as `qlora-bot job` lists them."""
 
 from __future__ import annotations
 
@@ -8,24 +9,9 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
+from bot.jobs.summaries import format_duration, phase_heading
 from protocol.events import Checkpoint, Done, Error, Eval, Event, Phase, Started
 from protocol.events import Progress as ProgressEvent
-
-PHASE_LABELS = {
-    "validating": "Validating dataset",
-    "loading_model": "Loading model",
-    "tokenizing": "Packing tokens",
-    "training": "Training",
-    "saving": "Saving adapter",
-}
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "--:--"
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60:02d}:{rest % 60:02d}"
 
 
 def describe_progress(event: ProgressEvent) -> str:
@@ -53,7 +39,7 @@ def describe_event(event: Event) -> str:
         resumed = f", resuming from {event.attempt_resumes_from}" if event.attempt_resumes_from else ""
         return f"worker started (pid {event.pid}{resumed})"
     if isinstance(event, Phase):
-        label = PHASE_LABELS[event.name]
+        label = phase_heading(event.name)
         return f"{label}: {event.message}" if event.message else label
     if isinstance(event, ProgressEvent):
         return describe_progress(event)
@@ -98,7 +84,7 @@ class TerminalProgress:
             self.close()
         else:
             if isinstance(event, Phase):
-                self._describe(PHASE_LABELS[event.name])
+                self._describe(phase_heading(event.name))
             self._line(describe_event(event))
 
     def state(self, job: Any) -> None:

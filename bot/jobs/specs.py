@@ -9,7 +9,7 @@ from typing import Any
 
 from bot.config import JobDefaults
 from protocol.job_spec import DatasetSpec, JobSpec
-from protocol.sources import redact_url
+from protocol.sources import redact_url, source_kind
 
 
 def make_spec(
@@ -39,7 +39,8 @@ def local_model_path(name: str) -> str:
     """A base model folder on this machine as an absolute path (workers run in their job folders, not in
     the bot's); a Hub id as it is."""
     path = Path(name).expanduser()
-    return str(path.resolve()) if path.is_dir() else name
+    is_folder = source_kind(name, existing_paths=True) == "path" and path.is_dir()
+    return str(path.resolve()) if is_folder else name
 
 
 def name_from_dataset(source: str) -> str:
