@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import math
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 import pytest
@@ -50,19 +51,14 @@ async def store(db_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
         yield opened
 
 
-def spec_maker(base_model: str = "tiny-llama") -> Callable[[int], JobSpec]:
-    def spec_for_id(job_id: int) -> JobSpec:
-        return JobSpec(
-            base_model=base_model,
-            dataset=DatasetSpec(source="data.jsonl", format="messages"),
-            output_dir=f"/data/jobs/{job_id}",
-        )
-
-    return spec_for_id
+def spec_maker(base_model: str = "tiny-llama") -> dict[str, Any]:
+    """The spec and where its job goes (jobs/ID), as create_job takes them."""
+    spec = JobSpec(base_model=base_model, dataset=DatasetSpec(source="data.jsonl", format="messages"))
+    return {"spec": spec, "jobs_dir": Path("/data/jobs")}
 
 
 async def new_job(store: Store, owner: str = "discord:1", name: str = "adapter", **kwargs) -> Job:
-    job, created = await store.create_job(owner=owner, name=name, spec_for_id=spec_maker(), **kwargs)
+    job, created = await store.create_job(owner=owner, name=name, **spec_maker(), **kwargs)
     assert created
     return job
 
@@ -284,7 +280,7 @@ async def test_a_database_newer_than_the_code_is_refused(db_path: Path):
 
 async def test_create_job_stores_the_spec_built_for_its_id(store: Store, clock: FakeClock):
     job = await new_job(store, owner="local:alice", name="guanaco", guild_id=7, channel_id=8)
-    assert job.spec.output_dir == f"/data/jobs/{job.id}"
+    assert job.folder == f"/data/jobs/{job.id}"
     assert (job.state, job.attempt, job.phase, job.hub_state) == ("queued", 1, None, "none")
     assert (job.owner, job.name, job.guild_id, job.channel_id) == ("local:alice", "guanaco", 7, 8)
     assert job.created_at == clock.now
@@ -295,10 +291,10 @@ async def test_create_job_stores_the_spec_built_for_its_id(store: Store, clock: 
 
 async def test_the_same_idempotency_key_creates_one_job(store: Store):
     first, created = await store.create_job(
-        owner="discord:1", name="a", spec_for_id=spec_maker(), idempotency_key="interaction:99"
+        owner="discord:1", name="a", **spec_maker(), idempotency_key="interaction:99"
     )
     again, created_again = await store.create_job(
-        owner="discord:1", name="b", spec_for_id=spec_maker("other"), idempotency_key="interaction:99"
+        owner="discord:1", name="b", **spec_maker("other"), idempotency_key="interaction:99"
     )
     assert (created, created_again) == (True, False)
     assert again == first
@@ -312,15 +308,15 @@ async def test_the_same_idempotency_key_creates_one_job(store: Store):
 
 
 async def test_a_failing_spec_builder_creates_nothing(store: Store):
-    def broken(job_id: int) -> JobSpec:
+    def broken(folder: Path) -> None:
         raise RuntimeError("no room for the job folder")
 
     with pytest.raises(RuntimeError):
-        await store.create_job(owner="discord:1", name="a", spec_for_id=broken, idempotency_key="k")
+        await store.create_job(
+            owner="discord:1", name="a", **spec_maker(), prepare_folder=broken, idempotency_key="k"
+        )
     assert await store.list_jobs() == []
-    job, created = await store.create_job(
-        owner="discord:1", name="a", spec_for_id=spec_maker(), idempotency_key="k"
-    )
+    job, created = await store.create_job(owner="discord:1", name="a", **spec_maker(), idempotency_key="k")
     assert created and job.idempotency_key == "k"
 
 
@@ -634,7 +630,7 @@ async def test_an_unknown_attempt_outcome_is_refused(store: Store):
 
 async def test_a_write_by_one_store_is_visible_to_another(store: Store, db_path: Path, clock: FakeClock):
     async with await Store.open(db_path, clock=clock) as cli:
-        job, _ = await cli.create_job(owner="local:alice", name="cli-job", spec_for_id=spec_maker())
+        job, _ = await cli.create_job(owner="local:alice", name="cli-job", **spec_maker())
         seen = await store.get_job(job.id)
         assert seen == job
         await store.start_job(job.id, slot="cpu", resumed_from=None)
@@ -652,7 +648,7 @@ async def test_concurrent_writers_on_one_file_never_duplicate_a_key(store: Store
             _, created = await on.create_job(
                 owner="discord:1",
                 name=f"job-{index}",
-                spec_for_id=spec_maker(),
+                **spec_maker(),
                 idempotency_key="interaction:1",
             )
             return created

@@ -17,7 +17,7 @@ from bot.jobs.local import open_service, terminal_requester
 from bot.jobs.service import JobService
 from bot.terminal_progress import describe_end, describe_event, format_duration
 from protocol.errors import UserError
-from protocol.job_folder import LOG_FILE_NAME
+from protocol.job_folder import JobFolder
 from protocol.sources import redact_url
 from storage.models import JOB_STATES, Job
 
@@ -87,8 +87,8 @@ async def _job(service: JobService, console: Console, job_id: int) -> None:
         ("created", _when(job.created_at)),
         ("started", _when(job.started_at)),
         ("finished", _when(job.finished_at)),
-        ("folder", job.spec.output_dir),
-        ("log", str(Path(job.spec.output_dir) / LOG_FILE_NAME)),
+        ("folder", job.folder),
+        ("log", str(JobFolder(Path(job.folder)).log)),
         ("checkpoint", job.checkpoint_path or ""),
         ("adapter", job.adapter_path or ""),
         ("hub", _hub(job)),
@@ -109,7 +109,7 @@ async def _job(service: JobService, console: Console, job_id: int) -> None:
         console.print("last events:", style="bold")
         for stored in events[-10:]:
             console.print(f"  {_when(stored.created_at)}  {describe_event(stored.event)}", highlight=False)
-    tail = job_log_tail(Path(job.spec.output_dir) / LOG_FILE_NAME)
+    tail = job_log_tail(JobFolder(Path(job.folder)).log)
     if tail:
         console.print("log (last lines):", style="bold")
         for line in tail.splitlines():

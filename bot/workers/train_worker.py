@@ -36,7 +36,7 @@ class WorkerLost:
 
 
 class WorkerProcess:
-    """One running `python -m trainer.train SPEC.json`."""
+    """One running `python -m trainer.train SPEC.json --job-dir DIR ...` (protocol/launch.py)."""
 
     def __init__(self, process: asyncio.subprocess.Process, log_path: Path) -> None:
         self.process = process
@@ -46,13 +46,15 @@ class WorkerProcess:
     async def start(
         cls,
         spec_path: Path,
+        options: list[str],
         log_path: Path,
         env: Mapping[str, str],
         python: str = "",
         module: str = "trainer.train",
         cwd: Path | None = None,
     ) -> WorkerProcess:
-        """`cwd`: where the worker runs (its job folder), so nothing it resolves lands in the bot's folder."""
+        """`options`: the launch (Launch.argv()). `cwd`: where the worker runs (its job folder), so nothing
+        it resolves lands in the bot's folder."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log_file:
             process = await asyncio.create_subprocess_exec(
@@ -60,6 +62,7 @@ class WorkerProcess:
                 "-m",
                 module,
                 str(spec_path),
+                *options,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log_file,

@@ -16,7 +16,7 @@ from bot.discord_bot.status_view import COLOURS, ending, hub_line, what_to_do
 from bot.hub.public_record import public_reference
 from bot.jobs.job_log import job_log_tail
 from bot.terminal_progress import format_duration
-from protocol.job_folder import LOG_FILE_NAME
+from protocol.job_folder import JobFolder
 from storage.models import JOB_STATES, Job
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ class JobsCog(commands.Cog):
             text = "\n".join(problem for problem in problems if problem)
             embed.add_field(name="Discord", value=_clip(text, 1024), inline=False)
         if requester.owner == job.owner or requester.is_admin:
-            tail = without_paths(job_log_tail(Path(job.spec.output_dir) / LOG_FILE_NAME), job.spec.output_dir)
+            tail = without_paths(job_log_tail(JobFolder(Path(job.folder)).log), job.folder)
             if tail:
                 embed.description = f"Log (last lines):\n```\n{_clip(tail, 3900)}\n```"
         await interaction.followup.send(embed=embed, ephemeral=True)
