@@ -149,9 +149,7 @@ def catalogue() -> int:
                 path.write_bytes(content)
             else:
                 path.write_text(content, encoding="utf-8")
-            spec = JobSpec(
-                base_model="m", dataset=DatasetSpec(source=str(path), kind="file"), output_dir=work
-            )
+            spec = JobSpec(base_model="m", dataset=DatasetSpec(source=str(path), kind="file"))
             outcome = _outcome(spec, Path(work), tokenizer, template, check)
             clear += outcome.startswith(("user error, located", "user error, dataset-wide"))
             print(f"{name:52} {outcome}")
@@ -169,7 +167,7 @@ def _outcome(spec, work: Path, tokenizer, template: str | None, check) -> str:
     from trainer.tokenization import tokenize_examples
 
     try:
-        check(spec, work / "download")
+        check(spec, work / "download", work)
         if template is not None:
             records = read_records(spec.dataset, work / "download", spec.limits)
             _, examples = to_examples(records, "auto")

@@ -42,6 +42,9 @@ def build_model_and_adapters(work: Path) -> tuple[Path, list[Path]]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from protocol.job_folder import ADAPTER_RECORD, AdapterRecord, TrainedSpec, write_file
+    from protocol.job_spec import DatasetSpec
+
     model_dir = work / "llama-2-7b-random"
     adapter_dirs = [work / f"adapter-{i}" for i in range(ADAPTERS)]
     if (model_dir / "config.json").exists() and all(
@@ -63,8 +66,11 @@ def build_model_and_adapters(work: Path) -> tuple[Path, list[Path]]:
                     parameter.normal_(0.0, 0.02)
         peft_model.save_pretrained(folder, safe_serialization=True)
         tokenizer.save_pretrained(folder)
-        record = {"spec": {"base_model": str(model_dir)}, "prompt_style": "raw"}
-        (folder / "qlora_bot.json").write_text(json.dumps(record))
+        spec = TrainedSpec(base_model=str(model_dir), dataset=DatasetSpec(source="random"))
+        record = AdapterRecord(
+            spec, data_format="text", prompt_style="raw", chat_template_source="base model"
+        )
+        write_file(folder / ADAPTER_RECORD, record)
         config_path = folder / "adapter_config.json"
         adapter_config = json.loads(config_path.read_text())
         adapter_config["base_model_name_or_path"] = str(model_dir)

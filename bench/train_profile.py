@@ -116,6 +116,7 @@ def profile_trainer(model_dir: Path, work: Path, vocab: int) -> int:
 
     from bench.train_throughput import synthetic_dataset
     from protocol.job_spec import DatasetSpec, JobSpec, TrainingSpec
+    from protocol.launch import Launch
     from trainer.cancellation import CancelFlag
     from trainer.train import prepare
 
@@ -123,10 +124,10 @@ def profile_trainer(model_dir: Path, work: Path, vocab: int) -> int:
     spec = JobSpec(
         base_model=str(model_dir),
         dataset=DatasetSpec(source=str(data), kind="file"),
-        output_dir=str(work / "out-profile"),
         training=TrainingSpec(max_steps=5, checkpoint_steps=10_000),
     )
-    trainer = prepare(spec, lambda event: print(event), CancelFlag()).trainer
+    launch = Launch(job_dir=str(work / "out-profile"))
+    trainer = prepare(spec, launch, lambda event: print(event), CancelFlag()).trainer
     profiler = torch.profiler.profile(
         activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     )

@@ -342,13 +342,13 @@ def run_qlora_bot(model_dir: Path, data: Path, args: argparse.Namespace) -> dict
     """The default JobSpec through the real worker; its progress events carry the token count."""
     from protocol.events import Phase, Progress, decode_event
     from protocol.job_spec import DatasetSpec, JobSpec, TrainingSpec
+    from protocol.launch import Launch
 
     job = args.work / "out-qlora-bot"
     job.mkdir(parents=True, exist_ok=True)
     spec = JobSpec(
         base_model=str(model_dir),
         dataset=DatasetSpec(source=str(data), kind="file"),
-        output_dir=str(job),
         training=TrainingSpec(max_steps=args.steps, checkpoint_steps=10_000, **args.overrides),
     )
     (job / "spec.json").write_text(spec.to_json())
@@ -357,7 +357,7 @@ def run_qlora_bot(model_dir: Path, data: Path, args: argparse.Namespace) -> dict
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     worker = subprocess.Popen(
-        [sys.executable, "-m", "trainer.train", str(job / "spec.json")],
+        [sys.executable, "-m", "trainer.train", str(job / "spec.json"), *Launch(job_dir=str(job)).argv()],
         stdout=subprocess.PIPE,
         stderr=(job / "worker.log").open("w"),
         env=env,

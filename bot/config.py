@@ -265,7 +265,6 @@ def config_problems(config: Config) -> list[str]:
     spec = JobSpec(
         base_model=defaults.base_model or "(named by each job)",
         dataset=DatasetSpec(source="named-by-each-job", kind="hub"),  # only the defaults are checked here
-        output_dir="(the job folder)",
         lora=defaults.lora,
         training=defaults.training,
         limits=defaults.limits,

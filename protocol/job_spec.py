@@ -1,4 +1,5 @@
-"""The job spec: what a person asked a training job to do, as the bot stores it and a worker reads it."""
+"""The job spec: what a person asked a training job to do, as the bot stores it and a worker reads it.
+Where an attempt runs (its folder, the cache, the checkpoint it resumes) is not in it: protocol/launch.py."""
 
 from __future__ import annotations
 
@@ -102,14 +103,14 @@ class Limits:
 class JobSpec:
     base_model: str  # Hub model id or local directory
     dataset: DatasetSpec
-    output_dir: str  # the job folder: adapter/, checkpoints/ and metadata are written under it
     lora: LoraSpec = field(default_factory=LoraSpec)
     training: TrainingSpec = field(default_factory=TrainingSpec)
     limits: Limits = field(default_factory=Limits)
     base_revision: str | None = None  # Hub revision to pin; None takes the default branch
-    resume_from: str | None = None  # a checkpoint folder written by an earlier attempt
+    # Continue from this checkpoint of an earlier job (`train --resume`, a Resume button): part of what
+    # was asked. Each attempt is handed the checkpoint it resumes at launch (protocol/launch.py).
+    resume_from: str | None = None
     name: str | None = None  # adapter name shown to people
-    cache_dir: str | None = None  # derived data shared between jobs (tokenized datasets); None: no cache
 
     def to_json(self) -> str:
         return json.dumps(to_dict(self), indent=2, sort_keys=True)
@@ -186,7 +187,6 @@ def spec_problems(spec: JobSpec) -> list[str]:
     training = spec.training
     checks = [
         (not spec.base_model.strip(), "base_model: must name a Hub model id or a local folder"),
-        (not spec.output_dir.strip(), "output_dir: must be a folder path"),
         (training.scheduler not in SCHEDULERS, f"training.scheduler: must be one of {', '.join(SCHEDULERS)}"),
         (
             training.gradient_checkpointing not in (True, False, "auto"),

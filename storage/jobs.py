@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from protocol.job_spec import JobSpec
 from storage.models import Attempt, Job
@@ -18,17 +19,21 @@ class JobRecords(StorePart):
         *,
         owner: str,
         name: str,
-        spec_for_id: Callable[[int], JobSpec],
+        spec: JobSpec,
+        jobs_dir: Path,
+        folder: Path | None = None,
+        prepare_folder: Callable[[Path], None] | None = None,
         idempotency_key: str | None = None,
         guild_id: int | None = None,
         channel_id: int | None = None,
         push_requested: bool = False,
         hub_private: bool = True,
     ) -> tuple[Job, bool]:
-        """Insert a queued job whose spec is `spec_for_id(new id)` (the job folder is named after the
-        id); return (job, True). When `idempotency_key` is already taken, return (that job, False).
+        """Insert a queued job that runs in `folder`, by default jobs_dir/ID (named after its new id);
+        return (job, True). When `idempotency_key` is already taken, return (that job, False).
 
-        spec_for_id runs inside the write transaction, so it must be quick and must not use the Store.
+        `prepare_folder(folder)` runs inside the write transaction, so no runner can start the job before
+        its files are there (a moved upload); it must be quick and must not use the Store.
         """
         async with self._db.transaction() as db:
             if idempotency_key is not None:
@@ -40,10 +45,11 @@ class JobRecords(StorePart):
             inserted = await db.execute_fetchall(
                 "INSERT INTO jobs (owner, name, spec, state, created_at, guild_id, channel_id,"
                 " idempotency_key, push_requested, hub_private)"
-                " VALUES (?, ?, '', 'queued', ?, ?, ?, ?, ?, ?) RETURNING id",
+                " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?) RETURNING id",
                 (
                     owner,
                     name,
+                    spec.to_json(),
                     self._clock(),
                     guild_id,
                     channel_id,
@@ -53,8 +59,11 @@ class JobRecords(StorePart):
                 ),
             )
             job_id = int(inserted[0]["id"])
+            where = folder or jobs_dir / str(job_id)
+            if prepare_folder is not None:
+                prepare_folder(where)
             updated = await db.execute_fetchall(
-                "UPDATE jobs SET spec = ? WHERE id = ? RETURNING *", (spec_for_id(job_id).to_json(), job_id)
+                "UPDATE jobs SET folder = ? WHERE id = ? RETURNING *", (str(where), job_id)
             )
             if channel_id is not None:  # a job from Discord owes its channel a status message
                 await self.outbox.owe_status(db, job_id, channel_id, self._clock())
@@ -64,13 +73,10 @@ class JobRecords(StorePart):
         return first(to_job, await self._db.run("SELECT * FROM jobs WHERE id = ?", (job_id,)))
 
     async def job_in_folder(self, folder: str) -> Job | None:
-        """The job whose folder (spec.output_dir) is `folder`, e.g. the owner of a checkpoint."""
+        """The job whose folder is `folder`, e.g. the owner of a checkpoint."""
         return first(
             to_job,
-            await self._db.run(
-                "SELECT * FROM jobs WHERE json_extract(spec, '$.output_dir') = ? ORDER BY id DESC LIMIT 1",
-                (folder,),
-            ),
+            await self._db.run("SELECT * FROM jobs WHERE folder = ? ORDER BY id DESC LIMIT 1", (folder,)),
         )
 
     async def jobs_resuming_from(self, checkpoint: str) -> list[Job]:

@@ -38,7 +38,8 @@ class Job:
     id: int
     owner: str  # "discord:1234" or "local:alice"
     name: str  # adapter name shown to people
-    spec: JobSpec
+    spec: JobSpec  # what was asked
+    folder: str  # the job folder (protocol/job_folder.py), absolute: chosen by the bot, not in the spec
     state: JobState
     phase: str | None  # validating | loading_model | tokenizing | training | saving, while running
     attempt: int  # 1 for the first run; +1 at every requeue

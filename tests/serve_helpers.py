@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import subprocess
 import sys
@@ -14,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from protocol.job_folder import ADAPTER_RECORD, AdapterRecord, TrainedSpec, write_file
+from protocol.job_spec import DatasetSpec
 from protocol.serve import Failed, Finished, Generate, Loading, ServeEvent, Stats, Token, encode
 from protocol.serve import decode_event as decode_serve_event
 from tests.worker_helpers import worker_env
@@ -53,8 +54,11 @@ def build_adapter(base_dir: Path, out: Path, seed: int) -> Path:
     )
     get_peft_model(model, config).save_pretrained(out, safe_serialization=True)
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)  # with its chat template, as train.py
-    record = {"prompt_style": "chat", "spec": {"base_model": str(base_dir)}}
-    (out / "qlora_bot.json").write_text(json.dumps(record))
+    spec = TrainedSpec(base_model=str(base_dir), dataset=DatasetSpec(source="random"))
+    record = AdapterRecord(
+        spec, data_format="messages", prompt_style="chat", chat_template_source="base model"
+    )
+    write_file(out / ADAPTER_RECORD, record)
     return out
 
 

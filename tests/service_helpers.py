@@ -51,7 +51,6 @@ def fake_spec(behaviour: str = "", name: str = "demo", checkpoint_steps: int = 2
     return JobSpec(
         base_model="fake/model",
         dataset=DatasetSpec(source=f"fake:{behaviour}", kind="file"),  # read by the fakes only
-        output_dir="",
         training=TrainingSpec(checkpoint_steps=checkpoint_steps),
         name=name,
     )

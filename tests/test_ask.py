@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -123,17 +124,15 @@ def test_qlora_bot_ask_streams_the_answer_and_compares(tmp_path, adapters, tiny_
 
 async def _register(store: Store, adapter_dir, tiny_model_dir, name: str) -> None:
     job, _ = await store.create_job(
-        owner="discord:1", name=name, spec_for_id=lambda job_id: _spec(tiny_model_dir, job_id)
+        owner="discord:1", name=name, spec=_spec(tiny_model_dir), jobs_dir=Path("/j")
     )
     await store.add_adapter(name=name, job_id=job.id, base_model=str(tiny_model_dir), path=str(adapter_dir))
 
 
-def _spec(tiny_model_dir, job_id):
+def _spec(tiny_model_dir):
     from protocol.job_spec import DatasetSpec, JobSpec
 
-    return JobSpec(
-        base_model=str(tiny_model_dir), dataset=DatasetSpec(source="x.jsonl"), output_dir=f"/j/{job_id}"
-    )
+    return JobSpec(base_model=str(tiny_model_dir), dataset=DatasetSpec(source="x.jsonl"))
 
 
 async def test_ask_in_discord_streams_compares_files_and_checks_roles(fake_discord, tmp_path, tiny_model_dir):

@@ -124,7 +124,7 @@ def test_an_empty_database_beside_job_folders_is_refused_and_moving_it_aside_sta
     async def next_id() -> int:
         async with await Store.open(db) as store:  # no jobs_dir: the sequence was seeded by `jobs`
             job, _ = await store.create_job(
-                owner="local:x", name="n", spec_for_id=lambda _id: JobSpec("m", DatasetSpec("d"), "")
+                owner="local:x", name="n", spec=JobSpec("m", DatasetSpec("d")), jobs_dir=data_home / "jobs"
             )
             return job.id
 
@@ -255,7 +255,7 @@ def test_cancel_a_queued_job_from_the_terminal(tmp_path, data_home):
             service = JobService(store, Config(paths=PathsConfig(data_dir=str(data_home))))
             dataset = DatasetSpec(source=str(write_chat_dataset(tmp_path / "d.jsonl", rows=2)), kind="file")
             job = await service.submit(
-                JobSpec(base_model="m", dataset=dataset, output_dir="", name="waiting"),
+                JobSpec(base_model="m", dataset=dataset, name="waiting"),
                 Requester("discord:5"),
             )
             return job.id

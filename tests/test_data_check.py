@@ -24,7 +24,7 @@ ALICE = Requester("local:alice")
 
 def spec_for(source: str) -> JobSpec:
     dataset = DatasetSpec(source=source, kind="file")
-    return JobSpec(base_model="fake/model", dataset=dataset, output_dir="", name="d")
+    return JobSpec(base_model="fake/model", dataset=dataset, name="d")
 
 
 async def test_a_broken_local_file_is_refused_with_its_line_and_no_job(tmp_path):
@@ -93,7 +93,7 @@ async def test_a_good_file_gets_its_job(tmp_path):
 
 async def test_the_worker_names_an_upload_by_the_name_it_was_given(tiny_model_dir, tmp_path):
     dataset = write_chat_dataset(tmp_path / "chat.jsonl", rows=8)
-    spec = tiny_spec(tiny_model_dir, Path("upload.jsonl"), Path(""), max_steps=1).replace(name="named")
+    spec = tiny_spec(tiny_model_dir, Path("upload.jsonl"), max_steps=1).replace(name="named")
     service = await open_service(tmp_path / "home", executor=LocalExecutor(worker_env()))
     try:
         upload = Upload(suffix=".jsonl", data=dataset.read_bytes(), filename="team chats.jsonl")

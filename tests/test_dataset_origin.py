@@ -14,8 +14,9 @@ import pytest
 from protocol.errors import UserError
 from protocol.events import Error, Phase, decode_event
 from protocol.job_spec import DatasetSpec, Limits
+from protocol.launch import Launch
 from tests.test_data_sources import no_remote_network, offline_hub  # noqa: F401 - the fixtures
-from tests.worker_helpers import tiny_spec, worker_env, write_chat_dataset
+from tests.worker_helpers import tiny_spec, worker_command, worker_env, write_chat_dataset
 from trainer.data_sources import read_records
 
 OFFLINE_HUB = "not found on the Hub or not reachable"
@@ -73,12 +74,11 @@ def test_the_training_worker_reads_a_hub_id_from_the_hub_even_beside_a_folder_of
     job_dir = tmp_path / "job"
     local_lookalikes(job_dir)
     write_chat_dataset(job_dir / "someorg" / "notes" / "train.jsonl", rows=8)
-    spec = tiny_spec(tiny_model_dir, Path("unused"), job_dir, max_steps=1)
+    spec = tiny_spec(tiny_model_dir, Path("unused"), max_steps=1)
     spec = spec.replace(dataset=DatasetSpec(source="someorg/notes"))
-    (job_dir / "spec.json").write_text(spec.to_json())
     env = {**worker_env(), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     result = subprocess.run(
-        [sys.executable, "-m", "trainer.train", str(job_dir / "spec.json")],
+        worker_command(spec, Launch(job_dir=str(job_dir))),
         capture_output=True,
         text=True,
         env=env,
@@ -94,7 +94,7 @@ def test_the_training_worker_reads_a_hub_id_from_the_hub_even_beside_a_folder_of
 
 
 def test_the_data_check_refuses_a_source_that_does_not_fit_its_kind(tmp_path: Path) -> None:
-    spec = tiny_spec(Path("m"), Path("x"), Path(""), max_steps=1)
+    spec = tiny_spec(Path("m"), Path("x"), max_steps=1)
     for dataset, problem in (
         (DatasetSpec(source="../secrets/x.jsonl"), "is not a Hub dataset id"),
         (DatasetSpec(source="/etc/passwd", kind="upload"), "an upload is named by its place"),
@@ -102,7 +102,16 @@ def test_the_data_check_refuses_a_source_that_does_not_fit_its_kind(tmp_path: Pa
     ):
         (tmp_path / "spec.json").write_text(spec.replace(dataset=dataset).to_json())
         result = subprocess.run(
-            [sys.executable, "-m", "trainer.check_data", str(tmp_path / "spec.json"), str(tmp_path / "dl")],
+            [
+                *(
+                    sys.executable,
+                    "-m",
+                    "trainer.check_data",
+                    str(tmp_path / "spec.json"),
+                    str(tmp_path / "dl"),
+                ),
+                *Launch(job_dir=str(tmp_path)).argv(),
+            ],
             capture_output=True,
             text=True,
             env=worker_env(),

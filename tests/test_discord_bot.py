@@ -55,7 +55,7 @@ async def test_finetune_with_an_attached_jsonl_on_the_tiny_model(fake_discord, t
         assert "Queued job **1** (`chat-test`" in confirmation.content
         job = await service.get(1)
         assert job.spec.dataset.kind == "upload" and job.spec.dataset.source == "upload/dataset.jsonl"
-        stored = Path(job.spec.output_dir) / job.spec.dataset.source  # a generated name, in the job folder
+        stored = Path(job.folder) / job.spec.dataset.source  # a generated name, in the job folder
         assert stored.read_bytes() == dataset
 
         done = await fake.wait_for(lambda: fake.messages_mentioning(fake.user.id), timeout=120)

@@ -13,14 +13,15 @@ import pytest
 import torch
 
 from protocol.events import Done, Phase
+from protocol.launch import Launch
 from tests.worker_helpers import run_worker, tiny_spec, write_chat_dataset
 
 
 def _train(
     model_dir: Path, dataset: Path, job: Path, cache: Path | None = None, **training: object
 ) -> tuple[list[float], dict, list]:
-    spec = tiny_spec(model_dir, dataset, job, max_steps=6, **training)
-    events, code = run_worker(spec.replace(cache_dir=str(cache) if cache else None))
+    spec = tiny_spec(model_dir, dataset, max_steps=6, **training)
+    events, code = run_worker(spec, Launch(job_dir=str(job), cache_dir=str(cache) if cache else None))
     assert code == 0, events[-1]
     assert isinstance(events[-1], Done)
     history = json.loads((job / "loss_history.json").read_text())["train"]

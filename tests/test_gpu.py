@@ -8,13 +8,15 @@ from pathlib import Path
 import pytest
 
 from protocol.events import Done, Progress
+from protocol.launch import Launch
 from tests.worker_helpers import run_worker, tiny_spec, write_chat_dataset
 
 
 @pytest.mark.gpu
 def test_worker_trains_on_the_gpu_with_8bit_adamw(tiny_model_dir, tmp_path):
     dataset = write_chat_dataset(tmp_path / "chat.jsonl")
-    events, code = run_worker(tiny_spec(tiny_model_dir, dataset, tmp_path / "job", max_steps=6))
+    spec = tiny_spec(tiny_model_dir, dataset, max_steps=6)
+    events, code = run_worker(spec, Launch(job_dir=str(tmp_path / "job")))
     assert code == 0, events[-1]
     assert isinstance(events[-1], Done)
     progress = [event for event in events if isinstance(event, Progress)]

@@ -21,7 +21,8 @@ import pytest
 
 from protocol.events import Done, Error, Phase, decode_check_result, decode_event
 from protocol.job_spec import JobSpec, Limits
-from tests.worker_helpers import run_worker, tiny_spec, worker_env
+from protocol.launch import Launch
+from tests.worker_helpers import run_worker, tiny_spec, worker_command, worker_env
 
 GUARD_BYTES = 1 << 30
 MIB = 1 << 20
@@ -55,11 +56,9 @@ def run_measured(args: list[str], timeout: float, peak_file: Path) -> tuple[list
     return lines, int(peak_file.read_text()) / 1024
 
 
-def run_worker_measured(spec: JobSpec, timeout: float = 60) -> tuple[list, float]:
-    job_dir = Path(spec.output_dir)
-    job_dir.mkdir(parents=True, exist_ok=True)
-    (job_dir / "spec.json").write_text(spec.to_json())
-    lines, peak = run_measured(["trainer.train", str(job_dir / "spec.json")], timeout, job_dir / "peak")
+def run_worker_measured(spec: JobSpec, job_dir: Path, timeout: float = 60) -> tuple[list, float]:
+    command = worker_command(spec, Launch(job_dir=str(job_dir)))
+    lines, peak = run_measured(command[2:], timeout, job_dir / "peak")
     return [decode_event(line) for line in lines], peak
 
 
@@ -67,6 +66,7 @@ def run_check_measured(spec: JobSpec, work: Path, memory_mb: int = 2048) -> tupl
     work.mkdir(parents=True, exist_ok=True)
     (work / "spec.json").write_text(spec.to_json())
     args = ["trainer.check_data", str(work / "spec.json"), str(work / "download"), str(memory_mb)]
+    args += Launch(job_dir=str(work)).argv()
     lines, peak = run_measured(args, 60, work / "peak")
     [result] = [decode_check_result(line) for line in lines]
     assert isinstance(result, Error), result
@@ -115,8 +115,8 @@ def test_a_parquet_dictionary_bomb_fails_the_job_early_and_small(
 ):
     bomb = dictionary_bomb(tmp_path / "bomb.parquet", rows, value_bytes)
     assert bomb.stat().st_size < 3000
-    spec = tiny_spec(tiny_model_dir, bomb, tmp_path / "job").replace(limits=limits)
-    events, worker_peak = run_worker_measured(spec)
+    spec = tiny_spec(tiny_model_dir, bomb).replace(limits=limits)
+    events, worker_peak = run_worker_measured(spec, tmp_path / "job")
     assert refused_in_validation(events).message == message
     error, check_peak = run_check_measured(spec, tmp_path / "check")
     assert (error.kind, error.message) == ("user_error", message)
@@ -129,7 +129,7 @@ def test_a_25MB_line_fails_the_job_with_its_line_and_little_memory(tiny_model_di
     with data.open("wb") as out:
         out.write(b"a normal first line\n")
         out.write(b"word " * (5 << 20) + b"\n")  # 25 MiB of text on line 2
-    events, peak = run_worker_measured(tiny_spec(tiny_model_dir, data, tmp_path / "job"))
+    events, peak = run_worker_measured(tiny_spec(tiny_model_dir, data), tmp_path / "job")
     assert refused_in_validation(events).message == (
         "corpus.txt line 2: the row is larger than the limit of 1.0 MiB per row"
     )
@@ -141,8 +141,8 @@ def test_the_data_stage_runs_under_its_memory_limit(tiny_model_dir, tmp_path):
     data = tmp_path / "tiny-rows.jsonl"
     data.write_text((json.dumps({"text": "a"}) + "\n") * 1_000_000)
     limits = Limits(max_rows=2_000_000, data_stage_memory_mb=100)
-    spec = tiny_spec(tiny_model_dir, data, tmp_path / "job").replace(limits=limits)
-    events, peak = run_worker_measured(spec)
+    spec = tiny_spec(tiny_model_dir, data).replace(limits=limits)
+    events, peak = run_worker_measured(spec, tmp_path / "job")
     final = refused_in_validation(events)
     assert final.message == (
         "reading the dataset needs more than 100 MiB of memory (defaults.limits.data_stage_memory_mb)"
@@ -163,9 +163,7 @@ def test_the_limit_is_lifted_once_the_data_is_read(tiny_model_dir, tmp_path):
             for i in range(8)
         )
     )
-    spec = tiny_spec(tiny_model_dir, data, tmp_path / "job", max_steps=1).replace(
-        limits=Limits(data_stage_memory_mb=64)
-    )
+    spec = tiny_spec(tiny_model_dir, data, max_steps=1).replace(limits=Limits(data_stage_memory_mb=64))
     # Not under the tests' 1 GiB guard: on a GPU, CUDA alone maps more than that once the cap is lifted.
-    events, code = run_worker(spec, timeout=180)
+    events, code = run_worker(spec, Launch(job_dir=str(tmp_path / "job")), timeout=180)
     assert code == 0 and isinstance(events[-1], Done), events[-1]

@@ -36,14 +36,15 @@ UPLOADS = r"/preupload/|/info/lfs/|/commit/"  # the requests that carry the adap
 
 def _adapter(tmp_path: Path, job: str, seed: float) -> Path:
     folder = tmp_path / job / "adapter"
-    write_adapter(folder, fake_spec().replace(output_dir=str(folder.parent)), seed=seed)
+    write_adapter(folder, fake_spec(), seed=seed)
     return folder
 
 
 async def _finished(store: Store, folder: Path, owner: str = ADMIN.owner) -> Job:
     """A succeeded job (adapter demo-<id>) whose adapter is `folder`, as if the runner had trained it."""
-    spec = fake_spec().replace(output_dir=str(folder.parent))
-    job, _ = await store.create_job(owner=owner, name="demo", spec_for_id=lambda _id: spec)
+    job, _ = await store.create_job(
+        owner=owner, name="demo", spec=fake_spec(), jobs_dir=folder.parent.parent, folder=folder.parent
+    )
     await store.start_job(job.id, slot="cpu", resumed_from=None)
     return await store.finish_job(job.id, "succeeded", adapter_path=str(folder))
 

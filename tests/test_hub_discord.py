@@ -191,7 +191,7 @@ async def test_ask_accepts_a_hub_adapter_id(fake_discord, fake_hub, tmp_path):
     from bot.hub.publisher import PublishRequest
 
     folder = tmp_path / "made-elsewhere" / "adapter"
-    write_adapter(folder, fake_spec().replace(output_dir=str(folder.parent)), seed=2.0)
+    write_adapter(folder, fake_spec(), seed=2.0)
     async with open_publisher(tmp_path, namespace="alice") as publisher:
         await publisher.publish(PublishRequest(folder, "shared", True))
     config = bot_config(tmp_path / "home", fake, base_models=(FAKE_MODEL,))

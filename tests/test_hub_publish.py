@@ -39,7 +39,7 @@ ALICE = Requester(owner="local:alice", is_admin=True)
 @pytest.fixture
 def adapter_dir(tmp_path):
     folder = tmp_path / "job" / "adapter"
-    write_adapter(folder, fake_spec("steps=3").replace(output_dir=str(tmp_path / "job")), seed=0.5)
+    write_adapter(folder, fake_spec("steps=3"), seed=0.5)
     return folder
 
 
@@ -112,7 +112,7 @@ async def test_no_published_file_names_a_path_of_this_machine(fake_hub, tmp_path
     repo = fake_hub.repos["alice/demo-1"]
     paths = {
         "data directory": str(home),
-        "job folder": job.spec.output_dir,
+        "job folder": job.folder,
         "cache": str(home / "cache"),
         "home directory": str(Path.home()) + "/",
         "temp directory": tempfile.gettempdir() + "/",
@@ -259,8 +259,9 @@ def test_qlora_bot_push_publishes_a_folder_and_a_job(fake_hub, tmp_path, adapter
 async def _succeeded_job(db_path: Path, adapter_dir: Path) -> int:
     """A job of this terminal's user that finished with `adapter_dir`, as if `qlora-bot train` ran it."""
     async with await Store.open(db_path) as store:
-        spec = fake_spec().replace(output_dir=str(adapter_dir.parent))
-        job, _ = await store.create_job(owner="local:x", name="demo", spec_for_id=lambda _id: spec)
+        job, _ = await store.create_job(
+            owner="local:x", name="demo", spec=fake_spec(), jobs_dir=db_path.parent, folder=adapter_dir.parent
+        )
         await store.start_job(job.id, slot="cpu", resumed_from=None)
         await store.finish_job(job.id, "succeeded", adapter_path=str(adapter_dir))
         return job.id

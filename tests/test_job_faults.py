@@ -23,9 +23,7 @@ ALICE = Requester("local:alice")
 
 async def test_kill_9_of_a_real_worker_resumes_from_its_checkpoint(tiny_model_dir, tmp_path):
     dataset = write_chat_dataset(tmp_path / "chat.jsonl", rows=32)
-    spec = tiny_spec(
-        tiny_model_dir, dataset, tmp_path / "unused", max_steps=8, checkpoint_steps=2, batch_size=1
-    )
+    spec = tiny_spec(tiny_model_dir, dataset, max_steps=8, checkpoint_steps=2, batch_size=1)
     service = await open_service(tmp_path / "home", executor=LocalExecutor(worker_env()))
     try:
         job = await service.submit(spec.replace(name="real"), ALICE)
@@ -108,14 +106,12 @@ async def test_a_recorded_result_is_applied_on_restart(tmp_path):
     await service.close()
     job = await service.submit(fake_spec("steps=1"), ALICE)
     await service.store.start_job(job.id, slot="cpu", resumed_from=None)
-    await service.store.append_event(
-        job.id, 1, Done(adapter_dir=f"{job.spec.output_dir}/adapter", metrics={})
-    )
+    await service.store.append_event(job.id, 1, Done(adapter_dir=f"{job.folder}/adapter", metrics={}))
     await service.store.close()
     service = await open_service(tmp_path)
     try:
         ended = await service.get(job.id)
-        assert ended.state == "succeeded" and ended.adapter_path == f"{job.spec.output_dir}/adapter"
+        assert ended.state == "succeeded" and ended.adapter_path == f"{job.folder}/adapter"
         assert len(await service.store.attempts(job.id)) == 1
     finally:
         await shut(service)

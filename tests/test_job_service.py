@@ -17,10 +17,10 @@ async def test_a_job_runs_and_every_event_is_stored(tmp_path):
     service = await open_service(tmp_path)
     try:
         job = await service.submit(fake_spec("steps=4"), ALICE, channel_id=7)
-        assert job.state == "queued" and job.spec.output_dir == str(tmp_path / "jobs" / str(job.id))
+        assert job.state == "queued" and job.folder == str(tmp_path / "jobs" / str(job.id))
         updates = [update async for update in service.subscribe(job.id)]
         done = await service.get(job.id)
-        assert done.state == "succeeded" and done.adapter_path == f"{done.spec.output_dir}/adapter"
+        assert done.state == "succeeded" and done.adapter_path == f"{done.folder}/adapter"
         events = [stored.event for stored in await service.events(job.id)]
         assert isinstance(events[0], Started) and isinstance(events[-1], Done)
         assert [e.step for e in events if isinstance(e, Progress)] == [1, 2, 3, 4]

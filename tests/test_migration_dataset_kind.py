@@ -15,11 +15,10 @@ from storage.store import Store
 
 
 def old_spec_json(source: str, output_dir: str) -> str:
-    """A spec as versions 3 and 4 stored it: no dataset.kind."""
-    data = json.loads(
-        JobSpec(base_model="m", dataset=DatasetSpec(source=source), output_dir=output_dir).to_json()
-    )
+    """A spec as versions 3 and 4 stored it: no dataset.kind, the job folder and cache folder in it."""
+    data = json.loads(JobSpec(base_model="m", dataset=DatasetSpec(source=source)).to_json())
     del data["dataset"]["kind"]
+    data.update(output_dir=output_dir, cache_dir="/d/cache")
     return json.dumps(data)
 
 

@@ -95,7 +95,6 @@ def test_spec_round_trip_and_strictness():
     spec = JobSpec(
         base_model="meta-llama/Llama-2-7b-hf",
         dataset=DatasetSpec(source="mlabonne/guanaco-llama2-1k", format="text"),
-        output_dir="/data/jobs/1",
         lora=LoraSpec(r=8, target_modules=("q_proj", "v_proj")),
         training=TrainingSpec(max_steps=100, eval_fraction=0.1),
         resume_from="/data/jobs/1/checkpoints/checkpoint-50",
@@ -114,7 +113,6 @@ def test_spec_problems_name_the_field():
     spec = JobSpec(
         base_model="m",
         dataset=DatasetSpec(source="d"),
-        output_dir="o",
         lora=LoraSpec(r=0, dropout=1.5),
         training=TrainingSpec(
             learning_rate=0,
@@ -135,12 +133,12 @@ def test_spec_problems_name_the_field():
         "training.memory_limit_gib",
     ):
         assert any(problem.startswith(field + ":") for problem in problems), field
-    good = JobSpec(base_model="m", dataset=DatasetSpec(source="d"), output_dir="o")
+    good = JobSpec(base_model="m", dataset=DatasetSpec(source="d"))
     assert spec_problems(good) == []
 
 
 def test_gradient_checkpointing_is_true_false_or_auto_in_json():
-    base = json.loads(JobSpec(base_model="m", dataset=DatasetSpec(source="d"), output_dir="o").to_json())
+    base = json.loads(JobSpec(base_model="m", dataset=DatasetSpec(source="d")).to_json())
     assert base["training"]["gradient_checkpointing"] == "auto"
     for value in (True, False, "auto"):
         base["training"]["gradient_checkpointing"] = value

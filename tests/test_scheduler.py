@@ -8,7 +8,7 @@ from bot.jobs.scheduler import Slot, build_slots, detect_gpus, estimate_queue, f
 from protocol.job_spec import DatasetSpec, JobSpec
 from storage.models import Job
 
-SPEC = JobSpec(base_model="m", dataset=DatasetSpec(source="d.jsonl"), output_dir="/jobs/x")
+SPEC = JobSpec(base_model="m", dataset=DatasetSpec(source="d.jsonl"))
 
 
 def job(job_id: int, owner: str, state: str = "queued") -> Job:
@@ -17,6 +17,7 @@ def job(job_id: int, owner: str, state: str = "queued") -> Job:
         owner=owner,
         name=f"j{job_id}",
         spec=SPEC,
+        folder="/jobs/x",
         state=state,
         phase=None,
         attempt=1,

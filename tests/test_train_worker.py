@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from protocol.events import PHASES, Checkpoint, Done, Error, Eval, Phase, Progress, Started, decode_event
-from tests.worker_helpers import run_worker, tiny_spec, worker_env, write_chat_dataset
+from protocol.launch import Launch
+from tests.worker_helpers import run_worker, tiny_spec, worker_command, worker_env, write_chat_dataset
 
 
 @pytest.fixture(scope="module")
@@ -20,13 +21,13 @@ def trained(tiny_model_dir, tmp_path_factory):
     """One short job with an eval split, shared by the tests that only inspect its results."""
     root = tmp_path_factory.mktemp("trained")
     dataset = write_chat_dataset(root / "chat.jsonl")
-    spec = tiny_spec(tiny_model_dir, dataset, root / "job", eval_fraction=0.25)
-    events, code = run_worker(spec)
-    return spec, events, code
+    spec = tiny_spec(tiny_model_dir, dataset, eval_fraction=0.25)
+    events, code = run_worker(spec, Launch(job_dir=str(root / "job")))
+    return spec, root / "job", events, code
 
 
 def test_events_arrive_in_order(trained):
-    _spec, events, code = trained
+    _spec, _job_dir, events, code = trained
     assert code == 0, events[-1]
     assert isinstance(events[0], Started)
     phases = [event.name for event in events if isinstance(event, Phase)]
@@ -44,19 +45,19 @@ def test_events_arrive_in_order(trained):
 
 
 def test_output_folder_holds_adapter_tokenizer_template_spec_and_metrics(trained):
-    spec, events, _code = trained
+    spec, job_dir, events, _code = trained
     done = events[-1]
     adapter = Path(done.adapter_dir)
-    assert adapter == Path(spec.output_dir) / "adapter"
+    assert adapter == job_dir / "adapter"
     for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "chat_template.jinja"):
         assert (adapter / name).is_file(), name
     record = json.loads((adapter / "qlora_bot.json").read_text())
     assert record["spec"]["dataset"]["source"] == spec.dataset.source
     assert record["data_format"] == "messages" and record["prompt_style"] == "chat"
-    metrics = json.loads((Path(spec.output_dir) / "metrics.json").read_text())
+    metrics = json.loads((job_dir / "metrics.json").read_text())
     assert metrics == done.metrics
     assert metrics["steps"] == 4 and metrics["tokens"] > 0 and math.isfinite(metrics["eval_loss"])
-    history = json.loads((Path(spec.output_dir) / "loss_history.json").read_text())
+    history = json.loads((job_dir / "loss_history.json").read_text())
     assert [point["step"] for point in history["train"]] == [1, 2, 3, 4]
 
 
@@ -65,7 +66,7 @@ def test_adapter_loads_on_the_4bit_base_and_changes_the_output(trained, tiny_mod
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    _spec, events, _code = trained
+    _spec, _job_dir, events, _code = trained
     adapter_dir = Path(events[-1].adapter_dir)
     quantization = BitsAndBytesConfig(
         load_in_4bit=True,
@@ -103,11 +104,12 @@ def test_adapter_loads_on_the_4bit_base_and_changes_the_output(trained, tiny_mod
 
 
 def test_resume_continues_at_the_saved_step(trained, tmp_path):
-    spec, _events, _code = trained
-    checkpoint = Path(spec.output_dir) / "checkpoints" / "checkpoint-2"
+    spec, job_dir, _events, _code = trained
+    checkpoint = job_dir / "checkpoints" / "checkpoint-2"
     assert (checkpoint / "trainer_state.json").is_file()
-    resumed = spec.replace(output_dir=str(tmp_path / "resumed"), resume_from=str(checkpoint))
-    events, code = run_worker(resumed)
+    events, code = run_worker(
+        spec, Launch(job_dir=str(tmp_path / "resumed"), resume_checkpoint=str(checkpoint))
+    )
     assert code == 0, events[-1]
     assert events[0] == Started(pid=events[0].pid, attempt_resumes_from=str(checkpoint))
     steps = [event.step for event in events if isinstance(event, Progress)]
@@ -124,10 +126,11 @@ def test_resume_continues_at_the_saved_step(trained, tmp_path):
 def test_an_attempt_resumed_at_the_last_step_still_reports_the_rate_and_loss(trained, tmp_path):
     """A bot that died while the adapter was saved re-queues the job from its last checkpoint: nothing
     is left to train, yet the final progress (what the finished status shows) keeps a real rate."""
-    spec, _events, _code = trained
-    checkpoint = Path(spec.output_dir) / "checkpoints" / "checkpoint-4"
-    resumed = spec.replace(output_dir=str(tmp_path / "resumed"), resume_from=str(checkpoint))
-    events, code = run_worker(resumed)
+    spec, job_dir, _events, _code = trained
+    checkpoint = job_dir / "checkpoints" / "checkpoint-4"
+    events, code = run_worker(
+        spec, Launch(job_dir=str(tmp_path / "resumed"), resume_checkpoint=str(checkpoint))
+    )
     assert code == 0, events[-1]
     progress = [event for event in events if isinstance(event, Progress)]
     assert progress[-1].step == progress[-1].total_steps == 4
@@ -137,12 +140,9 @@ def test_an_attempt_resumed_at_the_last_step_still_reports_the_rate_and_loss(tra
 
 def test_sigterm_saves_a_checkpoint_and_reports_cancelled(tiny_model_dir, tmp_path):
     dataset = write_chat_dataset(tmp_path / "chat.jsonl")
-    spec = tiny_spec(tiny_model_dir, dataset, tmp_path / "job", max_steps=100_000, checkpoint_steps=100_000)
-    (tmp_path / "job").mkdir()
-    spec_path = tmp_path / "job" / "spec.json"
-    spec_path.write_text(spec.to_json())
+    spec = tiny_spec(tiny_model_dir, dataset, max_steps=100_000, checkpoint_steps=100_000)
     process = subprocess.Popen(
-        [sys.executable, "-m", "trainer.train", str(spec_path)],
+        worker_command(spec, Launch(job_dir=str(tmp_path / "job"))),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -169,12 +169,9 @@ def test_sigterm_saves_a_checkpoint_and_reports_cancelled(tiny_model_dir, tmp_pa
 
 def test_sigterm_before_training_is_a_clean_cancel(tiny_model_dir, tmp_path):
     dataset = write_chat_dataset(tmp_path / "chat.jsonl")
-    spec = tiny_spec(tiny_model_dir, dataset, tmp_path / "job")
-    (tmp_path / "job").mkdir()
-    spec_path = tmp_path / "job" / "spec.json"
-    spec_path.write_text(spec.to_json())
+    spec = tiny_spec(tiny_model_dir, dataset)
     process = subprocess.Popen(
-        [sys.executable, "-m", "trainer.train", str(spec_path)],
+        worker_command(spec, Launch(job_dir=str(tmp_path / "job"))),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -193,7 +190,7 @@ def test_bad_dataset_fails_before_loading_the_model(tiny_model_dir, tmp_path):
     lines = dataset.read_text().splitlines()
     lines[16] = '{"messages": [{"role": "user", "content": "hi"}'  # line 17 is cut short
     dataset.write_text("\n".join(lines) + "\n")
-    events, code = run_worker(tiny_spec(tiny_model_dir, dataset, tmp_path / "job"))
+    events, code = run_worker(tiny_spec(tiny_model_dir, dataset), Launch(job_dir=str(tmp_path / "job")))
     assert code == 2
     final = events[-1]
     assert isinstance(final, Error) and final.kind == "user_error"
@@ -204,7 +201,9 @@ def test_bad_dataset_fails_before_loading_the_model(tiny_model_dir, tmp_path):
 
 def test_missing_base_model_is_a_user_error(tmp_path):
     dataset = write_chat_dataset(tmp_path / "chat.jsonl", rows=4)
-    events, code = run_worker(tiny_spec(tmp_path / "no-such-model", dataset, tmp_path / "job"))
+    events, code = run_worker(
+        tiny_spec(tmp_path / "no-such-model", dataset), Launch(job_dir=str(tmp_path / "job"))
+    )
     assert code == 2
     assert events[-1] == Error(
         kind="user_error",
@@ -215,7 +214,8 @@ def test_missing_base_model_is_a_user_error(tmp_path):
 
 def test_invalid_settings_are_a_user_error_naming_the_field(tiny_model_dir, tmp_path):
     dataset = write_chat_dataset(tmp_path / "chat.jsonl", rows=4)
-    events, code = run_worker(tiny_spec(tiny_model_dir, dataset, tmp_path / "job", learning_rate=-1.0))
+    spec = tiny_spec(tiny_model_dir, dataset, learning_rate=-1.0)
+    events, code = run_worker(spec, Launch(job_dir=str(tmp_path / "job")))
     assert code == 2
     assert events[-1].kind == "user_error"
     assert "training.learning_rate: must be a finite number > 0" in events[-1].message
@@ -223,10 +223,10 @@ def test_invalid_settings_are_a_user_error_naming_the_field(tiny_model_dir, tmp_
 
 FAILING_RUN = """
 import sys, torch, trainer.train as worker
-def run(spec, emit, cancel):
+def run(spec, launch, emit, cancel):
     raise {exception}
 worker.run = run
-sys.exit(worker.main([sys.argv[1]]))
+sys.exit(worker.main(sys.argv[1:]))
 """
 
 
@@ -250,11 +250,10 @@ sys.exit(worker.main([sys.argv[1]]))
     ],
 )
 def test_failures_become_error_events_with_a_hint(tmp_path, exception, code, kind, message, hint):
-    spec = tiny_spec(tmp_path / "model", tmp_path / "data.jsonl", tmp_path / "job")
-    spec_path = tmp_path / "spec.json"
-    spec_path.write_text(spec.to_json())
+    spec = tiny_spec(tmp_path / "model", tmp_path / "data.jsonl")
+    command = worker_command(spec, Launch(job_dir=str(tmp_path / "job")))
     result = subprocess.run(
-        [sys.executable, "-c", FAILING_RUN.format(exception=exception), str(spec_path)],
+        [sys.executable, "-c", FAILING_RUN.format(exception=exception), *command[3:]],
         capture_output=True,
         text=True,
         env=worker_env(),

@@ -220,7 +220,6 @@ def test_the_url_limits_are_checked_with_the_spec() -> None:
     spec = JobSpec(
         base_model="m",
         dataset=DatasetSpec("d"),
-        output_dir="o",
         limits=Limits(
             download_timeout_s=0.0, allowed_url_hosts=("data.corp", "[::1]", "127.0.0.1:8080", "https://x")
         ),
@@ -352,7 +351,6 @@ async def test_an_allowed_host_passes_the_submit_time_check_in_its_subprocess(tm
             spec = JobSpec(
                 base_model="fake/model",
                 dataset=DatasetSpec(source=server.url("/x.jsonl?sig=1")),
-                output_dir="",
                 limits=limits(allowed_url_hosts=LOOPBACK),
             )
             job = await service.submit(spec, Requester("local:alice"))
@@ -424,7 +422,8 @@ async def _cancelled_job_on(config: Config, source: str, owner: str) -> None:
         job, _ = await store.create_job(
             owner=owner,
             name=spec.name or "adapter",
-            spec_for_id=lambda job_id: spec.replace(output_dir=str(config.jobs_dir() / str(job_id))),
+            spec=spec,
+            jobs_dir=config.jobs_dir(),
         )
         await store.finish_job(job.id, "cancelled", error_kind="cancelled", error_message="cancelled")
 

@@ -13,6 +13,7 @@ from bot.workers.environment import uses_hub, worker_environment
 from bot.workers.train_worker import MAX_EVENT_LINE_BYTES, WorkerLost, WorkerProcess
 from protocol.events import Done, Error, Progress, Started
 from protocol.job_spec import DatasetSpec, JobSpec
+from protocol.launch import Launch
 
 PRELUDE = """
 import json, os, signal, sys, time
@@ -69,7 +70,7 @@ async def collect(worker: WorkerProcess) -> list:
 async def start(tmp_path: Path, env: dict[str, str], module: str) -> WorkerProcess:
     spec_path = tmp_path / "spec.json"
     spec_path.write_text("{}")
-    return await WorkerProcess.start(spec_path, tmp_path / "train.log", env, module=module)
+    return await WorkerProcess.start(spec_path, [], tmp_path / "train.log", env, module=module)
 
 
 async def test_events_are_read_in_order(tmp_path, fake_env):
@@ -143,14 +144,14 @@ async def test_stop_orphan_stops_only_our_own_worker(tmp_path, fake_env):
     from bot.jobs.scheduler import Slot
 
     executor = LocalExecutor(fake_env, module="fake_cancellable")
-    spec = JobSpec(base_model="m", dataset=DatasetSpec(source="d"), output_dir=str(tmp_path / "job"))
-    worker = await executor.launch(spec, Slot("cpu", ""))
+    spec = JobSpec(base_model="m", dataset=DatasetSpec(source="d"))
+    worker = await executor.launch(spec, Launch(job_dir=str(tmp_path / "job")), Slot("cpu", ""))
     events = worker.events()
     while getattr(await anext(events), "name", None) != "training":  # its SIGTERM handler is installed
         pass
-    other = spec.replace(output_dir=str(tmp_path / "other"))
+    other = tmp_path / "other"
     assert not await executor.stop_orphan(other, worker.pid, grace_s=5)  # a pid that is not this job's
-    assert not await executor.stop_orphan(spec, None, grace_s=5)
-    assert await executor.stop_orphan(spec, worker.pid, grace_s=5)
+    assert not await executor.stop_orphan(tmp_path / "job", None, grace_s=5)
+    assert await executor.stop_orphan(tmp_path / "job", worker.pid, grace_s=5)
     await asyncio.wait_for(worker.process.wait(), 10)
     assert worker.process.returncode == 143  # it got SIGTERM first and exited cleanly

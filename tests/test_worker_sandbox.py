@@ -17,6 +17,7 @@ from bot.workers.environment import job_uses_hub, worker_environment
 from bot.workers.serve_worker import ServeClient
 from protocol.events import Done, Error, Started
 from protocol.job_spec import DatasetSpec, JobSpec
+from protocol.launch import Launch
 from protocol.serve import Finished
 from tests.service_helpers import FAKES
 from tests.worker_helpers import run_worker, tiny_spec, worker_env, write_chat_dataset
@@ -54,7 +55,8 @@ async def test_a_real_worker_runs_in_its_job_folder_offline_and_writes_only_unde
     dataset = write_chat_dataset(tmp_path / "chat.jsonl", rows=8)
     data_dir = tmp_path / "data"
     job_dir = data_dir / "jobs" / "1"
-    spec = tiny_spec(tiny_model_dir, dataset, job_dir, max_steps=1).replace(cache_dir=str(data_dir / "cache"))
+    spec = tiny_spec(tiny_model_dir, dataset, max_steps=1)
+    launch = Launch(job_dir=str(job_dir), cache_dir=str(data_dir / "cache"))
     environ = {
         **worker_env(),
         "HOME": str(home),
@@ -67,7 +69,7 @@ async def test_a_real_worker_runs_in_its_job_folder_offline_and_writes_only_unde
         environ.pop(name, None)
     before = files_under(tmp_path, data_dir)
 
-    worker = await LocalExecutor(environ).launch(spec, Slot("cpu", ""))
+    worker = await LocalExecutor(environ).launch(spec, launch, Slot("cpu", ""))
     seen, cwd, events = {}, None, []
     async for event in worker.events():
         events.append(event)
@@ -91,7 +93,7 @@ def test_only_a_job_that_uses_the_hub_gets_the_hub_and_the_token(tmp_path):
     folder.mkdir()
 
     def env_for(base_model: str, dataset: DatasetSpec) -> dict[str, str]:
-        spec = JobSpec(base_model=base_model, dataset=dataset, output_dir=str(tmp_path / "job"))
+        spec = JobSpec(base_model=base_model, dataset=dataset)
         return worker_environment(environ, hub_token=job_uses_hub(spec), cache_root=tmp_path / "cache")
 
     # An upload or a URL never uses the Hub, whatever its name looks like (an upload has an id's shape).
@@ -151,7 +153,8 @@ def test_the_train_worker_names_the_files_of_its_job_relative_to_the_job_folder(
     job_dir = tmp_path / "jobs" / "7"
     dataset = write_chat_dataset(tmp_path / "chat.jsonl", rows=8)
     missing = job_dir / "checkpoints" / "checkpoint-1"
-    events, code = run_worker(tiny_spec(tiny_model_dir, dataset, job_dir).replace(resume_from=str(missing)))
+    launch = Launch(job_dir=str(job_dir), resume_checkpoint=str(missing))
+    events, code = run_worker(tiny_spec(tiny_model_dir, dataset), launch)
     error = events[-1]
     assert isinstance(error, Error) and error.kind == "internal" and code == 1, error
     assert error.message.endswith("Can't find a valid checkpoint at checkpoints/checkpoint-1"), error.message

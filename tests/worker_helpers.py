@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 from protocol.events import Event, decode_event
+from protocol.job_folder import JobFolder
 from protocol.job_spec import DatasetSpec, JobSpec, LoraSpec, TrainingSpec
+from protocol.launch import Launch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,7 +56,7 @@ def train_args(model: Path, dataset: Path, *, steps: int, checkpoint_steps: int,
     ]
 
 
-def tiny_spec(model_dir: Path, dataset: Path, job_dir: Path, **training: object) -> JobSpec:
+def tiny_spec(model_dir: Path, dataset: Path, **training: object) -> JobSpec:
     settings = {
         "max_steps": 4,
         "learning_rate": 1e-3,
@@ -66,20 +68,24 @@ def tiny_spec(model_dir: Path, dataset: Path, job_dir: Path, **training: object)
     return JobSpec(
         base_model=str(model_dir),
         dataset=DatasetSpec(source=str(dataset), kind="file"),
-        output_dir=str(job_dir),
         lora=LoraSpec(r=8),
         training=TrainingSpec(**settings),  # type: ignore[arg-type]
     )
 
 
-def run_worker(spec: JobSpec, timeout: float = 240) -> tuple[list[Event], int]:
+def worker_command(spec: JobSpec, launch: Launch, module: str = "trainer.train") -> list[str]:
+    """`python -m trainer.train SPEC.json --job-dir ...` as the executor runs it, the spec written into
+    the job folder."""
+    folder = JobFolder(Path(launch.job_dir))
+    folder.path.mkdir(parents=True, exist_ok=True)
+    folder.spec_file.write_text(spec.to_json())
+    return [sys.executable, "-m", module, str(folder.spec_file), *launch.argv()]
+
+
+def run_worker(spec: JobSpec, launch: Launch, timeout: float = 240) -> tuple[list[Event], int]:
     """Run `python -m trainer.train` to completion; every stdout line must be a protocol event."""
-    job_dir = Path(spec.output_dir)
-    job_dir.mkdir(parents=True, exist_ok=True)
-    spec_path = job_dir / "spec.json"
-    spec_path.write_text(spec.to_json())
     result = subprocess.run(
-        [sys.executable, "-m", "trainer.train", str(spec_path)],
+        worker_command(spec, launch),
         capture_output=True,
         text=True,
         env=worker_env(),

@@ -14,8 +14,9 @@ from transformers import PrinterCallback, ProgressCallback
 from trl import SFTConfig, SFTTrainer
 
 from protocol.events import Event
-from protocol.job_folder import CHECKPOINTS_DIR
+from protocol.job_folder import JobFolder
 from protocol.job_spec import JobSpec
+from protocol.launch import Launch
 from trainer.cancellation import CancelFlag
 from trainer.tokenization import TokenizedRows
 from trainer.training_events import EventCallback, TokenCounter
@@ -32,6 +33,7 @@ def fused_kernels_available() -> bool:
 
 def build_trainer(
     spec: JobSpec,
+    launch: Launch,
     model: Any,
     tokenizer: Any,
     train_rows: TokenizedRows,
@@ -47,7 +49,7 @@ def build_trainer(
     bf16 = cuda and torch.cuda.is_bf16_supported()
     eval_steps = training.checkpoint_steps
     args = SFTConfig(
-        output_dir=str(Path(spec.output_dir) / CHECKPOINTS_DIR),
+        output_dir=str(JobFolder(Path(launch.job_dir)).checkpoints),
         num_train_epochs=training.epochs,
         max_steps=training.max_steps if training.max_steps is not None else -1,
         learning_rate=training.learning_rate,
@@ -91,7 +93,7 @@ def build_trainer(
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     tokens = trainer.trained_tokens
-    callback = EventCallback(emit, cancel, tokens, resume_from=spec.resume_from)
+    callback = EventCallback(emit, cancel, tokens, resume_from=launch.resume_checkpoint)
     trainer.add_callback(callback)
     return trainer, tokens, callback
 

@@ -1,4 +1,5 @@
-"""The training worker: `python -m trainer.train SPEC.json` runs one QLoRA fine-tune and reports events.
+"""The training worker: `python -m trainer.train SPEC.json --job-dir DIR ...` (protocol/launch.py) runs one
+QLoRA fine-tune and reports events.
 
 Reads top to bottom like the recipe it runs: validate the data before any weight is loaded, load the
 4-bit base and attach LoRA, pack the tokens, train with checkpoints, save the adapter locally. Every
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 import logging
 import os
 import random
@@ -20,10 +20,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from protocol.codec import to_dict
 from protocol.errors import ProtocolError, UserError
 from protocol.events import Done, Error, Phase, Started
-from protocol.job_folder import LOG_FILE_NAME, newest_checkpoint
+from protocol.job_folder import (
+    AdapterRecord,
+    JobFolder,
+    LossHistory,
+    Metrics,
+    TrainedSpec,
+    newest_checkpoint,
+    write_file,
+)
 from protocol.job_spec import JobSpec, spec_problems
+from protocol.launch import Launch, parse_launch
 from trainer.cancellation import CancelFlag
 from trainer.chat_template import choose_chat_template
 from trainer.data_sources import read_records
@@ -37,6 +47,7 @@ from trainer.tokenization import TokenizedRows, tokenize_examples
 log = logging.getLogger("trainer.train")
 
 EXIT_USER_ERROR, EXIT_OOM, EXIT_INTERNAL, EXIT_CANCELLED = 2, 3, 1, 143
+USAGE = "usage: python -m trainer.train SPEC.json --job-dir DIR [--cache-dir DIR] [--resume-checkpoint CKPT]"
 DATA_STAGE_SETTING = "defaults.limits.data_stage_memory_mb"
 OOM_HINT = (
     "lower max_length or batch_size (raise grad_accum to keep the batch), and keep gradient checkpointing on"
@@ -50,26 +61,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     cancel = CancelFlag()
     cancel.install()
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        emit(Error(kind="internal", message="usage: python -m trainer.train SPEC.json"))
+    try:
+        launch, args = parse_launch(sys.argv[1:] if argv is None else argv)
+    except ProtocolError as error:
+        emit(Error(kind="internal", message=f"{USAGE} ({error})"))
         return EXIT_INTERNAL
-    spec: JobSpec | None = None
+    if len(args) != 1:
+        emit(Error(kind="internal", message=USAGE))
+        return EXIT_INTERNAL
 
     def fail(error: Error) -> None:
         # Files of the job by their names in it (never the server's path to it): the message reaches Discord.
-        if spec is not None and spec.output_dir:
-            error = dataclasses.replace(
-                error,
-                message=job_relative(error.message, spec.output_dir),
-                hint=job_relative(error.hint, spec.output_dir),
-            )
+        error = dataclasses.replace(
+            error,
+            message=job_relative(error.message, launch.job_dir),
+            hint=job_relative(error.hint, launch.job_dir),
+        )
         emit(error)
 
     try:
         spec = JobSpec.from_json(Path(args[0]).read_text(encoding="utf-8"))
-        emit(Started(pid=os.getpid(), attempt_resumes_from=spec.resume_from))
-        return run(spec, emit, cancel)
+        emit(Started(pid=os.getpid(), attempt_resumes_from=launch.resume_checkpoint))
+        return run(spec, launch, emit, cancel)
     except UserError as error:
         fail(Error(kind="user_error", message=error.message, hint=error.hint))
         return EXIT_USER_ERROR
@@ -79,20 +92,22 @@ def main(argv: list[str] | None = None) -> int:
     except Cancelled:
         fail(
             Error(
-                kind="cancelled", message="cancelled before training started", checkpoint=_resume_point(spec)
+                kind="cancelled",
+                message="cancelled before training started",
+                checkpoint=_resume_point(launch),
             )
         )
         return EXIT_CANCELLED
     except Exception as error:
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
             log.error("disk full:\n%s", traceback.format_exc())
-            where = spec.output_dir if spec else "the job folder"
+            where = launch.job_dir
             fail(
                 Error(
                     kind="internal",
                     message=f"disk full under {where}",
                     hint="free space there, then submit the job again (its newest checkpoint is kept)",
-                    checkpoint=_resume_point(spec),
+                    checkpoint=_resume_point(launch),
                 )
             )
             return EXIT_INTERNAL
@@ -103,18 +118,18 @@ def main(argv: list[str] | None = None) -> int:
                     kind="oom",
                     message="the GPU ran out of memory",
                     hint=OOM_HINT,
-                    checkpoint=_resume_point(spec),
+                    checkpoint=_resume_point(launch),
                 )
             )
             return EXIT_OOM
         log.error("internal error:\n%s", traceback.format_exc())
-        where = Path(spec.output_dir) / LOG_FILE_NAME if spec else "the worker's log"
+        where = JobFolder(Path(launch.job_dir)).log
         fail(
             Error(
                 kind="internal",
                 message=f"internal error: {type(error).__name__}: {str(error)[:300]}",
                 hint=f"the full traceback is in {where}",
-                checkpoint=_resume_point(spec),
+                checkpoint=_resume_point(launch),
             )
         )
         return EXIT_INTERNAL
@@ -139,10 +154,10 @@ class PreparedRun:
     fused: bool
 
 
-def prepare(spec: JobSpec, emit: Any, cancel: CancelFlag) -> PreparedRun:
+def prepare(spec: JobSpec, launch: Launch, emit: Any, cancel: CancelFlag) -> PreparedRun:
     """Validate and tokenize the data, load the 4-bit base, attach LoRA, plan memory, build the trainer.
     The worker's path up to training; bench/train_profile.py profiles exactly this."""
-    job_dir = Path(spec.output_dir)
+    job_dir = Path(launch.job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
 
     # --- validating: the dataset is read, checked and tokenized before any weight is loaded. The data
@@ -163,7 +178,7 @@ def prepare(spec: JobSpec, emit: Any, cancel: CancelFlag) -> PreparedRun:
     max_length = spec.training.max_length
     key = cache_key(records.rows, data_format, tokenizer, chat_template, max_length)
     rows, reused = tokenized(
-        spec.cache_dir,
+        launch.cache_dir,
         key,
         lambda: tokenize_examples(examples, tokenizer, chat_template, max_length, records.where),
     )
@@ -198,7 +213,7 @@ def prepare(spec: JobSpec, emit: Any, cancel: CancelFlag) -> PreparedRun:
         training=dataclasses.replace(spec.training, batch_size=plan.rows, grad_accum=plan.accumulation)
     )
     trainer, tokens, callback = build_trainer(
-        planned, model, tokenizer, train_rows, eval_rows, emit, cancel, plan.checkpointing, fused
+        planned, launch, model, tokenizer, train_rows, eval_rows, emit, cancel, plan.checkpointing, fused
     )
     emit(
         Phase(
@@ -223,13 +238,13 @@ def prepare(spec: JobSpec, emit: Any, cancel: CancelFlag) -> PreparedRun:
     )
 
 
-def run(spec: JobSpec, emit: Any, cancel: CancelFlag) -> int:
+def run(spec: JobSpec, launch: Launch, emit: Any, cancel: CancelFlag) -> int:
     problems = spec_problems(spec)
     if problems:
         raise UserError("invalid job settings: " + "; ".join(problems), "change the settings named above")
-    job_dir = Path(spec.output_dir)
+    folder = JobFolder(Path(launch.job_dir))
     started_at = time.monotonic()
-    prepared = prepare(spec, emit, cancel)
+    prepared = prepare(spec, launch, emit, cancel)
     trainer, callback, plan = prepared.trainer, prepared.callback, prepared.plan
     from trainer.model_loading import resolved_revision, runtime_description
 
@@ -237,7 +252,8 @@ def run(spec: JobSpec, emit: Any, cancel: CancelFlag) -> int:
     emit(Phase(name="training"))
     cancel.training = True  # from here on SIGTERM means "checkpoint and stop", never an abort
     try:
-        train_runtime_s = trainer.train(resume_from_checkpoint=spec.resume_from).metrics["train_runtime"]
+        result = trainer.train(resume_from_checkpoint=launch.resume_checkpoint)
+        train_runtime_s = result.metrics["train_runtime"]
     except AlreadyTrained as trained:
         # Resumed from the last step's checkpoint (e.g. the worker died while saving): the Trainer has
         # loaded its weights, so the adapter is saved as it is.
@@ -246,7 +262,9 @@ def run(spec: JobSpec, emit: Any, cancel: CancelFlag) -> int:
     if cancel.requested and trainer.state.global_step < trainer.state.max_steps:
         emit(
             Error(
-                kind="cancelled", message="cancelled; a checkpoint was saved", checkpoint=_resume_point(spec)
+                kind="cancelled",
+                message="cancelled; a checkpoint was saved",
+                checkpoint=_resume_point(launch),
             )
         )
         return EXIT_CANCELLED
@@ -256,43 +274,42 @@ def run(spec: JobSpec, emit: Any, cancel: CancelFlag) -> int:
 
     # --- saving: the adapter, its tokenizer and chat template, and what produced it.
     emit(Phase(name="saving"))
-    adapter_dir = job_dir / "adapter"
+    adapter_dir = folder.adapter
     prepared.model.save_pretrained(adapter_dir, safe_serialization=True)
     prepared.tokenizer.chat_template = prepared.chat_template
     prepared.tokenizer.save_pretrained(adapter_dir)
-    metrics = {
+    metrics = Metrics(
         # Over the whole job, resumed steps included (the Trainer's own figure covers only this attempt).
-        "train_loss": _mean([point["loss"] for point in callback.loss_history]),
-        "final_loss": callback.loss_history[-1]["loss"] if callback.loss_history else None,
-        "eval_loss": eval_loss,
-        "steps": trainer.state.global_step,
-        "epochs": trainer.state.epoch,
-        "tokens": prepared.tokens.tokens,
-        "train_runtime_s": round(train_runtime_s, 3),
-        "total_runtime_s": round(time.monotonic() - started_at, 3),
-        "examples": len(prepared.train_rows.input_ids),
-        "eval_examples": len(prepared.eval_rows.input_ids) if prepared.eval_rows else 0,
-    }
-    record = {
-        "spec": json.loads(
-            spec.replace(base_revision=spec.base_revision or resolved_revision(prepared.model)).to_json()
+        train_loss=_mean([point["loss"] for point in callback.loss_history]),
+        final_loss=callback.loss_history[-1]["loss"] if callback.loss_history else None,
+        eval_loss=eval_loss,
+        steps=trainer.state.global_step,
+        epochs=trainer.state.epoch,
+        tokens=prepared.tokens.tokens,
+        train_runtime_s=round(train_runtime_s, 3),
+        total_runtime_s=round(time.monotonic() - started_at, 3),
+        examples=len(prepared.train_rows.input_ids),
+        eval_examples=len(prepared.eval_rows.input_ids) if prepared.eval_rows else 0,
+    )
+    record = AdapterRecord(
+        # The spec as trained: the base revision pinned, and where this attempt ran and resumed from.
+        spec=TrainedSpec.of(
+            spec.replace(base_revision=spec.base_revision or resolved_revision(prepared.model)), launch
         ),
-        "data_format": prepared.data_format,
-        "prompt_style": prepared.prompt_style,  # chats are asked through the template
-        "chat_template_source": prepared.template_source,
-        "runtime": {
+        data_format=prepared.data_format,
+        prompt_style=prepared.prompt_style,  # chats are asked through the template
+        chat_template_source=prepared.template_source,
+        runtime={
             **runtime_description(trainer.args),
             "gradient_checkpointing": plan.checkpointing,
             "micro_step": f"{plan.rows} rows x {plan.accumulation} accumulated",
             "fused_kernels": prepared.fused,
         },
-    }
-    _write_json(adapter_dir / "qlora_bot.json", record)
-    _write_json(job_dir / "metrics.json", metrics)
-    _write_json(
-        job_dir / "loss_history.json", {"train": callback.loss_history, "eval": callback.eval_history}
     )
-    emit(Done(adapter_dir=str(adapter_dir), metrics=metrics))
+    write_file(folder.record, record)
+    write_file(folder.metrics, metrics)
+    write_file(folder.loss_history, LossHistory.of(callback.loss_history, callback.eval_history))
+    emit(Done(adapter_dir=str(adapter_dir), metrics=to_dict(metrics)))
     return 0
 
 
@@ -363,11 +380,9 @@ def _is_plain(examples: list) -> bool:
     return not examples or not isinstance(examples[0], ChatExample)
 
 
-def _resume_point(spec: JobSpec | None) -> str | None:
+def _resume_point(launch: Launch) -> str | None:
     """The newest checkpoint of this job, where a later attempt can resume."""
-    if spec is None:
-        return None
-    return newest_checkpoint(spec.output_dir) or spec.resume_from
+    return newest_checkpoint(launch.job_dir) or launch.resume_checkpoint
 
 
 def _is_oom(error: BaseException) -> bool:
@@ -376,11 +391,6 @@ def _is_oom(error: BaseException) -> bool:
     except ImportError:
         return False
     return isinstance(error, torch.OutOfMemoryError) or "CUDA out of memory" in str(error)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

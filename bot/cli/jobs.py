@@ -81,7 +81,7 @@ async def _job(service: JobService, console: Console, job_id: int) -> None:
         ("created", _when(job.created_at)),
         ("started", _when(job.started_at)),
         ("finished", _when(job.finished_at)),
-        ("folder", job.spec.output_dir),
+        ("folder", job.folder),
         ("log", str(report.log)),
         ("checkpoint", job.checkpoint_path or ""),
         ("adapter", job.adapter_path or ""),

@@ -12,10 +12,12 @@ from pathlib import Path
 from bot.config import Config, Secrets
 from bot.hub.access import HubAccess
 from bot.hub.model_card import is_hub_id
-from bot.hub.publisher import HubPublisher, PublishRequest, read_json
+from bot.hub.publisher import HubPublisher, PublishRequest
 from bot.jobs.local import open_service, open_store, terminal_requester
 from bot.jobs.outcomes import adapter_name
-from protocol.errors import UserError
+from protocol.codec import to_dict
+from protocol.errors import ProtocolError, UserError
+from protocol.job_folder import read_loss_history, read_metrics
 from storage.store import Store
 
 EXIT_FAILED = 1  # a refusal (UserError) exits 2, in bot/cli/main.py
@@ -101,20 +103,24 @@ async def _with_owner(store: Store, request: PublishRequest) -> PublishRequest:
 
 
 def _folder_request(folder: Path, repo: str, private: bool) -> PublishRequest:
-    """A folder trained by qlora-bot sits in its job folder, beside metrics.json and loss_history.json:
-    the card and chart use them when they are there."""
-    metrics = read_json(folder.parent / "metrics.json")
-    history = read_json(folder.parent / "loss_history.json")
-    train = [
-        (int(p["step"]), float(p["loss"])) for p in history.get("train", []) if p.get("loss") is not None
-    ]
-    evals = [(int(p["step"]), float(p["eval_loss"])) for p in history.get("eval", [])]
+    """A folder trained by qlora-bot sits in its job folder, beside its metrics and loss history: the card
+    and chart use them when they are there."""
+    try:
+        metrics = read_metrics(folder.parent)
+        history = read_loss_history(folder.parent)
+    except ProtocolError as error:
+        raise UserError(
+            f"the job folder of {folder} holds a file qlora-bot cannot read ({error})",
+            "move that file aside to publish without it",
+        ) from None
+    train = [(p.step, p.loss) for p in history.train if p.loss is not None] if history else []
+    evals = [(p.step, p.eval_loss) for p in history.eval] if history else []
     return PublishRequest(
         folder=folder,
         name=repo.split("/", 1)[1],
         private=private,
         repo=repo,
-        metrics=metrics,
+        metrics=to_dict(metrics) if metrics is not None else {},
         train_loss=train,
         eval_loss=evals,
         any_namespace=terminal_requester().is_admin,  # whoever runs the command line is an admin

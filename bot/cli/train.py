@@ -19,7 +19,7 @@ from bot.jobs.requests import JobRequest, request_spec
 from bot.jobs.results import JobReport
 from bot.jobs.service import JobService, Requester, RunnerBusy
 from bot.jobs.summaries import format_duration
-from protocol.job_folder import newest_checkpoint
+from protocol.job_folder import TRAINER_STATE, newest_checkpoint
 from protocol.job_spec import JobSpec, spec_problems
 from storage.models import Job
 
@@ -76,9 +76,9 @@ def _checkpointing_choice(args: argparse.Namespace) -> bool | str | None:
 def run_train(args: argparse.Namespace, config: Config, argv: list[str]) -> int:
     console = Console(stderr=True, soft_wrap=True)  # long paths and hints stay on one line
     spec = build_spec(args, config)
-    problems = spec_problems(spec.replace(output_dir="(job folder)"))
-    if args.resume and not (args.resume / "trainer_state.json").exists():
-        problems.append(f"--resume: {args.resume} is not a checkpoint folder (no trainer_state.json)")
+    problems = spec_problems(spec)
+    if args.resume and not (args.resume / TRAINER_STATE).exists():
+        problems.append(f"--resume: {args.resume} is not a checkpoint folder (no {TRAINER_STATE})")
     if problems:
         for problem in problems:
             console.print(f"[red]error:[/] {problem}", highlight=False)
@@ -146,7 +146,7 @@ async def _job_to_follow(
             )
             return owner
     job = await service.submit_request(request, requester, job_dir=job_dir)
-    console.print(f"job {job.id}: folder {job.spec.output_dir}", highlight=False)
+    console.print(f"job {job.id}: folder {job.folder}", highlight=False)
     if spec.resume_from:
         console.print(f"job {job.id} continues from {spec.resume_from}", highlight=False)
     return job
@@ -231,7 +231,7 @@ def _report(report: JobReport, argv: list[str], console: Console) -> int:
         console.print(f"hint: {job.error_hint}", highlight=False)
     if job.error_kind != "user_error":
         console.print(f"log: {report.log}", highlight=False)
-    checkpoint = newest_checkpoint(job.spec.output_dir) or job.checkpoint_path
+    checkpoint = newest_checkpoint(job.folder) or job.checkpoint_path
     if job.state == "cancelled" and checkpoint:
         console.print("resume with:", highlight=False)
         print(shlex.join(["qlora-bot", *_without_resume(argv), "--resume", checkpoint]))

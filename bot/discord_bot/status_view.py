@@ -104,7 +104,7 @@ def ending(job: Job) -> str:
     their names in the job folder, never a path on the bot's machine."""
     message = job.error_message or job.state
     if job.state != "cancelled" or message != "cancelled":
-        return without_paths(message, job.spec.output_dir)
+        return without_paths(message, job.folder)
     by = job.cancel_requested_by
     return f"Cancelled by {person(by)}." if by else "Cancelled."
 
@@ -118,7 +118,7 @@ def what_to_do(job: Job) -> str:
         step = checkpoint_step(checkpoint)
         at = f" at step {step}" if step else ""
         return f"Its owner can press **Resume** to continue from its checkpoint{at}, as a new job."
-    return without_paths(job.error_hint or "", job.spec.output_dir)
+    return without_paths(job.error_hint or "", job.folder)
 
 
 def hub_line(job: Job) -> str:
@@ -126,7 +126,7 @@ def hub_line(job: Job) -> str:
     if job.hub_state == "pushed" and job.hub_url:
         return job.hub_url
     if job.hub_state == "push_failed":
-        error = without_paths(job.hub_error or "unknown error", job.spec.output_dir)
+        error = without_paths(job.hub_error or "unknown error", job.folder)
         return f"not published: {error}. Retry with `/push id:{job.id}`."
     if job.publish_pending:
         return "publishing…"

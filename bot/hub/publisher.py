@@ -22,12 +22,13 @@ from bot.hub.model_card import CardFacts, render_card
 from bot.hub.public_record import public_record
 from bot.hub.upload import Published, base_model_license, commit_adapter
 from bot.loss_chart import Points, loss_chart_png
-from protocol.errors import UserError
+from protocol.codec import to_dict
+from protocol.errors import ProtocolError, UserError
+from protocol.job_folder import ADAPTER_CONFIG, ADAPTER_RECORD, AdapterRecord, library_json, read_record
 from protocol.job_spec import JobSpec
 from storage.hub_repos import HubRepos
 
 log = logging.getLogger(__name__)
-ADAPTER_RECORD = "qlora_bot.json"
 WEIGHTS = "adapter_model.safetensors"
 CHART_FILE = "loss.png"
 NO_TOKEN_HINT = "set HF_TOKEN to a token with write access, then retry with /push or `qlora-bot push`"
@@ -78,9 +79,15 @@ class HubPublisher:
             raise PublishFailed(
                 f"the adapter files are missing ({request.folder / WEIGHTS})", "train the adapter again"
             )
+        try:
+            record = read_record(request.folder)
+        except ProtocolError as error:
+            raise PublishFailed(
+                f"the adapter record cannot be read ({error})", "train the adapter again"
+            ) from None
         with tempfile.TemporaryDirectory(prefix="qlora-bot-publish-") as staging:
             return await self._with_retries(
-                request.name, lambda: self._publish_once(request, Path(staging)), request.repo
+                request.name, lambda: self._publish_once(request, record, Path(staging)), request.repo
             )
 
     async def check_namespace(self, repo: str) -> None:
@@ -93,7 +100,9 @@ class HubPublisher:
         """Wait for the creates still in flight to be recorded (a cancelled publish leaves them running)."""
         await asyncio.gather(*self._claims, return_exceptions=True)
 
-    async def _publish_once(self, request: PublishRequest, staging: Path) -> Published:
+    async def _publish_once(
+        self, request: PublishRequest, record: AdapterRecord | None, staging: Path
+    ) -> Published:
         api = self.access.api()
         if request.repo is None:
             repo_id = f"{await self._own_namespace()}/{request.name}"
@@ -103,7 +112,7 @@ class HubPublisher:
                 require_namespace(repo_id, await self._own_namespace())
         url = await self._claim(api, repo_id, request)
         await asyncio.to_thread(set_visibility, api, repo_id, request.private, self.access.token)
-        return await asyncio.to_thread(self._upload_blocking, api, repo_id, url, request, staging)
+        return await asyncio.to_thread(self._upload_blocking, api, repo_id, url, request, record, staging)
 
     async def _claim(self, api: Any, repo_id: str, request: PublishRequest) -> str:
         """The repo's URL once it is ours to write for this adapter; RepoRefused for any other."""
@@ -170,11 +179,16 @@ class HubPublisher:
             raise PublishFailed("HF_TOKEN is not set, so nothing can be published", NO_TOKEN_HINT)
 
     def _upload_blocking(
-        self, api: Any, repo_id: str, url: str, request: PublishRequest, staging: Path
+        self,
+        api: Any,
+        repo_id: str,
+        url: str,
+        request: PublishRequest,
+        record: AdapterRecord | None,
+        staging: Path,
     ) -> Published:
-        record = read_json(request.folder / ADAPTER_RECORD)
         # The record's spec is the resolved one (the base revision pinned); the job's is what was asked.
-        spec = _spec_from_record(record) or request.spec
+        spec = record.spec if record is not None else request.spec
         base_model = spec.base_model if spec else _base_from_adapter_config(request.folder)
         license_name = base_model_license(api, base_model) if base_model else None
         facts = CardFacts(
@@ -185,9 +199,9 @@ class HubPublisher:
             lora=spec.lora if spec else None,
             training=spec.training if spec else None,
             metrics=request.metrics,
-            runtime=record.get("runtime") or {},
-            data_format=record.get("data_format"),
-            prompt_style=record.get("prompt_style") or "chat",
+            runtime=record.runtime if record is not None else {},
+            data_format=record.data_format if record is not None else None,
+            prompt_style=record.prompt_style if record is not None else "chat",
             license=license_name,
             base_revision=spec.base_revision if spec else None,
         )
@@ -197,7 +211,7 @@ class HubPublisher:
 
 
 def _stage(
-    request: PublishRequest, record: dict[str, Any], facts: CardFacts, staging: Path
+    request: PublishRequest, record: AdapterRecord | None, facts: CardFacts, staging: Path
 ) -> dict[str, Path]:
     """The files written for this publish, by their path in the repo: the loss chart, the public adapter
     record and the card (which names the chart only when there is one)."""
@@ -206,8 +220,8 @@ def _stage(
     if chart is not None:
         files[CHART_FILE] = _write(staging / CHART_FILE, chart)
         facts = dataclasses.replace(facts, chart_file=CHART_FILE)
-    if record:
-        public = json.dumps(public_record(record), indent=2, sort_keys=True) + "\n"
+    if record is not None:
+        public = json.dumps(public_record(to_dict(record)), indent=2, sort_keys=True) + "\n"
         files[ADAPTER_RECORD] = _write(staging / ADAPTER_RECORD, public.encode())
     files["README.md"] = _write(staging / "README.md", render_card(facts).encode())
     return files
@@ -225,25 +239,8 @@ def _hint(failure: HubFailure) -> str:
     return "fix the cause, then retry with /push or `qlora-bot push`"
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from a file, or {} when it is missing or not one (the card then says less)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _spec_from_record(record: dict[str, Any]) -> JobSpec | None:
-    try:
-        return JobSpec.from_json(json.dumps(record["spec"])) if record.get("spec") else None
-    except Exception:  # a record from another version: the card then says less, the upload still works
-        log.info("the adapter record's spec could not be read; the card will say less", exc_info=True)
-        return None
-
-
 def _base_from_adapter_config(folder: Path) -> str | None:
-    return read_json(folder / "adapter_config.json").get("base_model_name_or_path")
+    return library_json(folder / ADAPTER_CONFIG).get("base_model_name_or_path")
 
 
 def _write(path: Path, data: bytes) -> Path:

@@ -76,7 +76,7 @@ async def resume_point(store: Store, job: Job, requester: Requester) -> tuple[st
     upload = None
     if job.spec.dataset.kind == "upload":
         try:
-            upload = await asyncio.to_thread(stored_upload, job.spec)
+            upload = await asyncio.to_thread(stored_upload, job)
         except OSError:
             raise UserError(
                 f"the dataset file of job {job_id} is gone", "start a new job with the file attached"

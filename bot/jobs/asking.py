@@ -3,7 +3,6 @@ the serve worker's answer and accumulate it for the front end to render."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -16,12 +15,11 @@ from bot.hub.model_card import is_hub_id
 from bot.jobs.requests import Requester
 from bot.jobs.specs import local_model_path
 from bot.workers.serve_worker import ServeClient, Waiting
-from protocol.errors import UserError
+from protocol.errors import ProtocolError, UserError
+from protocol.job_folder import ADAPTER_CONFIG, AdapterRecord, library_json, read_record
 from protocol.serve import Failed, Finished, Generate, Loading, Token
 from protocol.sources import hub_id_problem
 from storage.store import Store
-
-ADAPTER_RECORD = "qlora_bot.json"  # written beside every adapter by the trainer
 
 
 @dataclass(frozen=True)
@@ -50,10 +48,10 @@ async def resolve_adapter(
         label, recorded_base = stored.name, stored.base_model
     elif folders and Path(reference).expanduser().is_dir():
         folder = Path(reference).expanduser().resolve()
-        label, recorded_base = str(folder), _recorded_base_model(folder)
+        label, recorded_base = str(folder), _recorded_base_model(folder, str(folder))
     elif hub is not None and _is_hub_reference(reference, folders):
         folder = await download_adapter(hub, reference)
-        label, recorded_base = reference, _recorded_base_model(folder)
+        label, recorded_base = reference, _recorded_base_model(folder, reference)
     else:
         # The same answer for every other name, whatever exists on this machine.
         hint = (
@@ -73,7 +71,9 @@ async def resolve_adapter(
             f"adapter {label} needs base model {base}, which is not on the allowed list (limits.base_models)",
             "ask an adapter of an allowed base model, or ask an admin",
         )
-    return ResolvedAdapter(label=label, path=str(folder), base_model=base, prompt_style=_prompt_style(folder))
+    record = _record(folder, label)
+    prompt_style = record.prompt_style if record is not None else "chat"
+    return ResolvedAdapter(label=label, path=str(folder), base_model=base, prompt_style=prompt_style)
 
 
 def _is_hub_reference(reference: str, folders: bool) -> bool:
@@ -189,22 +189,20 @@ def build_request(
     )
 
 
-def _record(folder: Path) -> dict:
+def _record(folder: Path, label: str) -> AdapterRecord | None:
+    """The adapter's record; None for a peft adapter made elsewhere (it has none)."""
     try:
-        return json.loads((folder / ADAPTER_RECORD).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+        return read_record(folder)
+    except ProtocolError as error:
+        raise UserError(
+            f"adapter {label} has an adapter record qlora-bot cannot read ({error})", "train it again"
+        ) from None
 
 
-def _recorded_base_model(folder: Path) -> str | None:
-    spec = _record(folder).get("spec") or {}
-    if spec.get("base_model"):
-        return spec["base_model"]
-    try:  # a peft adapter made elsewhere
-        return json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    except (OSError, ValueError):
-        return None
-
-
-def _prompt_style(folder: Path) -> str:
-    return "raw" if _record(folder).get("prompt_style") == "raw" else "chat"
+def _recorded_base_model(folder: Path, label: str) -> str | None:
+    record = _record(folder, label)
+    if record is not None and record.spec.base_model:
+        return record.spec.base_model
+    # A peft adapter made elsewhere names its base in its own config.
+    base = library_json(folder / ADAPTER_CONFIG).get("base_model_name_or_path")
+    return base if isinstance(base, str) else None

@@ -7,16 +7,17 @@ wrote it) is only read, so resuming never overwrites another job's adapter or ch
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
-from protocol.job_folder import CHECKPOINTS_DIR, newest_checkpoint
+from protocol.job_folder import (
+    ADAPTER_CONFIG,
+    CHECKPOINTS_DIR,
+    TRAINER_STATE,
+    library_json,
+    newest_checkpoint,
+)
 from protocol.job_spec import JobSpec
 from storage.models import Job
-
-TRAINER_STATE = "trainer_state.json"  # written last by the Trainer: its presence marks a whole checkpoint
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 def is_checkpoint(path: str | Path) -> bool:
@@ -25,7 +26,7 @@ def is_checkpoint(path: str | Path) -> bool:
 
 def checkpoint_step(path: str | Path) -> int | None:
     """The optimizer step the checkpoint was saved at."""
-    step = _read_json(Path(path) / TRAINER_STATE).get("global_step")
+    step = library_json(Path(path) / TRAINER_STATE).get("global_step")
     return step if isinstance(step, int) else None
 
 
@@ -39,7 +40,7 @@ def checkpoint_to_resume(job: Job) -> str | None:
     """Where a new job would continue a cancelled or failed one: its newest whole checkpoint."""
     if job.state not in ("cancelled", "failed"):
         return None
-    found = newest_checkpoint(job.spec.output_dir) or job.checkpoint_path
+    found = newest_checkpoint(job.folder) or job.checkpoint_path
     return found if found is not None and is_checkpoint(found) else None
 
 
@@ -55,7 +56,7 @@ def resume_problems(spec: JobSpec) -> list[str]:
     shown = "/".join(checkpoint.parts[-3:])
     if not is_checkpoint(checkpoint):
         return [f"resume_from: {shown} is not a checkpoint folder (no {TRAINER_STATE})"]
-    saved = _read_json(checkpoint / ADAPTER_CONFIG)
+    saved = library_json(checkpoint / ADAPTER_CONFIG)
     if not saved:
         return [f"resume_from: {shown} has no readable {ADAPTER_CONFIG}, so it is not a LoRA checkpoint"]
     problems = []
@@ -77,11 +78,3 @@ def _same_model(saved: str, asked: str) -> bool:
         return True
     saved_path, asked_path = Path(saved).expanduser(), Path(asked).expanduser()
     return saved_path.exists() and asked_path.exists() and saved_path.resolve() == asked_path.resolve()
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

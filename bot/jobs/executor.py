@@ -17,10 +17,9 @@ from bot.workers.environment import job_uses_hub, worker_environment
 from bot.workers.process import signal_group
 from bot.workers.train_worker import WorkerLost, WorkerProcess
 from protocol.events import Event
-from protocol.job_folder import LOG_FILE_NAME
+from protocol.job_folder import JobFolder
 from protocol.job_spec import JobSpec
-
-SPEC_FILE_NAME = "spec.json"
+from protocol.launch import Launch
 
 
 class RunningWorker(Protocol):
@@ -37,17 +36,17 @@ class RunningWorker(Protocol):
 
 
 class Executor(Protocol):
-    async def launch(self, spec: JobSpec, slot: Slot) -> RunningWorker:
-        """Start the worker for one attempt of a job on `slot`."""
+    async def launch(self, spec: JobSpec, launch: Launch, slot: Slot) -> RunningWorker:
+        """Start the worker for one attempt of a job on `slot`, in the folder `launch` names."""
         ...
 
-    async def stop_orphan(self, spec: JobSpec, pid: int | None, grace_s: float) -> bool:
+    async def stop_orphan(self, job_dir: Path, pid: int | None, grace_s: float) -> bool:
         """Stop a worker left behind by an earlier bot process; True if one was running."""
         ...
 
 
 class LocalExecutor:
-    """One `python -m trainer.train SPEC.json` subprocess per attempt, on this machine."""
+    """One `python -m trainer.train SPEC.json --job-dir DIR ...` subprocess per attempt, on this machine."""
 
     def __init__(
         self, environ: Mapping[str, str] | None = None, python: str = "", module: str = "trainer.train"
@@ -56,25 +55,24 @@ class LocalExecutor:
         self.python = python
         self.module = module
 
-    async def launch(self, spec: JobSpec, slot: Slot) -> RunningWorker:
-        job_dir = Path(spec.output_dir)
-        job_dir.mkdir(parents=True, exist_ok=True)
-        spec_path = job_dir / SPEC_FILE_NAME
-        spec_path.write_text(spec.to_json(), encoding="utf-8")
+    async def launch(self, spec: JobSpec, launch: Launch, slot: Slot) -> RunningWorker:
+        folder = JobFolder(Path(launch.job_dir))
+        folder.path.mkdir(parents=True, exist_ok=True)
+        folder.spec_file.write_text(spec.to_json(), encoding="utf-8")
         env = worker_environment(
             self.environ,
             hub_token=job_uses_hub(spec),
             cuda_visible_devices=slot.cuda_visible_devices,
-            # The job's cache folder is the data directory's (submission.py); a hand-made spec without one
-            # keeps the libraries' caches in its own folder.
-            cache_root=Path(spec.cache_dir) if spec.cache_dir else job_dir / "cache",
+            # The runner hands over the data directory's cache folder; a launch without one keeps the
+            # libraries' caches in the job's own folder.
+            cache_root=Path(launch.cache_dir) if launch.cache_dir else folder.path / "cache",
         )
         return await WorkerProcess.start(
-            spec_path, job_dir / LOG_FILE_NAME, env, self.python, self.module, cwd=job_dir
+            folder.spec_file, launch.argv(), folder.log, env, self.python, self.module, cwd=folder.path
         )
 
-    async def stop_orphan(self, spec: JobSpec, pid: int | None, grace_s: float) -> bool:
-        spec_path = str(Path(spec.output_dir) / SPEC_FILE_NAME)
+    async def stop_orphan(self, job_dir: Path, pid: int | None, grace_s: float) -> bool:
+        spec_path = str(JobFolder(job_dir).spec_file)
         if pid is None or not _is_live_worker(pid, spec_path):
             return False
         # SIGTERM first: the worker saves a checkpoint before it exits (if it can still write).

@@ -172,7 +172,7 @@ def adapter_name(job: Job) -> str:
 
 def _resume_point(job: Job, final: Done | Error | WorkerLost | None) -> str | None:
     reported = final.checkpoint if isinstance(final, Error) else None
-    return newest_checkpoint(job.spec.output_dir) or reported or job.checkpoint_path
+    return newest_checkpoint(job.folder) or reported or job.checkpoint_path
 
 
 def _cancel_message(stop_reason: StopReason | None, max_wall_time_h: float) -> str:

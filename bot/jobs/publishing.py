@@ -13,6 +13,7 @@ from bot.jobs.outcomes import adapter_name
 from bot.loss_chart import loss_points
 from protocol.errors import UserError
 from protocol.events import Done
+from protocol.job_folder import JobFolder
 from storage.models import Job
 from storage.store import Store
 
@@ -36,7 +37,7 @@ async def publish_job(
     train, evals = loss_points(events)
     name = adapter_name(job)
     request = PublishRequest(
-        folder=Path(job.adapter_path or Path(job.spec.output_dir) / "adapter"),
+        folder=Path(job.adapter_path or JobFolder(Path(job.folder)).adapter),
         name=name,
         private=job.hub_private if private is None else private,
         repo=repo,

@@ -8,6 +8,7 @@ not applied is applied; otherwise the job crashed and resumes from its newest ch
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from bot.jobs.executor import Executor
 from bot.jobs.outcomes import conclude
@@ -26,7 +27,7 @@ async def reconcile(
     for job in await store.running_jobs():
         attempts = await store.attempts(job.id)
         pid = attempts[-1].pid if attempts else None
-        if await executor.stop_orphan(job.spec, pid, grace_s):
+        if await executor.stop_orphan(Path(job.folder), pid, grace_s):
             log.warning("job %s: stopped worker %s left by an earlier bot process", job.id, pid)
         final = await _recorded_result(store, job)
         updated = await conclude(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bot.jobs.job_log import job_log_tail
 from protocol.events import Done, Progress
-from protocol.job_folder import LOG_FILE_NAME
+from protocol.job_folder import JobFolder
 from storage.models import Adapter, Attempt, Job, OutboxEntry
 from storage.store import Store
 
@@ -37,13 +37,13 @@ async def last_progress(store: Store, job_id: int) -> Progress | None:
 
 async def job_report(store: Store, job: Job) -> JobReport:
     done = await store.last_event(job.id, "done")
-    folder = Path(job.spec.output_dir)
+    log = JobFolder(Path(job.folder)).log
     return JobReport(
         job=job,
         progress=await last_progress(store, job.id),
         metrics=done.event.metrics if done is not None and isinstance(done.event, Done) else {},
-        log=folder / LOG_FILE_NAME,
-        log_tail=job_log_tail(folder / LOG_FILE_NAME),
+        log=log,
+        log_tail=job_log_tail(log),
         attempts=await store.attempts(job.id),
         owed=await store.outbox.entries(job.id),
     )

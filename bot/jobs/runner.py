@@ -21,6 +21,7 @@ from bot.jobs.outcomes import StopReason, conclude
 from bot.jobs.scheduler import Slot, jobs_to_start
 from bot.workers.train_worker import WorkerLost
 from protocol.events import Checkpoint, Done, Error, Event, Phase
+from protocol.launch import Launch
 from storage.disk_space import DiskFull, is_disk_full
 from storage.models import Job
 from storage.store import Store
@@ -51,6 +52,7 @@ class JobRunner:
         notify: Callable[[int], None],
         on_concluded: Callable[[Job], None] | None = None,
         on_unrecorded: Callable[[int, DiskFull], None] | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
         self.store = store
         self.executor = executor
@@ -62,6 +64,8 @@ class JobRunner:
         # A job's end that cannot be written yet (no space even after the reserve): followers are told
         # now instead of waiting on a job that stays `running` in the database.
         self.on_unrecorded = on_unrecorded
+        # Handed to every attempt: derived data (tokenized datasets) shared between jobs; None: no cache.
+        self.cache_dir = cache_dir.absolute() if cache_dir is not None else None
         self._active: dict[int, _Attempt] = {}
         self._tasks: set[asyncio.Task] = set()
         self._wake = asyncio.Event()
@@ -155,12 +159,17 @@ class JobRunner:
         job = attempt.job
         final: Done | Error | WorkerLost | None = None
         try:
-            spec = job.spec.replace(resume_from=job.resume_point)
+            # The attempt resumes from the job's newest checkpoint, else the one it was asked to continue.
+            launch = Launch(
+                job_dir=job.folder,
+                cache_dir=str(self.cache_dir) if self.cache_dir is not None else None,
+                resume_checkpoint=job.resume_point,
+            )
             try:
-                attempt.worker = await self.executor.launch(spec, attempt.slot)
+                attempt.worker = await self.executor.launch(job.spec, launch, attempt.slot)
             except OSError as error:
                 if is_disk_full(error):
-                    raise DiskFull(Path(job.spec.output_dir)) from error
+                    raise DiskFull(Path(job.folder)) from error
                 final = Error(kind="internal", message=f"could not start the worker: {error}")
                 await self.store.append_event(job.id, job.attempt, final)
                 return

@@ -94,7 +94,15 @@ class JobService:
             grace_s=worker.cancel_grace_s,
         )
         self.runner = JobRunner(
-            self.store, executor, slots, queue, worker, self._notify, self._concluded, self._unrecorded_end
+            self.store,
+            executor,
+            slots,
+            queue,
+            worker,
+            self._notify,
+            self._concluded,
+            self._unrecorded_end,
+            cache_dir=self.config.cache_dir(),
         )
         self.runner.start()
         for job in await self.store.jobs_to_publish():  # this process stopped in their publish step
@@ -163,7 +171,7 @@ class JobService:
             existing = await self.store.job_by_idempotency_key(idempotency_key)
             if existing is not None:
                 return existing
-        problems = spec_problems(spec.replace(output_dir="(job folder)")) + resume_problems(spec)
+        problems = spec_problems(spec) + resume_problems(spec)
         if problems:
             raise UserError("invalid job settings: " + "; ".join(problems), "change the settings named above")
         if spec.resume_from:
@@ -173,21 +181,24 @@ class JobService:
         if upload is not None:
             dataset = dataclasses.replace(spec.dataset, label=upload_label(upload), kind="upload")
             spec = spec.replace(dataset=dataset)
-        placement = Placement(self.config.jobs_dir(), self.config.cache_dir(), job_dir)
+        placement = Placement(self.config.jobs_dir(), job_dir)
         with disk_full_refused(self.config.data_dir()), placement.staged(upload):
             # The worker's own data checks, now: a file that fails them gets no job (the worker checks again).
-            await self.data_checker.check(placement.as_checked(spec))
+            await self.data_checker.check(*placement.as_checked(spec))
             job, _created = await self.store.create_job(
                 owner=requester.owner,
                 name=spec.name or "adapter",
-                spec_for_id=lambda job_id: placement.spec_for(spec, job_id),
+                spec=placement.stored(spec),
+                jobs_dir=placement.jobs_dir,
+                folder=placement.job_dir,
+                prepare_folder=placement.fill,
                 idempotency_key=idempotency_key,
                 guild_id=guild_id,
                 channel_id=channel_id,
                 push_requested=push,
                 hub_private=private,
             )
-        Path(job.spec.output_dir).mkdir(parents=True, exist_ok=True)
+        Path(job.folder).mkdir(parents=True, exist_ok=True)
         self._notify(job.id)
         return job
 
@@ -205,7 +216,7 @@ class JobService:
         job = await self.get(job_id)
         checkpoint, upload = await resume_point(self.store, job, requester)
         return await self.submit(
-            job.spec.replace(output_dir="", resume_from=checkpoint, cache_dir=None),
+            job.spec.replace(resume_from=checkpoint),
             requester,
             idempotency_key=idempotency_key,
             guild_id=guild_id if guild_id is not None else job.guild_id,

@@ -22,11 +22,10 @@ def make_spec(
     training: dict[str, Any],
     resume_from: str | None = None,
 ) -> JobSpec:
-    """Overrides set to None keep the default; the job folder is chosen when the job is submitted."""
+    """Overrides set to None keep the default (the job folder is chosen when the job is submitted)."""
     return JobSpec(
         base_model=local_model_path(base_model or defaults.base_model),
         dataset=dataset,
-        output_dir="",
         lora=_override(defaults.lora, lora),
         training=_override(defaults.training, training),
         limits=defaults.limits,

@@ -1,6 +1,6 @@
-"""Where a submitted job's files go: its folder (named after its id unless given), an upload staged
-under a generated name until the job exists, and the data check's view of the spec; plus a full disk
-found on the way, refused as such.
+"""Where a submitted job's files go: an upload staged under a generated name until the job exists, then
+moved into the job's folder (named after its id unless given) as the job is created, and where the data
+check reads it meanwhile; plus a full disk found on the way, refused as such.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from pathlib import Path, PurePosixPath
 from bot.config import Config
 from bot.workers.data_check import DataChecker
 from protocol.errors import UserError
+from protocol.job_folder import upload_source
 from protocol.job_spec import JobSpec
 from storage.disk_space import is_disk_full
-
-UPLOAD_DIR = "upload"
+from storage.models import Job
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,10 @@ class Placement:
     """One submission's files. With an upload, the file is written aside first and moved into the job
     folder while the job is created, so no runner can start the job without it."""
 
-    def __init__(self, jobs_dir: Path, cache_dir: Path, job_dir: Path | None) -> None:
-        self.jobs_dir = jobs_dir
-        self.cache_dir = cache_dir
-        self.job_dir = job_dir  # given (`train --output`), else jobs_dir/ID
+    def __init__(self, jobs_dir: Path, job_dir: Path | None) -> None:
+        # Absolute: the worker runs in its folder, so a relative data directory would resolve twice.
+        self.jobs_dir = jobs_dir.absolute()
+        self.job_dir = job_dir.absolute() if job_dir is not None else None  # `train --output`; else jobs/ID
         self.incoming: Path | None = None
 
     @contextlib.contextmanager
@@ -55,34 +55,35 @@ class Placement:
             if self.incoming is not None:
                 self.incoming.unlink(missing_ok=True)
 
-    def as_checked(self, spec: JobSpec) -> JobSpec:
-        """The spec as the data check reads it: an upload from where it is staged (an upload's source is
-        relative to the folder the spec names, so the staging folder stands in for the job's)."""
+    def stored(self, spec: JobSpec) -> JobSpec:
+        """The spec as the job keeps it: an upload named by its place inside the job folder (the worker
+        reads an upload from inside its own folder only)."""
         if self.incoming is None:
             return spec
-        return spec.replace(
-            output_dir=str(self.incoming.parent),
-            dataset=dataclasses.replace(spec.dataset, source=self.incoming.name),
-        )
+        stored = upload_source(self.incoming.suffix)
+        return spec.replace(dataset=dataclasses.replace(spec.dataset, source=stored))
 
-    def spec_for(self, spec: JobSpec, job_id: int) -> JobSpec:
-        """The job's spec once it has an id; runs inside the job-creating transaction (quick, no Store)."""
-        # Absolute: the worker runs in this folder, so a relative data directory would resolve twice.
-        folder = (self.job_dir or self.jobs_dir / str(job_id)).absolute()
+    def as_checked(self, spec: JobSpec) -> tuple[JobSpec, Path | None]:
+        """The spec as the data check reads it, and the folder an upload's source is relative to there:
+        where it is staged, standing in for the job's folder (which does not exist yet)."""
+        if self.incoming is None:
+            return spec, None
+        return spec.replace(
+            dataset=dataclasses.replace(spec.dataset, source=self.incoming.name)
+        ), self.incoming.parent
+
+    def fill(self, folder: Path) -> None:
+        """Make the new job's folder ready: runs inside the job-creating transaction (quick, no Store)."""
         if self.job_dir is None and folder.is_dir() and any(folder.iterdir()):
             # Backstop: ids are seeded above the job folders at open (storage/job_folders.py).
             raise UserError(
                 f"job folder {folder} already exists and holds another job's files",
                 "restart qlora-bot so job ids continue above the existing job folders",
             )
-        placed = spec.replace(output_dir=str(folder), cache_dir=str(self.cache_dir.absolute()))
-        if self.incoming is None:
-            return placed
-        # Named relative to the job folder: the worker reads an upload from inside its own folder only.
-        stored = f"{UPLOAD_DIR}/dataset{self.incoming.suffix}"
-        (folder / UPLOAD_DIR).mkdir(parents=True, exist_ok=True)
-        self.incoming.replace(folder / stored)
-        return placed.replace(dataset=dataclasses.replace(spec.dataset, source=stored))
+        if self.incoming is not None:
+            stored = folder / upload_source(self.incoming.suffix)
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            self.incoming.replace(stored)
 
 
 @contextlib.contextmanager
@@ -97,10 +98,10 @@ def disk_full_refused(data_dir: Path) -> Iterator[None]:
         raise UserError(f"disk full under {data_dir}", "free space there, then submit again") from None
 
 
-def stored_upload(spec: JobSpec) -> Upload:
+def stored_upload(job: Job) -> Upload:
     """A job's upload as it was attached, for a new job (a resume) that needs its own copy."""
-    path = Path(spec.output_dir) / spec.dataset.source
-    return Upload(suffix=path.suffix, data=path.read_bytes(), filename=spec.dataset.label or path.name)
+    path = Path(job.folder) / job.spec.dataset.source
+    return Upload(suffix=path.suffix, data=path.read_bytes(), filename=job.spec.dataset.label or path.name)
 
 
 def upload_label(upload: Upload) -> str:

@@ -18,7 +18,9 @@ from bot.workers.environment import worker_environment
 from bot.workers.process import LineTooLong, kill_worker, read_line, spawn_worker
 from protocol.errors import ProtocolError, UserError
 from protocol.events import DataChecked, Error, decode_check_result
+from protocol.job_folder import JobFolder
 from protocol.job_spec import JobSpec
+from protocol.launch import Launch
 
 MAX_ANSWER_BYTES = 1 << 16  # one line: a DataChecked or an Error with a message and a hint
 
@@ -37,14 +39,17 @@ class DataChecker:
     def __post_init__(self) -> None:
         self.environ = dict(self.environ)  # a copy: what the caller's mapping becomes later is not ours
 
-    async def check(self, spec: JobSpec) -> DataChecked:
-        """The data's format and row count, or UserError saying what is wrong with it."""
+    async def check(self, spec: JobSpec, upload_dir: Path | None = None) -> DataChecked:
+        """The data's format and row count, or UserError saying what is wrong with it. `upload_dir`: the
+        folder an upload's source is relative to (where it is staged); None: the check's own."""
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         # Absolute: the check runs in this folder, so a relative staging folder would resolve twice.
         work = Path(tempfile.mkdtemp(prefix="check-", dir=self.staging_dir)).absolute()
         try:
-            (work / "spec.json").write_text(spec.to_json(), encoding="utf-8")
-            result = await self._run(work, spec.dataset.kind == "hub")
+            JobFolder(work).spec_file.write_text(spec.to_json(), encoding="utf-8")
+            result = await self._run(
+                work, Launch(job_dir=str(upload_dir or work)), spec.dataset.kind == "hub"
+            )
         finally:
             shutil.rmtree(work, ignore_errors=True)  # the spec and any download: nothing is kept
         if isinstance(result, Error):
@@ -56,14 +61,15 @@ class DataChecker:
             )
         return result
 
-    async def _run(self, work: Path, hub: bool) -> DataChecked | Error:
+    async def _run(self, work: Path, launch: Launch, hub: bool) -> DataChecked | Error:
         cache = self.cache_dir if self.cache_dir is not None else work / "cache"
         env = worker_environment(self.environ, hub_token=hub, cuda_visible_devices="", cache_root=cache)
         process = await spawn_worker(
             self.module,
-            str(work / "spec.json"),
+            str(JobFolder(work).spec_file),
             str(work / "download"),
             str(self.memory_mb),
+            *launch.argv(),
             python=self.python,
             log_path=self.log_path,
             env=env,

@@ -34,7 +34,7 @@ class WorkerLost:
 
 
 class WorkerProcess:
-    """One running `python -m trainer.train SPEC.json`."""
+    """One running `python -m trainer.train SPEC.json --job-dir DIR ...` (protocol/launch.py)."""
 
     def __init__(self, process: asyncio.subprocess.Process, log_path: Path) -> None:
         self.process = process
@@ -44,16 +44,19 @@ class WorkerProcess:
     async def start(
         cls,
         spec_path: Path,
+        options: list[str],
         log_path: Path,
         env: Mapping[str, str],
         python: str = "",
         module: str = "trainer.train",
         cwd: Path | None = None,
     ) -> WorkerProcess:
-        """`cwd`: where the worker runs (its job folder), so nothing it resolves lands in the bot's folder."""
+        """`options`: the launch (Launch.argv()). `cwd`: where the worker runs (its job folder), so nothing
+        it resolves lands in the bot's folder."""
         process = await spawn_worker(
             module,
             str(spec_path),
+            *options,
             python=python,
             log_path=log_path,
             env=env,

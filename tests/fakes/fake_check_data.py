@@ -15,13 +15,15 @@ from fake_trainer import options, source_of
 
 from protocol.events import DataChecked, Error, encode_check_result
 from protocol.job_spec import JobSpec
+from protocol.launch import parse_launch
 from trainer import check_data
 
 
 def main() -> int:
-    spec = JobSpec.from_json(Path(sys.argv[1]).read_text())
+    launch, (spec_file, *_) = parse_launch(sys.argv[1:])
+    spec = JobSpec.from_json(Path(spec_file).read_text())
     try:
-        opts = options(source_of(spec))
+        opts = options(source_of(spec, launch))
     except (OSError, ValueError, KeyError, IndexError):
         return check_data.main()
     origin = spec.dataset.label or Path(spec.dataset.source).name

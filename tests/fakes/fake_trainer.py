@@ -24,8 +24,18 @@ import time
 from pathlib import Path
 
 from protocol.events import Checkpoint, Done, Error, Phase, Progress, Started, encode_event
-from protocol.job_folder import CHECKPOINTS_DIR
+from protocol.job_folder import (
+    ADAPTER_CONFIG,
+    ADAPTER_RECORD,
+    TRAINER_STATE,
+    AdapterRecord,
+    JobFolder,
+    Metrics,
+    TrainedSpec,
+    write_file,
+)
 from protocol.job_spec import JobSpec
+from protocol.launch import Launch, parse_launch
 
 
 def emit(event) -> None:
@@ -33,10 +43,10 @@ def emit(event) -> None:
     sys.stdout.flush()
 
 
-def source_of(spec: JobSpec) -> str:
-    """The dataset as a path to read (an upload lies in the spec's folder), or the "fake:..." text."""
+def source_of(spec: JobSpec, launch: Launch) -> str:
+    """The dataset as a path to read (an upload lies in the job folder), or the "fake:..." text."""
     if spec.dataset.kind == "upload":
-        return str(Path(spec.output_dir) / spec.dataset.source)
+        return str(Path(launch.job_dir) / spec.dataset.source)
     return spec.dataset.source
 
 
@@ -50,8 +60,9 @@ def options(source: str) -> dict[str, str]:
 
 
 def main() -> int:
-    spec = JobSpec.from_json(Path(sys.argv[1]).read_text())
-    opts = options(source_of(spec))
+    launch, (spec_file,) = parse_launch(sys.argv[1:])
+    spec = JobSpec.from_json(Path(spec_file).read_text())
+    opts = options(source_of(spec, launch))
     steps, step_s = int(opts.get("steps", "5")), float(opts.get("step_s", "0.02"))
     checkpoint_every = int(opts.get("checkpoint_every", spec.training.checkpoint_steps))
     stop = {"requested": False}
@@ -59,9 +70,10 @@ def main() -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     else:
         signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
-    job_dir = Path(spec.output_dir)
-    first = int(Path(spec.resume_from).name.split("-")[-1]) if spec.resume_from else 0
-    emit(Started(pid=os.getpid(), attempt_resumes_from=spec.resume_from))
+    folder = JobFolder(Path(launch.job_dir))
+    job_dir, resume = folder.path, launch.resume_checkpoint
+    first = int(Path(resume).name.split("-")[-1]) if resume else 0
+    emit(Started(pid=os.getpid(), attempt_resumes_from=resume))
     # The job log, written as the real worker writes it (trainer/train.py main()).
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -73,7 +85,7 @@ def main() -> int:
             os.abort()
     for step in range(first + 1, steps + 1):
         time.sleep(step_s)
-        if str(step) == opts.get("crash_once_at") and spec.resume_from is None:
+        if str(step) == opts.get("crash_once_at") and resume is None:
             os.kill(os.getpid(), signal.SIGKILL)
         if str(step) == opts.get("crash_at"):
             os.kill(os.getpid(), signal.SIGKILL)
@@ -104,24 +116,24 @@ def main() -> int:
             )
         )
         if step % checkpoint_every == 0 or stop["requested"]:
-            path = job_dir / CHECKPOINTS_DIR / f"checkpoint-{step}"
+            path = folder.checkpoints / f"checkpoint-{step}"
             path.mkdir(parents=True, exist_ok=True)
-            (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
-            (path / "adapter_config.json").write_text(json.dumps(adapter_config(spec)))
+            (path / TRAINER_STATE).write_text(json.dumps({"global_step": step}))
+            (path / ADAPTER_CONFIG).write_text(json.dumps(adapter_config(spec)))
             emit(Checkpoint(step=step, path=str(path)))
         if stop["requested"]:
             emit(Error(kind="cancelled", message="cancelled; a checkpoint was saved", checkpoint=str(path)))
             return 143
     emit(Phase(name="saving"))
-    adapter = job_dir / "adapter"
-    write_adapter(adapter, spec, step_s)
+    adapter = folder.adapter
+    write_adapter(adapter, spec, step_s, launch)
     metrics = {
         "final_loss": 2.0 / steps,
         "steps": steps,
         "tokens": steps * 100,
         "total_runtime_s": steps * step_s,
     }
-    (job_dir / "metrics.json").write_text(json.dumps(metrics))
+    write_file(folder.metrics, Metrics(**metrics))
     emit(Done(adapter_dir=str(adapter), metrics=metrics))
     return 0
 
@@ -136,8 +148,9 @@ def adapter_config(spec: JobSpec) -> dict:
     }
 
 
-def write_adapter(adapter: Path, spec: JobSpec, seed: float) -> None:
-    """The files of a real adapter folder, with made-up contents."""
+def write_adapter(adapter: Path, spec: JobSpec, seed: float, launch: Launch | None = None) -> None:
+    """The files of a real adapter folder, with made-up contents; `launch`: where it was trained (by
+    default in the adapter's job folder)."""
     adapter.mkdir(parents=True, exist_ok=True)
     weights = struct.pack("<4f", seed, 1.0, 2.0, 3.0)
     header = json.dumps(
@@ -146,18 +159,20 @@ def write_adapter(adapter: Path, spec: JobSpec, seed: float) -> None:
     (adapter / "adapter_model.safetensors").write_bytes(
         struct.pack("<Q", len(header)) + header.encode() + weights
     )
-    (adapter / "adapter_config.json").write_text(json.dumps(adapter_config(spec)))
+    (adapter / ADAPTER_CONFIG).write_text(json.dumps(adapter_config(spec)))
     (adapter / "tokenizer.json").write_text('{"version": "1.0"}')
     (adapter / "tokenizer_config.json").write_text('{"model_max_length": 2048}')
     (adapter / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
     runtime = {"device": "cpu", "compute_dtype": "float32", "optimizer": "adamw_torch"}
-    record = {
-        "spec": json.loads(spec.to_json()),
-        "prompt_style": "chat",
-        "data_format": "text",
-        "runtime": runtime,
-    }
-    (adapter / "qlora_bot.json").write_text(json.dumps(record))
+    trained = TrainedSpec.of(spec, launch or Launch(job_dir=str(adapter.parent)))
+    record = AdapterRecord(
+        spec=trained,
+        prompt_style="chat",
+        data_format="text",
+        chat_template_source="base model",
+        runtime=runtime,
+    )
+    write_file(adapter / ADAPTER_RECORD, record)
     (adapter / "README.md").write_text("---\nlibrary_name: peft\n---\nThis model was trained with TRL.\n")
 
 

@@ -3,7 +3,8 @@ jobs made queued or running (the fixtures are in tests/storage/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from protocol.job_spec import DatasetSpec, JobSpec
 from storage.models import Job
@@ -23,19 +24,14 @@ class FakeClock:
         self.now += seconds
 
 
-def spec_maker(base_model: str = "tiny-llama") -> Callable[[int], JobSpec]:
-    def spec_for_id(job_id: int) -> JobSpec:
-        return JobSpec(
-            base_model=base_model,
-            dataset=DatasetSpec(source="data.jsonl", format="messages"),
-            output_dir=f"/data/jobs/{job_id}",
-        )
-
-    return spec_for_id
+def spec_maker(base_model: str = "tiny-llama") -> dict[str, Any]:
+    """The spec and where its job goes (jobs/ID), as create_job takes them."""
+    spec = JobSpec(base_model=base_model, dataset=DatasetSpec(source="data.jsonl", format="messages"))
+    return {"spec": spec, "jobs_dir": Path("/data/jobs")}
 
 
 async def new_job(store: Store, owner: str = "discord:1", name: str = "adapter", **kwargs) -> Job:
-    job, created = await store.create_job(owner=owner, name=name, spec_for_id=spec_maker(), **kwargs)
+    job, created = await store.create_job(owner=owner, name=name, **spec_maker(), **kwargs)
     assert created
     return job
 

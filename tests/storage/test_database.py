@@ -73,7 +73,7 @@ async def test_a_file_that_is_not_a_database_is_refused_with_what_to_do(tmp_path
 
 async def test_a_write_by_one_store_is_visible_to_another(store: Store, db_path: Path, clock: FakeClock):
     async with await Store.open(db_path, clock=clock) as cli:
-        job, _ = await cli.create_job(owner="local:alice", name="cli-job", spec_for_id=spec_maker())
+        job, _ = await cli.create_job(owner="local:alice", name="cli-job", **spec_maker())
         seen = await store.get_job(job.id)
         assert seen == job
         await store.start_job(job.id, slot="cpu", resumed_from=None)
@@ -91,7 +91,7 @@ async def test_concurrent_writers_on_one_file_never_duplicate_a_key(store: Store
             _, created = await on.create_job(
                 owner="discord:1",
                 name=f"job-{index}",
-                spec_for_id=spec_maker(),
+                **spec_maker(),
                 idempotency_key="interaction:1",
             )
             return created

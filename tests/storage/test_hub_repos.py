@@ -12,7 +12,7 @@ from tests.service_helpers import fake_spec
 
 async def test_a_created_repo_is_recorded_for_its_adapter_whatever_the_letter_case(tmp_path: Path):
     async with await Store.open(tmp_path / "db.sqlite", clock=lambda: 100.0) as store:
-        job, _ = await store.create_job(owner="local:a", name="demo", spec_for_id=lambda _id: fake_spec())
+        job, _ = await store.create_job(owner="local:a", name="demo", spec=fake_spec(), jobs_dir=tmp_path)
         assert await store.hub_repos.created("alice/demo-1") is None
         recorded = await store.hub_repos.record_created("alice/Demo-1", adapter="demo-1", job_id=job.id)
         assert recorded == HubRepo("alice/Demo-1", "demo-1", job.id, 100.0)

@@ -3,16 +3,17 @@ listing and counting them, against real SQLite."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from protocol.job_spec import JobSpec
 from storage.store import Store
 from tests.storage.helpers import FakeClock, new_job, running_job, spec_maker
 
 
 async def test_create_job_stores_the_spec_built_for_its_id(store: Store, clock: FakeClock):
     job = await new_job(store, owner="local:alice", name="guanaco", guild_id=7, channel_id=8)
-    assert job.spec.output_dir == f"/data/jobs/{job.id}"
+    assert job.folder == f"/data/jobs/{job.id}"
     assert (job.state, job.attempt, job.phase, job.hub_state) == ("queued", 1, None, "none")
     assert (job.owner, job.name, job.guild_id, job.channel_id) == ("local:alice", "guanaco", 7, 8)
     assert job.created_at == clock.now
@@ -23,10 +24,10 @@ async def test_create_job_stores_the_spec_built_for_its_id(store: Store, clock: 
 
 async def test_the_same_idempotency_key_creates_one_job(store: Store):
     first, created = await store.create_job(
-        owner="discord:1", name="a", spec_for_id=spec_maker(), idempotency_key="interaction:99"
+        owner="discord:1", name="a", **spec_maker(), idempotency_key="interaction:99"
     )
     again, created_again = await store.create_job(
-        owner="discord:1", name="b", spec_for_id=spec_maker("other"), idempotency_key="interaction:99"
+        owner="discord:1", name="b", **spec_maker("other"), idempotency_key="interaction:99"
     )
     assert (created, created_again) == (True, False)
     assert again == first
@@ -40,15 +41,15 @@ async def test_the_same_idempotency_key_creates_one_job(store: Store):
 
 
 async def test_a_failing_spec_builder_creates_nothing(store: Store):
-    def broken(job_id: int) -> JobSpec:
+    def broken(folder: Path) -> None:
         raise RuntimeError("no room for the job folder")
 
     with pytest.raises(RuntimeError):
-        await store.create_job(owner="discord:1", name="a", spec_for_id=broken, idempotency_key="k")
+        await store.create_job(
+            owner="discord:1", name="a", **spec_maker(), prepare_folder=broken, idempotency_key="k"
+        )
     assert await store.list_jobs() == []
-    job, created = await store.create_job(
-        owner="discord:1", name="a", spec_for_id=spec_maker(), idempotency_key="k"
-    )
+    job, created = await store.create_job(owner="discord:1", name="a", **spec_maker(), idempotency_key="k")
     assert created and job.idempotency_key == "k"
 
 

@@ -11,11 +11,11 @@ import aiosqlite
 import pytest
 
 from protocol.events import Checkpoint, Progress
-from protocol.job_spec import JobSpec
 from storage.migrate import apply_migrations, load_migrations
 from storage.models import OutboxEntry
 from storage.store import Store
 from tests.storage.helpers import FakeClock, new_job, running_job, spec_maker
+from tests.test_migration_dataset_kind import old_spec_json
 
 CHANNEL = 555
 
@@ -58,11 +58,13 @@ async def test_a_job_from_discord_owes_one_status_message_at_creation(store: Sto
 
 
 async def test_a_failed_job_creation_owes_nothing(store: Store, clock: FakeClock):
-    def broken(job_id: int) -> JobSpec:
+    def broken(folder: Path) -> None:
         raise RuntimeError("no room for the job folder")
 
     with pytest.raises(RuntimeError):
-        await store.create_job(owner="discord:1", name="a", spec_for_id=broken, channel_id=CHANNEL)
+        await store.create_job(
+            owner="discord:1", name="a", **spec_maker(), prepare_folder=broken, channel_id=CHANNEL
+        )
     assert await store.outbox.due(clock.now) == []  # the row went with the job's transaction
 
 
@@ -188,7 +190,15 @@ async def test_migration_0003_keeps_the_messages_of_older_jobs(tmp_path: Path, c
             db.execute(
                 "INSERT INTO jobs (owner, name, spec, state, created_at, finished_at, channel_id,"
                 " status_message_id, completion_message_id) VALUES ('discord:1', 'a', ?, ?, ?, ?, ?, ?, ?)",
-                (spec_maker()(job_id).to_json(), state, now - 7200, finished, channel, message, completion),
+                (
+                    old_spec_json("data.jsonl", f"/data/jobs/{job_id}"),
+                    state,
+                    now - 7200,
+                    finished,
+                    channel,
+                    message,
+                    completion,
+                ),
             )
     async with await Store.open(path, clock=clock) as migrated:
         entries = [entry for job_id in range(1, 8) for entry in await migrated.outbox.entries(job_id)]

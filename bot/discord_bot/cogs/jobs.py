@@ -77,7 +77,7 @@ class JobsCog(commands.Cog):
             text = "\n".join(problem for problem in problems if problem)
             embed.add_field(name="Discord", value=_clip(text, 1024), inline=False)
         if requester.owner == job.owner or requester.is_admin:
-            tail = without_paths(report.log_tail, job.spec.output_dir)
+            tail = without_paths(report.log_tail, job.folder)
             if tail:
                 embed.description = f"Log (last lines):\n```\n{_clip(tail, 3900)}\n```"
         await interaction.followup.send(embed=embed, ephemeral=True)
