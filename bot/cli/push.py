@@ -5,20 +5,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import sys
 from pathlib import Path
 
-from bot.config import Config, Secrets
-from bot.hub.access import HubAccess
+from bot.config import Config
+from bot.hub.destination import RepoRefused
 from bot.hub.model_card import is_hub_id
-from bot.hub.publisher import HubPublisher, PublishRequest
-from bot.jobs.local import open_service, open_store, terminal_requester
-from bot.jobs.outcomes import adapter_name
-from protocol.codec import to_dict
-from protocol.errors import ProtocolError, UserError
-from protocol.job_folder import read_loss_history, read_metrics
-from storage.store import Store
+from bot.hub.publisher import PublishFailed
+from bot.jobs.local import open_service, terminal_requester
+from protocol.errors import UserError
 
 EXIT_FAILED = 1  # a refusal (UserError) exits 2, in bot/cli/main.py
 
@@ -69,13 +64,12 @@ async def _push(args: argparse.Namespace, config: Config) -> int:
         return 0
     if args.repo is None:
         raise UserError("publishing a folder needs --repo namespace/name", "add --repo")
-    request = _folder_request(folder.resolve(), args.repo, config.hub.private if private is None else private)
-    async with await open_store(config) as store:  # it knows which Hub repos qlora-bot created
-        request = await _with_owner(store, request)
-        publisher = HubPublisher(HubAccess.for_config(config, Secrets.from_env().hf_token), store.hub_repos)
+    async with open_service(config) as service:  # it knows which Hub repos qlora-bot created
         try:
-            published = await publisher.publish(request)
-        except UserError as error:
+            published = await service.publish_folder(
+                folder.resolve(), terminal_requester(), repo=args.repo, private=private
+            )
+        except (PublishFailed, RepoRefused) as error:  # an unreadable folder is a refusal: exits 2
             print(f"publishing {folder} failed: {error}", file=sys.stderr)
             return EXIT_FAILED
     print(f"published: {published.url} (commit {published.commit})")
@@ -83,45 +77,10 @@ async def _push(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _job_of_adapter(config: Config, name: str) -> int:
-    async with await open_store(config) as store:
-        adapter = await store.adapter(name)
+    async with open_service(config) as service:
+        adapter = await service.adapter(name)
     if adapter is None:
         raise UserError(
             f"{name!r} is neither a job id, an adapter name nor a folder", "see `qlora-bot jobs --all`"
         )
     return adapter.job_id
-
-
-async def _with_owner(store: Store, request: PublishRequest) -> PublishRequest:
-    """The adapter a folder's repo is created for: the job's adapter when the folder is a job's own (so a
-    repo made by that job's publish takes it), else the folder itself."""
-    folder = request.folder
-    job = await store.job_in_folder(str(folder.parent))
-    if job is not None and job.adapter_path and Path(job.adapter_path).resolve() == folder:
-        return dataclasses.replace(request, adapter=adapter_name(job), job_id=job.id)
-    return dataclasses.replace(request, adapter=f"folder:{folder}")
-
-
-def _folder_request(folder: Path, repo: str, private: bool) -> PublishRequest:
-    """A folder trained by qlora-bot sits in its job folder, beside its metrics and loss history: the card
-    and chart use them when they are there."""
-    try:
-        metrics = read_metrics(folder.parent)
-        history = read_loss_history(folder.parent)
-    except ProtocolError as error:
-        raise UserError(
-            f"the job folder of {folder} holds a file qlora-bot cannot read ({error})",
-            "move that file aside to publish without it",
-        ) from None
-    train = [(p.step, p.loss) for p in history.train if p.loss is not None] if history else []
-    evals = [(p.step, p.eval_loss) for p in history.eval] if history else []
-    return PublishRequest(
-        folder=folder,
-        name=repo.split("/", 1)[1],
-        private=private,
-        repo=repo,
-        metrics=to_dict(metrics) if metrics is not None else {},
-        train_loss=train,
-        eval_loss=evals,
-        any_namespace=terminal_requester().is_admin,  # whoever runs the command line is an admin
-    )

@@ -19,13 +19,12 @@ from pathlib import Path
 
 from bot.config import Config
 from bot.hub.access import HubAccess
-from bot.hub.model_card import is_hub_id
-from bot.hub.publisher import HubPublisher
+from bot.hub.publisher import HubPublisher, Published
 from bot.jobs.admission import check_checkpoint_is_free, check_quotas, job_of_checkpoint, resume_point
 from bot.jobs.asking import Answering, Question, start_ask
 from bot.jobs.checkpoints import resume_problems
 from bot.jobs.executor import Executor
-from bot.jobs.publishing import publish_job
+from bot.jobs.publishing import check_publishable, publish_folder, publish_job
 from bot.jobs.recovery import reconcile
 from bot.jobs.requests import JobRequest, Requester, checked_request
 from bot.jobs.results import FinishedAdapter, JobReport, finished_adapters, job_report, last_progress
@@ -262,15 +261,7 @@ class JobService:
         (hub_state pushed with hub_url, or push_failed with hub_error). `private` None: as the job asked.
         A non-admin's `repo` outside the bot's Hub namespace is refused here, before any Hub write."""
         job = await self.get(job_id)
-        if job.owner != requester.owner and not requester.is_admin:
-            raise UserError(f"job {job_id} is not yours", "only its owner or an admin can publish it")
-        if job.state != "succeeded":
-            raise UserError(
-                f"job {job_id} has no adapter to publish ({job.state})",
-                "only a succeeded job can be published",
-            )
-        if repo is not None and not is_hub_id(repo):
-            raise UserError(f"{repo!r} is not a Hub repo id", "write it as namespace/name")
+        check_publishable(job, requester, repo)
         if repo is not None and not requester.is_admin:
             await self.hub.check_namespace(repo)
         running = self._publishing.get(job_id)
@@ -278,6 +269,18 @@ class JobService:
             return await asyncio.shield(running)
         return await asyncio.shield(
             self._start_publish(job, repo=repo, private=private, admin=requester.is_admin)
+        )
+
+    async def publish_folder(
+        self, folder: Path, requester: Requester, *, repo: str, private: bool | None = None
+    ) -> Published:
+        """Publish an adapter folder of this machine (the terminal's: `requester` must be on it) to `repo`;
+        raises UserError when it fails. `private` None: hub.private in config.toml."""
+        if not requester.on_this_machine:
+            raise UserError("only the command line publishes folders", "publish a job's adapter instead")
+        private = self.config.hub.private if private is None else private
+        return await publish_folder(
+            self.store, self.hub, folder, repo=repo, private=private, any_namespace=requester.is_admin
         )
 
     async def ask(self, question: Question, requester: Requester, client: ServeClient) -> Answering:
@@ -317,6 +320,9 @@ class JobService:
     async def report(self, job_id: int) -> JobReport:
         """What the job shows and left: progress, metrics, its log's last lines, attempts, owed messages."""
         return await job_report(self.store, await self.get(job_id))
+
+    async def adapter(self, name: str) -> Adapter | None:
+        return await self.store.adapter(name)
 
     async def adapters(self, limit: int = 50) -> list[Adapter]:
         """The finished adapters, newest first."""
