@@ -16,7 +16,7 @@ from protocol.events import Error, Phase, decode_event
 from protocol.job_spec import DatasetSpec, Limits
 from tests.test_data_sources import no_remote_network, offline_hub  # noqa: F401 - the fixtures
 from tests.worker_helpers import tiny_spec, worker_env, write_chat_dataset
-from trainer.data_sources import read_records
+from trainer.data.sources import read_records
 
 OFFLINE_HUB = "not found on the Hub or not reachable"
 
@@ -78,7 +78,7 @@ def test_the_training_worker_reads_a_hub_id_from_the_hub_even_beside_a_folder_of
     (job_dir / "spec.json").write_text(spec.to_json())
     env = {**worker_env(), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     result = subprocess.run(
-        [sys.executable, "-m", "trainer.train", str(job_dir / "spec.json")],
+        [sys.executable, "-m", "trainer.training.worker", str(job_dir / "spec.json")],
         capture_output=True,
         text=True,
         env=env,
@@ -102,7 +102,7 @@ def test_the_data_check_refuses_a_source_that_does_not_fit_its_kind(tmp_path: Pa
     ):
         (tmp_path / "spec.json").write_text(spec.replace(dataset=dataset).to_json())
         result = subprocess.run(
-            [sys.executable, "-m", "trainer.check_data", str(tmp_path / "spec.json"), str(tmp_path / "dl")],
+            [sys.executable, "-m", "trainer.data.check", str(tmp_path / "spec.json"), str(tmp_path / "dl")],
             capture_output=True,
             text=True,
             env=worker_env(),

@@ -59,14 +59,16 @@ def run_worker_measured(spec: JobSpec, timeout: float = 60) -> tuple[list, float
     job_dir = Path(spec.output_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
     (job_dir / "spec.json").write_text(spec.to_json())
-    lines, peak = run_measured(["trainer.train", str(job_dir / "spec.json")], timeout, job_dir / "peak")
+    lines, peak = run_measured(
+        ["trainer.training.worker", str(job_dir / "spec.json")], timeout, job_dir / "peak"
+    )
     return [decode_event(line) for line in lines], peak
 
 
 def run_check_measured(spec: JobSpec, work: Path, memory_mb: int = 2048) -> tuple[Error, float]:
     work.mkdir(parents=True, exist_ok=True)
     (work / "spec.json").write_text(spec.to_json())
-    args = ["trainer.check_data", str(work / "spec.json"), str(work / "download"), str(memory_mb)]
+    args = ["trainer.data.check", str(work / "spec.json"), str(work / "download"), str(memory_mb)]
     lines, peak = run_measured(args, 60, work / "peak")
     [result] = [decode_check_result(line) for line in lines]
     assert isinstance(result, Error), result

@@ -73,13 +73,13 @@ def tiny_spec(model_dir: Path, dataset: Path, job_dir: Path, **training: object)
 
 
 def run_worker(spec: JobSpec, timeout: float = 240) -> tuple[list[Event], int]:
-    """Run `python -m trainer.train` to completion; every stdout line must be a protocol event."""
+    """Run `python -m trainer.training.worker` to completion; every stdout line must be a protocol event."""
     job_dir = Path(spec.output_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
     spec_path = job_dir / "spec.json"
     spec_path.write_text(spec.to_json())
     result = subprocess.run(
-        [sys.executable, "-m", "trainer.train", str(spec_path)],
+        [sys.executable, "-m", "trainer.training.worker", str(spec_path)],
         capture_output=True,
         text=True,
         env=worker_env(),

@@ -123,7 +123,7 @@ def _run(args: argparse.Namespace, config: Config, argv: list[str]) -> int:
         from bot.cli.run import run_bot
 
         return run_bot(config, verbose=args.verbose)
-    from bot import job_commands
+    from bot.cli import jobs as job_commands
 
     commands = {"jobs": job_commands.run_jobs, "job": job_commands.run_job, "cancel": job_commands.run_cancel}
     return commands[args.command](args, config)

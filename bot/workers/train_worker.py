@@ -36,7 +36,7 @@ class WorkerLost:
 
 
 class WorkerProcess:
-    """One running `python -m trainer.train SPEC.json`."""
+    """One running `python -m trainer.training.worker SPEC.json`."""
 
     def __init__(self, process: asyncio.subprocess.Process, log_path: Path) -> None:
         self.process = process
@@ -49,7 +49,7 @@ class WorkerProcess:
         log_path: Path,
         env: Mapping[str, str],
         python: str = "",
-        module: str = "trainer.train",
+        module: str = "trainer.training.worker",
         cwd: Path | None = None,
     ) -> WorkerProcess:
         """`cwd`: where the worker runs (its job folder), so nothing it resolves lands in the bot's folder."""

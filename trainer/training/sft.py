@@ -16,9 +16,9 @@ from trl import SFTConfig, SFTTrainer
 from protocol.events import Event
 from protocol.job_folder import CHECKPOINTS_DIR
 from protocol.job_spec import JobSpec
-from trainer.cancellation import CancelFlag
-from trainer.tokenization import TokenizedRows
-from trainer.training_events import EventCallback, TokenCounter
+from trainer.data.tokenization import TokenizedRows
+from trainer.training.training_events import EventCallback, TokenCounter
+from trainer.worker_io import CancelFlag
 
 
 def fused_kernels_available() -> bool:
