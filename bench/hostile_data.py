@@ -25,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from protocol.errors import UserError  # noqa: E402
 from protocol.job_spec import DatasetSpec, Limits  # noqa: E402
-from trainer.errors import UserError  # noqa: E402
 
 DEEP = "[" * 100_000 + "]" * 100_000
 LLAMA2_LIKE = (  # raises on roles out of order, as Llama 2's and Mistral's templates do
@@ -136,7 +136,7 @@ CASES: list[tuple[str, str, str | bytes, str | None]] = [
 def catalogue() -> int:
     from protocol.job_spec import JobSpec
     from tests.tiny_model import build_tokenizer
-    from trainer.check_data import check
+    from trainer.data.check import check
 
     tokenizer = build_tokenizer()
     clear = 0
@@ -161,10 +161,10 @@ def catalogue() -> int:
 
 
 def _outcome(spec, work: Path, tokenizer, template: str | None, check) -> str:
-    from trainer.chat_template import DEFAULT_CHAT_TEMPLATE
-    from trainer.data_sources import read_records
-    from trainer.formats import to_examples
-    from trainer.tokenization import tokenize_examples
+    from trainer.data.chat_template import DEFAULT_CHAT_TEMPLATE
+    from trainer.data.formats import to_examples
+    from trainer.data.sources import read_records
+    from trainer.data.tokenization import tokenize_examples
 
     try:
         check(spec, work / "download", work)
@@ -188,10 +188,10 @@ def _outcome(spec, work: Path, tokenizer, template: str | None, check) -> str:
 STAGE = """
 import json, sys, time
 sys.path.insert(0, {root!r})
-from trainer.data_sources import read_records
+from trainer.data.sources import read_records
 from protocol.errors import UserError
-from trainer.formats import to_examples
-from trainer.memory_cap import memory_cap
+from trainer.data.formats import to_examples
+from trainer.data.memory_cap import memory_cap
 from protocol.job_spec import DatasetSpec, Limits
 limits, started = Limits(data_stage_memory_mb={memory_mb}), time.monotonic()
 try:

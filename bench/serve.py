@@ -2,8 +2,8 @@
 
 Measures, on one GPU and in one run: adapter cold-load time, switch time between resident adapters,
 memory per resident adapter (the serve engine's own Residency and LoRA bank), then through the
-real serve worker (`python -m trainer.serve`, spoken to by the bot's ServeClient): time to first token
-and tokens/s without and with an adapter, and four asks for four different adapters run one after
+real serve worker (`python -m trainer.serving.worker`, spoken to by the bot's ServeClient): time to
+first token and tokens/s without and with an adapter, and four asks for four different adapters run one after
 another versus sent together (one mixed batch; three rounds, medians). Prints a table, writes
 bench/out/serve.json and appends the table to bench/RESULTS.md.
 

@@ -1,12 +1,12 @@
 """Diagnostic, appends nothing: where one training micro-step of qlora-bot's default path spends its time.
 
-Loads the random Llama of bench/train_throughput.py through trainer/model_loading.py (4-bit base, all-linear
-LoRA), applies liger's layer kernels as the trainer does, and times forward + backward of one packed
-micro-batch (2 rows x 2048 tokens of lognormal-length documents, positions restarting per document) in
+Loads the random Llama of bench/train_throughput.py through trainer/training/model_loading.py (4-bit base,
+all-linear LoRA), applies liger's layer kernels as the trainer does, and times forward + backward of one
+packed micro-batch (2 rows x 2048 tokens of lognormal-length documents, positions restarting per document) in
 several set-ups; then prints the top GPU kernels of one profiled step.
 
     python bench/train_profile.py [--work /tmp/bench-train] [--setups packed,causal,packed-ckpt]
-    python bench/train_profile.py --trainer   # the worker's own trainer (trainer/sft.py): steps 3-4 profiled
+    python bench/train_profile.py --trainer   # the worker's own trainer (training/sft.py): steps 3-4 profiled
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def main() -> int:
         return profile_trainer(model_dir, args.work, SHAPES[args.shape]["vocab_size"])
 
     from protocol.job_spec import LoraSpec
-    from trainer.model_loading import add_lora, load_quantized_model
+    from trainer.training.model_loading import add_lora, load_quantized_model
 
     model = add_lora(load_quantized_model(str(model_dir), None), LoraSpec())
     try:
@@ -109,16 +109,16 @@ def main() -> int:
 
 
 def profile_trainer(model_dir: Path, work: Path, vocab: int) -> int:
-    """The worker's own path up to trainer.train() (trainer.train.prepare: memory plan, packed attention,
-    fused kernels as a default job gets them); a profiler over optimizer steps 3-4."""
+    """The worker's own path up to trainer.train() (trainer.training.worker.prepare: memory plan, packed
+    attention, fused kernels as a default job gets them); a profiler over optimizer steps 3-4."""
     import torch
     from transformers import TrainerCallback
 
     from bench.train_throughput import synthetic_dataset
     from protocol.job_spec import DatasetSpec, JobSpec, TrainingSpec
     from protocol.launch import Launch
-    from trainer.cancellation import CancelFlag
-    from trainer.train import prepare
+    from trainer.training.worker import prepare
+    from trainer.worker_io import CancelFlag
 
     data = synthetic_dataset(work / f"synthetic-{vocab}.jsonl", vocab, rows=2000)
     spec = JobSpec(

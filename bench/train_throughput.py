@@ -4,8 +4,8 @@ Builds a random-init Llama-2-7B shape (4-bit NF4 base when loaded) and a synthet
 one token; lognormal lengths, median 350, cap 2000), then runs each recipe in its own process, one after
 another: (1) the 2023 recipe as the seed guide wrote it, on today's APIs (fp16 compute, batch 1 x
 accumulation 4, q/v LoRA r16, gradient checkpointing, 8-bit AdamW, max length 1024, no packing);
-(2) qlora-bot's default, through `python -m trainer.train` with a default JobSpec, and again in its 16 GiB
-mode (`qlora-bot:memory_limit_gib=16`; `--recipes` takes any `qlora-bot:FIELD=VALUE[:...]` attempt);
+(2) qlora-bot's default, through `python -m trainer.training.worker` with a default JobSpec, and again in its
+16 GiB mode (`qlora-bot:memory_limit_gib=16`; `--recipes` takes any `qlora-bot:FIELD=VALUE[:...]` attempt);
 (3) Unsloth, when it is importable (all-linear r16, its own checkpointing, packing to qlora-bot's
 length; QLORA_BOT_UNSLOTH_SITE names a folder put first on its path), else "absent".
 Reports real (non-padding) tokens/s in steady state (after the warm-up steps), peak GPU memory and time
@@ -357,7 +357,13 @@ def run_qlora_bot(model_dir: Path, data: Path, args: argparse.Namespace) -> dict
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     worker = subprocess.Popen(
-        [sys.executable, "-m", "trainer.train", str(job / "spec.json"), *Launch(job_dir=str(job)).argv()],
+        [
+            sys.executable,
+            "-m",
+            "trainer.training.worker",
+            str(job / "spec.json"),
+            *Launch(job_dir=str(job)).argv(),
+        ],
         stdout=subprocess.PIPE,
         stderr=(job / "worker.log").open("w"),
         env=env,

@@ -97,7 +97,7 @@ def decode_event(line: str | bytes) -> Event:
 
 
 # ---------------------------------------------------------------------------------------------
-# The data check: `python -m trainer.check_data SPEC.json DOWNLOAD_DIR` runs the worker's reading,
+# The data check: `python -m trainer.data.check SPEC.json DOWNLOAD_DIR` runs the worker's reading,
 # format detection and row validation at submit time and answers with exactly one line.
 
 

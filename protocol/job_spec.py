@@ -67,7 +67,7 @@ class TrainingSpec:
     grad_accum: int = 4
     max_length: int = 2048  # tokens per packed row; longer examples are dropped and reported
     packing: bool = True
-    # "auto": off when a micro-batch's activations fit in free GPU memory (trainer/memory_plan.py).
+    # "auto": off when a micro-batch's activations fit in free GPU memory (trainer/training/memory_plan.py).
     gradient_checkpointing: bool | str = "auto"
     # Plan for at most this much GPU memory (e.g. 16 on a 24 GB card); None plans for what is free.
     memory_limit_gib: float | None = None
@@ -89,7 +89,7 @@ class Limits:
     # a worker longer).
     download_timeout_s: float = 600.0
     # Hosts (names or addresses, as written in URLs) that dataset URLs may reach although they resolve to
-    # loopback or private addresses, and over plain http: the admin's one way around trainer/url_fetch.py.
+    # loopback or private addresses, and over plain http: the admin's one way around trainer/data/url_fetch.py
     allowed_url_hosts: tuple[str, ...] = ()
     # One row (a line of .jsonl/.txt, a CSV record, a Parquet row decoded): 8,192 tokens of text are
     # about 40 KiB, so this only refuses what could never be trained on whole.

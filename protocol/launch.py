@@ -1,7 +1,7 @@
 """Where one attempt of a job runs, handed to a worker on its command line at launch (never in the spec):
 
-    python -m trainer.train SPEC.json --job-dir DIR [--cache-dir DIR] [--resume-checkpoint CKPT]
-    python -m trainer.check_data SPEC.json DOWNLOAD_DIR [MEMORY_MB] --job-dir DIR
+    python -m trainer.training.worker SPEC.json --job-dir DIR [--cache-dir DIR] [--resume-checkpoint CKPT]
+    python -m trainer.data.check SPEC.json DOWNLOAD_DIR [MEMORY_MB] --job-dir DIR
 
 The spec says what the person asked for; the folder, the cache and the checkpoint this attempt continues
 are the bot's choice for this attempt (the next one may resume from a newer checkpoint).

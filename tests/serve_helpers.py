@@ -122,13 +122,13 @@ class Outcome:
 
 
 class ServeWorker:
-    """`python -m trainer.serve` as a subprocess; a thread collects every event line it writes."""
+    """`python -m trainer.serving.worker` as a subprocess; a thread collects every event line it writes."""
 
     def __init__(self, log_path: Path, *flags: str) -> None:
         self.log_path = log_path
         env = worker_env() | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "trainer.serve", *flags],
+            [sys.executable, "-m", "trainer.serving.worker", *flags],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log_path.open("wb"),

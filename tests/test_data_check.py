@@ -1,4 +1,4 @@
-"""The data check at submit time (bot/workers/data_check.py running trainer/check_data.py): refusals name
+"""The data check at submit time (bot/workers/data_check.py running trainer/data/check.py): refusals name
 the person's own file and line, a check past its deadline or its memory cap is refused and its process
 stopped, and a job's worker names an upload by the name it was given."""
 

@@ -1,4 +1,4 @@
-"""trainer.data_sources: local files of every type, loopback URLs, and the Hub's offline failure path."""
+"""trainer.data.sources: local files of every type, loopback URLs, and the Hub's offline failure path."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import pytest
 
 from protocol.errors import UserError
 from protocol.job_spec import DatasetSpec, Limits
-from trainer.data_sources import Records, read_records
+from trainer.data.records import Records
+from trainer.data.sources import read_records
 
 LIMITS = Limits(max_dataset_bytes=1 << 20, max_rows=1000)
 

@@ -17,7 +17,7 @@ from protocol.job_spec import DatasetSpec, Limits
 from protocol.launch import Launch
 from tests.test_data_sources import no_remote_network, offline_hub  # noqa: F401 - the fixtures
 from tests.worker_helpers import tiny_spec, worker_command, worker_env, write_chat_dataset
-from trainer.data_sources import read_records
+from trainer.data.sources import read_records
 
 OFFLINE_HUB = "not found on the Hub or not reachable"
 
@@ -106,7 +106,7 @@ def test_the_data_check_refuses_a_source_that_does_not_fit_its_kind(tmp_path: Pa
                 *(
                     sys.executable,
                     "-m",
-                    "trainer.check_data",
+                    "trainer.data.check",
                     str(tmp_path / "spec.json"),
                     str(tmp_path / "dl"),
                 ),

@@ -52,7 +52,7 @@ def test_the_fast_path_learns_what_the_plain_path_learns(tiny_model_dir, tmp_pat
         "gradient checkpointing off, 8 rows per micro-step x 1 accumulated: a CPU run keeps its activations"
         in _messages(events)
     )
-    # The second job reuses the first one's tokens (trainer/tokenization_cache.py).
+    # The second job reuses the first one's tokens (trainer/data/tokenization_cache.py).
     assert not any("reused" in message for message in _messages(first_events))
     assert any("tokenized before, reused" in message for message in _messages(events))
     assert len(plain) == len(fast) == 6
@@ -62,7 +62,7 @@ def test_the_fast_path_learns_what_the_plain_path_learns(tiny_model_dir, tmp_pat
 
 @pytest.mark.gpu
 def test_fused_kernels_keep_the_loss_curve(tiny_model_dir, tmp_path):
-    from trainer.sft import fused_kernels_available
+    from trainer.training.sft import fused_kernels_available
 
     if not fused_kernels_available():
         pytest.skip("liger-kernel is not installed")

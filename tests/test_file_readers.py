@@ -1,5 +1,5 @@
-"""trainer.file_readers, json_rows and parquet_reader: caps applied while reading, and a file line (or row)
-for every hostile input that used to end as an internal error or be read whole."""
+"""trainer.data.file_readers, json_rows and parquet_reader: caps applied while reading, and a file line (or
+row) for every hostile input that used to end as an internal error or be read whole."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from protocol.errors import UserError
 from protocol.job_spec import DatasetSpec, Limits
 from tests.test_data_sources import write
-from trainer.data_sources import read_records
+from trainer.data.sources import read_records
 
 SMALL = Limits(max_dataset_bytes=1 << 20, max_rows=1000, max_row_bytes=64)
 ROOMY = Limits(max_dataset_bytes=1 << 20, max_rows=1000, max_row_bytes=1 << 20)

@@ -65,7 +65,7 @@ def run_worker_measured(spec: JobSpec, job_dir: Path, timeout: float = 60) -> tu
 def run_check_measured(spec: JobSpec, work: Path, memory_mb: int = 2048) -> tuple[Error, float]:
     work.mkdir(parents=True, exist_ok=True)
     (work / "spec.json").write_text(spec.to_json())
-    args = ["trainer.check_data", str(work / "spec.json"), str(work / "download"), str(memory_mb)]
+    args = ["trainer.data.check", str(work / "spec.json"), str(work / "download"), str(memory_mb)]
     args += Launch(job_dir=str(work)).argv()
     lines, peak = run_measured(args, 60, work / "peak")
     [result] = [decode_check_result(line) for line in lines]

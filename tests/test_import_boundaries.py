@@ -10,6 +10,7 @@ from pathlib import Path
 
 import bot
 import protocol
+import trainer.data
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "trl", "datasets", "accelerate")
@@ -31,6 +32,28 @@ def test_the_bot_process_never_imports_the_training_stack():
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True
     )
     assert result.stdout.strip() == "[]", f"imported by the bot process: {result.stdout}"
+
+
+def test_the_data_stage_never_imports_the_model_stack():
+    """Every trainer.data module (and trainer.worker_io, which it uses) imports without torch, transformers,
+    peft, bitsandbytes, trl, accelerate, or the training and serving stages: a dataset is read and checked
+    before the model stack is loaded. datasets and pyarrow are not imported either: they are slow to import,
+    and only the functions reading a Hub dataset or a Parquet file import them, when called. numpy may be."""
+    found = pkgutil.walk_packages(trainer.data.__path__, prefix="trainer.data.")
+    modules = [*sorted(info.name for info in found), "trainer.worker_io"]
+    assert {"trainer.data.sources", "trainer.data.fetching", "trainer.data.check"} <= set(modules)
+    forbidden = ("torch", "transformers", "peft", "bitsandbytes", "trl", "accelerate", "datasets", "pyarrow")
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}: importlib.import_module(name)\n"
+        f"heavy = {{m.split('.')[0] for m in sys.modules if m.split('.')[0] in {forbidden!r}}}\n"
+        "stages = {m for m in sys.modules if m.startswith(('trainer.training', 'trainer.serving'))}\n"
+        "print(sorted(heavy | stages))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True
+    )
+    assert result.stdout.strip() == "[]", f"imported by the data stage: {result.stdout}"
 
 
 def _imported_packages(folder: Path) -> dict[str, set[str]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from types import SimpleNamespace
 
-from trainer.memory_plan import (
+from trainer.training.memory_plan import (
     GIB,
     ModelShape,
     TrainingLoad,

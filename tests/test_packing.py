@@ -11,7 +11,7 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 def test_packed_row_logits_equal_separate_rows(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     model.eval()
-    model.config.use_cache = False  # what the trainer sets (trainer/model_loading.py)
+    model.config.use_cache = False  # what the trainer sets (trainer/training/model_loading.py)
     parts = [[1, 17, 42, 99, 23, 5], [1, 88, 7, 300, 2], [1, 64, 65, 66, 67, 68, 69, 2]]
     # The exact batch trl's padding-free collator builds for one packed row (seq_lengths from packing).
     collator = DataCollatorForLanguageModeling(pad_token_id=2, padding_free=True, pad_to_multiple_of=None)
@@ -62,8 +62,8 @@ def _logits_and_grads(model, inputs: dict) -> tuple[torch.Tensor, dict[str, torc
 
 
 def test_packed_attention_equals_the_block_mask_and_its_gradients(tiny_model_dir):
-    """trainer/packed_attention.py (what training uses) against transformers' own block-diagonal mask."""
-    from trainer.packed_attention import NAME, document_bounds, use_packed_attention
+    """trainer/training/packed_attention.py (what training uses) against transformers' block-diagonal mask."""
+    from trainer.training.packed_attention import NAME, document_bounds, use_packed_attention
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     model.config.use_cache = False
@@ -82,7 +82,7 @@ def test_packed_attention_equals_the_block_mask_and_its_gradients(tiny_model_dir
 
 
 def test_packed_attention_refuses_padded_batches(tiny_model_dir):
-    from trainer.packed_attention import use_packed_attention
+    from trainer.training.packed_attention import use_packed_attention
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     use_packed_attention(model, row_tokens=128)
@@ -93,7 +93,7 @@ def test_packed_attention_refuses_padded_batches(tiny_model_dir):
 @pytest.mark.gpu
 def test_varlen_flash_attention_matches_the_masked_path_on_the_gpu(tiny_model_dir):
     """On CUDA the flash varlen kernel runs; the masked SDPA path is the reference (bf16 tolerances)."""
-    from trainer import packed_attention
+    from trainer.training import packed_attention
 
     if packed_attention._varlen_attn is None:
         pytest.skip("this PyTorch has no varlen attention")
@@ -107,7 +107,7 @@ def test_varlen_flash_attention_matches_the_masked_path_on_the_gpu(tiny_model_di
 
 
 def test_packed_attention_declines_soft_capping_and_short_sliding_windows(tiny_model_dir):
-    from trainer.packed_attention import use_packed_attention
+    from trainer.training.packed_attention import use_packed_attention
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     default = model.config._attn_implementation

@@ -50,7 +50,7 @@ def reference(model_dir: Path, prompt: list[int], adapter: Path | None) -> list[
     import torch
     from peft import PeftModel
 
-    from trainer.model_loading import load_quantized_model
+    from trainer.training.model_loading import load_quantized_model
 
     model = load_quantized_model(str(model_dir), None)
     if adapter is not None:
@@ -150,8 +150,8 @@ def test_both_decoders_score_the_next_token_as_transformers_and_peft_do(served):
     import torch
     from peft import PeftModel
 
-    from trainer.model_loading import load_quantized_model
     from trainer.serving.decoders import HfDecoder
+    from trainer.training.model_loading import load_quantized_model
 
     prompt = served.prompts[1]
     reference = PeftModel.from_pretrained(

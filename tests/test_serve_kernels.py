@@ -63,9 +63,9 @@ def test_joined_layers_keep_their_outputs_and_the_byte_table_decodes_them():
 def test_a_bank_joining_layers_answers_as_one_keeping_them_apart(tiny_model_dir: Path, tmp_path: Path):
     import torch
 
-    from trainer.model_loading import load_quantized_model
     from trainer.serving.lora import LoraBank
     from trainer.serving.static_decoder import StaticDecoder
+    from trainer.training.model_loading import load_quantized_model
 
     adapters = [build_adapter(tiny_model_dir, tmp_path / f"a{seed}", seed=seed) for seed in (1, 2)]
     prompts = [[1, 5, 9, 12], [1, 7, 3], [1, 4, 4, 4, 4, 2]]

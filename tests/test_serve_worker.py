@@ -243,33 +243,6 @@ def test_end_of_input_cancels_what_runs_and_exits_zero(workers, adapters):
 # --- in-process: the engine and its parts
 
 
-def test_a_batch_is_the_oldest_request_and_later_ones_that_fit():
-    from trainer.serving.queue import Ask, RequestQueue
-
-    queue = RequestQueue()
-    requests = [
-        Generate(id="1", base_model="m", adapter="a", prompt="x", compare=True),  # 2 rows
-        Generate(id="2", base_model="other", prompt="x"),  # another base model
-        Generate(id="3", base_model="m", prompt="x", temperature=0.7),  # sampled rows join greedy ones
-        Generate(id="4", base_model="m", adapter="b", prompt="x"),
-        Generate(id="5", base_model="m", adapter="c", prompt="x"),  # a third adapter: too many
-        Generate(id="6", base_model="m", adapter="b", prompt="x", compare=True),  # 2 more rows: too many
-        Generate(id="7", base_model="m", prompt="x"),
-        Generate(id="8", base_model="m", adapter="d", prompt="x"),
-    ]
-    for request in requests:
-        assert queue.submit(Ask(request))
-    assert not queue.submit(Ask(requests[0]))  # an id that is already waiting
-    batch = queue.next_batch(max_rows=5, max_adapters=2)
-    assert [ask.id for ask in batch] == ["1", "3", "4", "7"]
-    assert queue.cancel("2", "cancelled").id == "2" and queue.cancel("1", "cancelled") is None
-    assert batch[0].cancel_message == "cancelled"  # running: flagged, stops at the next step
-    assert [ask.id for ask in queue.next_batch(max_rows=5, max_adapters=2)] == ["5", "6"]
-    queue.request_stop()
-    assert queue.next_batch(max_rows=5, max_adapters=2) is None
-    assert [ask.id for ask in queue.drain()] == ["8"]
-
-
 @pytest.fixture(scope="module")
 def engine(adapters):
     from trainer.serving.engine import Engine
@@ -400,7 +373,7 @@ def test_each_row_stops_at_its_own_stop_token_or_length(engine, adapters):
 def test_prompts_follow_the_adapter_template_and_stop_at_its_end_of_turn(adapters):
     from transformers import AutoTokenizer
 
-    from trainer.chat_template import DEFAULT_CHAT_TEMPLATE
+    from trainer.data.chat_template import DEFAULT_CHAT_TEMPLATE
     from trainer.serving.prompts import prompt_ids, stop_ids
 
     tokenizer = AutoTokenizer.from_pretrained(adapters.system)

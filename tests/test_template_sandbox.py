@@ -1,4 +1,4 @@
-"""trainer/template_sandbox.py: chat templates render as transformers renders them, or fail within a
+"""trainer/data/template_sandbox.py: chat templates render as transformers renders them, or fail within a
 deadline and a memory cap, in a child that is replaced after a kill and never outlives its parent."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from tests.serve_helpers import BOMB_TEMPLATE
 from tests.tiny_model import CHAT_TEMPLATE, build_tokenizer
 from tests.worker_helpers import worker_env
-from trainer.template_sandbox import RenderFailed, RenderTimeout, TemplateRenderer
+from trainer.data.template_sandbox import RenderFailed, RenderTimeout, TemplateRenderer
 
 CHAT = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
 
@@ -88,7 +88,7 @@ def test_the_child_gets_no_secrets(renderer, monkeypatch):
 SILENT_LOOP = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
 PARENT = """
 import sys
-from trainer.template_sandbox import TemplateRenderer
+from trainer.data.template_sandbox import TemplateRenderer
 renderer = TemplateRenderer()
 renderer.render("{{ 'ok' }}", [([], False)], {}, timeout_s=60)
 print(renderer._process.pid, flush=True)
@@ -125,12 +125,12 @@ def _alive(pid: int) -> bool:
 
 def test_training_fails_a_bomb_in_the_base_model_template_as_a_user_error(tokenizer, monkeypatch):
     """The trainer's tokenization renders through the same child: the job ends with the person's error."""
-    import trainer.chat_template
+    import trainer.data.chat_template
     from protocol.errors import UserError
-    from trainer.formats import ChatExample
-    from trainer.tokenization import tokenize_examples
+    from trainer.data.formats import ChatExample
+    from trainer.data.tokenization import tokenize_examples
 
-    monkeypatch.setattr(trainer.chat_template, "RENDER_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(trainer.data.chat_template, "RENDER_TIMEOUT_S", 1.0)
     chat = ChatExample(messages=(("user", "Hi"), ("assistant", "Hello.")))
     started = time.monotonic()
     with pytest.raises(UserError) as caught:

@@ -1,4 +1,4 @@
-"""trainer/tokenization.py and trainer/chat_template.py: loss masks cover exactly what the model learns."""
+"""trainer/data/tokenization.py and chat_template.py: loss masks cover exactly what the model learns."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pytest
 
 from protocol.errors import UserError
 from tests.tiny_model import build_tokenizer
-from trainer import chat_template
-from trainer.chat_template import DEFAULT_CHAT_TEMPLATE, choose_chat_template
-from trainer.formats import ChatExample, CompletionExample, TextExample
-from trainer.tokenization import tokenize_examples
+from trainer.data import chat_template
+from trainer.data.chat_template import DEFAULT_CHAT_TEMPLATE, choose_chat_template
+from trainer.data.formats import ChatExample, CompletionExample, TextExample
+from trainer.data.tokenization import tokenize_examples
 
 
 def where(index: int) -> str:

@@ -7,11 +7,11 @@ import logging
 import pytest
 
 from tests.tiny_model import CHAT_TEMPLATE, build_tokenizer
-from trainer import tokenization_cache
-from trainer.data_sources import Records
-from trainer.formats import to_examples
-from trainer.tokenization import TokenizedRows, tokenize_examples
-from trainer.tokenization_cache import cache_key, tokenized
+from trainer.data import tokenization_cache
+from trainer.data.formats import to_examples
+from trainer.data.records import Records
+from trainer.data.tokenization import TokenizedRows, tokenize_examples
+from trainer.data.tokenization_cache import cache_key, tokenized
 
 
 def _chat(question: str, answer: str) -> dict:

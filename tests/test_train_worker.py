@@ -1,4 +1,4 @@
-"""trainer/train.py end to end on the CPU: the real QLoRA path on a tiny random Llama."""
+"""trainer/training/worker.py end to end on the CPU: the real QLoRA path on a tiny random Llama."""
 
 from __future__ import annotations
 
@@ -222,7 +222,7 @@ def test_invalid_settings_are_a_user_error_naming_the_field(tiny_model_dir, tmp_
 
 
 FAILING_RUN = """
-import sys, torch, trainer.train as worker
+import sys, torch, trainer.training.worker as worker
 def run(spec, launch, emit, cancel):
     raise {exception}
 worker.run = run
@@ -270,7 +270,7 @@ def test_gated_and_missing_hub_models_get_actionable_errors():
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
     from protocol.errors import UserError
-    from trainer.model_loading import _explained_load_errors
+    from trainer.training.model_loading import _explained_load_errors
 
     # huggingface_hub 2.x builds its errors from its own HTTP client's responses (httpx2, not httpx).
     http = pytest.importorskip("httpx2")

@@ -73,9 +73,9 @@ def tiny_spec(model_dir: Path, dataset: Path, **training: object) -> JobSpec:
     )
 
 
-def worker_command(spec: JobSpec, launch: Launch, module: str = "trainer.train") -> list[str]:
-    """`python -m trainer.train SPEC.json --job-dir ...` as the executor runs it, the spec written into
-    the job folder."""
+def worker_command(spec: JobSpec, launch: Launch, module: str = "trainer.training.worker") -> list[str]:
+    """`python -m trainer.training.worker SPEC.json --job-dir ...` as the executor runs it, the spec written
+    into the job folder."""
     folder = JobFolder(Path(launch.job_dir))
     folder.path.mkdir(parents=True, exist_ok=True)
     folder.spec_file.write_text(spec.to_json())
@@ -83,7 +83,7 @@ def worker_command(spec: JobSpec, launch: Launch, module: str = "trainer.train")
 
 
 def run_worker(spec: JobSpec, launch: Launch, timeout: float = 240) -> tuple[list[Event], int]:
-    """Run `python -m trainer.train` to completion; every stdout line must be a protocol event."""
+    """Run `python -m trainer.training.worker` to completion; every stdout line must be a protocol event."""
     result = subprocess.run(
         worker_command(spec, launch),
         capture_output=True,

@@ -11,7 +11,7 @@ from typing import Any
 
 from protocol.sources import redact_url
 
-# Field names per level of the record (trainer/train.py writes it); a name missing here is left out.
+# Field names per level of the record (trainer/training/worker.py writes it); a name missing here is left out.
 _TOP = ("data_format", "prompt_style", "chat_template_source")
 _SPEC = ("base_revision", "name")
 _DATASET = ("format", "config", "split")

@@ -46,10 +46,13 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """One `python -m trainer.train SPEC.json --job-dir DIR ...` subprocess per attempt, on this machine."""
+    """One `python -m trainer.training.worker SPEC.json --job-dir DIR ...` subprocess per attempt, here."""
 
     def __init__(
-        self, environ: Mapping[str, str] | None = None, python: str = "", module: str = "trainer.train"
+        self,
+        environ: Mapping[str, str] | None = None,
+        python: str = "",
+        module: str = "trainer.training.worker",
     ):
         self.environ = dict(os.environ if environ is None else environ)
         self.python = python

@@ -9,7 +9,7 @@ from pathlib import Path
 
 TAIL_LINES = 15
 _TAIL_BYTES = 1 << 20  # progress bars redraw in place and make logs long; the end is what matters
-# trainer/train.py main() and bot/logging_setup.py: "%(asctime)s %(levelname)s %(name)s: %(message)s".
+# trainer/training/worker.py main(), bot/logging_setup.py: "%(asctime)s %(levelname)s %(name)s: %(message)s".
 _RECORD = re.compile(
     r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?:DEBUG|INFO|WARNING|ERROR|CRITICAL) (?P<name>[\w.\-]+): "
 )

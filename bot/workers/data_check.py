@@ -1,4 +1,4 @@
-"""The data check at submit time: the worker's own reading and validation (`python -m trainer.check_data`),
+"""The data check at submit time: the worker's own reading and validation (`python -m trainer.data.check`),
 in a short-lived subprocess with a deadline and a memory cap, so a broken file is refused in seconds
 instead of after its wait in the queue, and a hostile one never runs in the bot process.
 """
@@ -32,7 +32,7 @@ class DataChecker:
     log_path: Path
     staging_dir: Path
     python: str = ""
-    module: str = "trainer.check_data"
+    module: str = "trainer.data.check"
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
     cache_dir: Path | None = None  # the libraries' caches (a Hub dataset's download); None: the check's own
 

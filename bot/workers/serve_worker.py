@@ -1,6 +1,6 @@
 """The bot's side of the serve worker: start it on first use, route its events, stop it when idle.
 
-One long-lived `python -m trainer.serve` per bot process holds the base models and an LRU of
+One long-lived `python -m trainer.serving.worker` per bot process holds the base models and an LRU of
 adapters. If it dies, every pending ask fails with a clear message and the next ask starts a new
 one; one that holds asks but says nothing for longer than their timeout plus `silence_grace_s` is
 stuck, and is killed to the same end. After `idle_timeout_s` without asks it exits, giving the GPU
@@ -60,7 +60,7 @@ class ServeClient:
         *,
         environ: Mapping[str, str] | None = None,
         python: str = "",
-        module: str = "trainer.serve",
+        module: str = "trainer.serving.worker",
         cuda_visible_devices: str | None = None,
         gpu_wait: Callable[[], Awaitable[str | None]] | None = None,
         work_dir: Path | None = None,

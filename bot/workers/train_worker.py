@@ -34,7 +34,7 @@ class WorkerLost:
 
 
 class WorkerProcess:
-    """One running `python -m trainer.train SPEC.json --job-dir DIR ...` (protocol/launch.py)."""
+    """One running `python -m trainer.training.worker SPEC.json --job-dir DIR ...` (protocol/launch.py)."""
 
     def __init__(self, process: asyncio.subprocess.Process, log_path: Path) -> None:
         self.process = process
@@ -48,7 +48,7 @@ class WorkerProcess:
         log_path: Path,
         env: Mapping[str, str],
         python: str = "",
-        module: str = "trainer.train",
+        module: str = "trainer.training.worker",
         cwd: Path | None = None,
     ) -> WorkerProcess:
         """`options`: the launch (Launch.argv()). `cwd`: where the worker runs (its job folder), so nothing

@@ -1,4 +1,4 @@
-"""A stand-in for `python -m trainer.check_data` that accepts the fake trainer's datasets.
+"""A stand-in for `python -m trainer.data.check` that accepts the fake trainer's datasets.
 
 A "fake:..." source (or an upload whose first line is {"fake": "..."}) passes unless its options say
 `bad_data=N` (refused as a broken line N, as the real check words it) or `check_s=S` (takes S seconds).
@@ -16,7 +16,7 @@ from fake_trainer import options, source_of
 from protocol.events import DataChecked, Error, encode_check_result
 from protocol.job_spec import JobSpec
 from protocol.launch import parse_launch
-from trainer import check_data
+from trainer.data import check as check_data
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""A stand-in for `python -m trainer.serve` speaking the real serve protocol, for fast Discord tests.
+"""A stand-in for `python -m trainer.serving.worker` speaking the real serve protocol, for fast Discord tests.
 
 The answer is derived from the prompt: "long:N" answers N characters in chunks of 40, "env:" says whether
 it holds HF_TOKEN, its HF_HUB_OFFLINE and its working directory, "hang" sends one Token and then nothing

@@ -1,4 +1,4 @@
-"""A stand-in for `python -m trainer.train` that speaks the real protocol in milliseconds per step.
+"""A stand-in for `python -m trainer.training.worker` that speaks the real protocol in milliseconds per step.
 
 Its behaviour comes from the spec's dataset source, e.g. "fake:steps=6;step_s=0.05;crash_once_at=3"
 (or the first line of an uploaded dataset file, {"fake": "steps=6"}):
@@ -74,7 +74,7 @@ def main() -> int:
     job_dir, resume = folder.path, launch.resume_checkpoint
     first = int(Path(resume).name.split("-")[-1]) if resume else 0
     emit(Started(pid=os.getpid(), attempt_resumes_from=resume))
-    # The job log, written as the real worker writes it (trainer/train.py main()).
+    # The job log, written as the real worker writes it (trainer/training/worker.py main()).
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

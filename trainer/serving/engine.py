@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -18,12 +17,13 @@ import torch
 
 from protocol.errors import UserError
 from protocol.serve import Failed, Finished, Generate, Loading, ServeEvent, Stats, Token, Variant
-from trainer.chat_template import RENDER_TIMEOUT_S
+from trainer.data.chat_template import RENDER_TIMEOUT_S
 from trainer.serving.models import BaseModel, Residency
 from trainer.serving.prompts import prompt_ids, stop_ids
 from trainer.serving.queue import Ask
 from trainer.serving.sampling import RowSampler
 from trainer.serving.streaming import IncrementalDecoder, RowState, StopReason, run_rows
+from trainer.worker_io import explain_failure
 
 log = logging.getLogger(__name__)
 
@@ -246,17 +246,16 @@ class Engine:
             self._send_failure(ask, "cancelled", message, "")
 
     def _fail(self, ask: Ask, error: Exception) -> None:
-        if isinstance(error, UserError):
-            self._send_failure(ask, "user_error", error.message, error.hint)
-        elif isinstance(error, torch.OutOfMemoryError) or "CUDA out of memory" in str(error):
-            log.error("out of memory answering %s:\n%s", ask.id, traceback.format_exc())
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            self._send_failure(ask, "oom", "the GPU ran out of memory while answering", OOM_HINT)
-        else:
-            log.error("internal error answering %s:\n%s", ask.id, traceback.format_exc())
-            message = f"internal error: {type(error).__name__}: {str(error)[:300]}"
-            self._send_failure(ask, "internal", message, "the full traceback is in the serve worker's log")
+        failure = explain_failure(
+            error,
+            log,
+            oom=("the GPU ran out of memory while answering", OOM_HINT),
+            traceback_in="the serve worker's log",
+            context=f" answering {ask.id}",
+        )
+        if failure.kind == "oom" and torch.cuda.is_available():
+            torch.cuda.empty_cache()  # this worker lives on: what the failed batch held is for the next one
+        self._send_failure(ask, failure.kind, failure.message, failure.hint)
 
     def _send_failure(self, ask: Ask, kind: Any, message: str, hint: str) -> None:
         if not ask.closed:

@@ -15,11 +15,11 @@ from typing import Any
 from transformers import AutoTokenizer
 
 from protocol.errors import UserError
-from trainer.chat_template import choose_chat_template
-from trainer.model_loading import load_quantized_model, load_tokenizer
+from trainer.data.chat_template import choose_chat_template
 from trainer.serving.decoders import Decoder, HfDecoder
 from trainer.serving.lora import LoraBank
 from trainer.serving.static_decoder import StaticDecoder, unsupported_reason
+from trainer.training.model_loading import load_quantized_model, load_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,8 @@
 
 Chat turns go through the chat template saved with the adapter (the one it was trained with), so the model
 stops where it learned to stop; a raw prompt gets one BOS, as the trainer gives plain text. Templates render
-in the bounded child of trainer/template_sandbox.py: a hostile one fails its own request, within `timeout_s`.
+in the bounded child of trainer/data/template_sandbox.py: a hostile one fails its own request, within
+`timeout_s`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 from protocol.errors import UserError
 from protocol.serve import Generate
-from trainer.chat_template import render
+from trainer.data.chat_template import render
 
 _REPLY_MARKER = "qlora-bot-reply-marker"
 

@@ -1,4 +1,5 @@
-"""The serve worker: `python -m trainer.serve` answers Generate requests from stdin with events on stdout.
+"""The serve worker: `python -m trainer.serving.worker` answers Generate requests from stdin with events on
+stdout.
 
 Long-lived. A reader thread takes request lines from stdin; the main thread loads models and runs
 batches. Stdout carries serve-protocol lines only (logs go to stderr); EOF, Shutdown or SIGTERM end it.
@@ -13,7 +14,6 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import TextIO
 
 from protocol.serve import (
     Cancel,
@@ -25,47 +25,16 @@ from protocol.serve import (
     decode_request,
     encode,
 )
-from trainer.chat_template import RENDER_TIMEOUT_S  # stdlib only: the template child starts on first use
+from trainer.data.chat_template import RENDER_TIMEOUT_S  # stdlib only: the template child starts on first use
 from trainer.serving.queue import Ask, RequestQueue
+from trainer.worker_io import LineWriter, take_stdout
 
+# Named after the worker rather than this module, as its log lines have always been.
 log = logging.getLogger("trainer.serve")
 
 
-class EventWriter:
-    """One protocol line per event, flushed at once; both threads emit, so writes are serialised."""
-
-    def __init__(self, stream: TextIO, on_broken: Callable[[], None]) -> None:
-        self._stream = stream
-        self._lock = threading.Lock()
-        self._broken = False
-        self._on_broken = on_broken
-
-    def __call__(self, event: ServeEvent) -> None:
-        line = encode(event) + "\n"
-        with self._lock:
-            if self._broken:
-                return
-            try:
-                self._stream.write(line)
-                self._stream.flush()
-            except OSError as error:  # the bot is gone: nobody will read another answer
-                self._broken = True
-                log.warning("stdout closed (%s): stopping", error)
-                self._on_broken()
-
-
-def take_stdout() -> TextIO:
-    """The real stdout, reserved for events; fd 1 and sys.stdout now go to stderr (trainer.event_stream's
-    approach: library prints and C extensions writing to fd 1 cannot corrupt the stream)."""
-    sys.stdout.flush()
-    events_fd = os.dup(1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    return os.fdopen(events_fd, "w", encoding="utf-8", buffering=1)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m trainer.serve", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m trainer.serving.worker", description=__doc__)
     parser.add_argument("--max-adapters", type=_positive(int), default=8, help="adapters resident per base")
     parser.add_argument(
         "--max-adapter-mb", type=_positive(float), default=2048.0, help="their parameter memory per base"
@@ -87,7 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parse_args(argv)
     queue = RequestQueue()
-    emit = EventWriter(stream, on_broken=queue.request_stop)
+
+    def stop(error: OSError) -> None:  # the bot is gone: nobody will read another answer
+        log.warning("stdout closed (%s): stopping", error)
+        queue.request_stop()
+
+    emit = LineWriter(stream, encode, on_broken=stop)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda _signum, _frame: queue.request_stop())
 

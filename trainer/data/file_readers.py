@@ -11,9 +11,10 @@ from typing import IO
 
 from protocol.errors import UserError
 from protocol.job_spec import Limits
-from trainer.json_rows import check_depth, parse_document, parse_line
-from trainer.parquet_reader import read_parquet
-from trainer.records import (
+from protocol.sources import DATASET_SUFFIXES
+from trainer.data.json_rows import check_depth, parse_document, parse_line
+from trainer.data.parquet_reader import read_parquet
+from trainer.data.records import (
     Records,
     RowCollector,
     json_type,
@@ -22,7 +23,6 @@ from trainer.records import (
     too_large,
 )
 
-EXTENSIONS: tuple[str, ...] = (".jsonl", ".json", ".csv", ".parquet", ".txt")
 _BOM = b"\xef\xbb\xbf"  # spreadsheet programs start a CSV with it
 
 
@@ -43,10 +43,11 @@ def read_file(path: Path, origin: str, limits: Limits) -> Records:
 
 
 def check_suffix(suffix: str, origin: str) -> None:
-    if suffix not in EXTENSIONS:
+    if suffix not in DATASET_SUFFIXES:
         raise UserError(
             f"{origin}: unsupported file type {suffix or '(no extension)'}",
-            f"use one of {', '.join(EXTENSIONS)} (rename the file if its content already is one of them)",
+            f"use one of {', '.join(DATASET_SUFFIXES)} "
+            "(rename the file if its content already is one of them)",
         )
 
 

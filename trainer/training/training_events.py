@@ -16,12 +16,23 @@ import torch
 from transformers import TrainerCallback
 
 from protocol.events import Checkpoint, Eval, Event, Progress
-from trainer.cancellation import CancelFlag
-from trainer.errors import AlreadyTrained
+from trainer.worker_io import CancelFlag
 
 # Written into each checkpoint so a resumed job keeps counting tokens (and knows its last measured
 # rate) from where it stopped.
 TOKENS_FILE = "qlora_bot_tokens.json"
+
+
+class AlreadyTrained(Exception):
+    """The checkpoint a job resumes from is at (or past) the job's last step: there is nothing to train.
+
+    Raised from the trainer's on_train_begin, where the Trainer has loaded the checkpoint: left to run,
+    transformers would train one step past max_steps before it checks the limit."""
+
+    def __init__(self, step: int, max_steps: int) -> None:
+        super().__init__(f"the checkpoint is at step {step} of {max_steps}")
+        self.step = step
+        self.max_steps = max_steps
 
 
 class TokenCounter:

@@ -13,6 +13,7 @@ import torch
 
 from protocol.errors import UserError
 from protocol.job_spec import LoraSpec
+from protocol.sources import source_kind
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,8 @@ class _explained_load_errors:
         from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
         name = self.base_model
-        looks_local = name.startswith(("/", ".", "~")) or Path(name).exists()
+        # Only the wording of the error depends on it: from_pretrained has already chosen what it loaded.
+        looks_local = source_kind(name, existing_paths=True) == "path"
         if isinstance(error, GatedRepoError):
             raise UserError(
                 f"base model {name} is gated on the Hub",

@@ -1,5 +1,5 @@
-"""The training worker: `python -m trainer.train SPEC.json --job-dir DIR ...` (protocol/launch.py) runs one
-QLoRA fine-tune and reports events.
+"""The training worker: `python -m trainer.training.worker SPEC.json --job-dir DIR ...` (protocol/launch.py)
+runs one QLoRA fine-tune and reports its events.
 
 Reads top to bottom like the recipe it runs: validate the data before any weight is loaded, load the
 4-bit base and attach LoRA, pack the tokens, train with checkpoints, save the adapter locally. Every
@@ -9,20 +9,17 @@ outcome, failures included, leaves as a protocol event on stdout; tracebacks go 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
 import os
-import random
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from protocol.codec import to_dict
 from protocol.errors import ProtocolError, UserError
-from protocol.events import Done, Error, Phase, Started
+from protocol.events import Done, Error, Phase, Started, encode_event
 from protocol.job_folder import (
     AdapterRecord,
     JobFolder,
@@ -34,20 +31,23 @@ from protocol.job_folder import (
 )
 from protocol.job_spec import JobSpec, spec_problems
 from protocol.launch import Launch, parse_launch
-from trainer.cancellation import CancelFlag
-from trainer.chat_template import choose_chat_template
-from trainer.data_sources import read_records
-from trainer.errors import AlreadyTrained, Cancelled, job_relative
-from trainer.event_stream import take_stdout_for_events
-from trainer.formats import ChatExample, to_examples
-from trainer.memory_cap import memory_cap
-from trainer.memory_plan import GIB, MemoryPlan, ModelShape, TrainingLoad, plan_memory
-from trainer.tokenization import TokenizedRows, tokenize_examples
+from trainer.data.chat_template import choose_chat_template
+from trainer.data.formats import ChatExample, to_examples
+from trainer.data.memory_cap import memory_cap
+from trainer.data.sources import read_records
+from trainer.data.tokenization import TokenizedRows, split_off_eval, tokenize_examples
+from trainer.training.memory_plan import MemoryPlan, plan_for
+from trainer.worker_io import CancelFlag, Cancelled, LineWriter, explain_failure, job_relative, take_stdout
 
+# Named after the worker rather than this module: job logs and their readers know its lines by it.
 log = logging.getLogger("trainer.train")
 
 EXIT_USER_ERROR, EXIT_OOM, EXIT_INTERNAL, EXIT_CANCELLED = 2, 3, 1, 143
-USAGE = "usage: python -m trainer.train SPEC.json --job-dir DIR [--cache-dir DIR] [--resume-checkpoint CKPT]"
+USAGE = (
+    "usage: python -m trainer.training.worker SPEC.json --job-dir DIR [--cache-dir DIR] "
+    "[--resume-checkpoint CKPT]"
+)
+EXIT_CODES = {"user_error": EXIT_USER_ERROR, "oom": EXIT_OOM, "internal": EXIT_INTERNAL}
 DATA_STAGE_SETTING = "defaults.limits.data_stage_memory_mb"
 OOM_HINT = (
     "lower max_length or batch_size (raise grad_accum to keep the batch), and keep gradient checkpointing on"
@@ -55,7 +55,7 @@ OOM_HINT = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    emit = take_stdout_for_events()
+    emit = LineWriter(take_stdout(), encode_event)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -83,9 +83,6 @@ def main(argv: list[str] | None = None) -> int:
         spec = JobSpec.from_json(Path(args[0]).read_text(encoding="utf-8"))
         emit(Started(pid=os.getpid(), attempt_resumes_from=launch.resume_checkpoint))
         return run(spec, launch, emit, cancel)
-    except UserError as error:
-        fail(Error(kind="user_error", message=error.message, hint=error.hint))
-        return EXIT_USER_ERROR
     except ProtocolError as error:
         fail(Error(kind="user_error", message=str(error), hint="fix the job spec"))
         return EXIT_USER_ERROR
@@ -99,40 +96,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_CANCELLED
     except Exception as error:
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            log.error("disk full:\n%s", traceback.format_exc())
-            where = launch.job_dir
-            fail(
-                Error(
-                    kind="internal",
-                    message=f"disk full under {where}",
-                    hint="free space there, then submit the job again (its newest checkpoint is kept)",
-                    checkpoint=_resume_point(launch),
-                )
-            )
-            return EXIT_INTERNAL
-        if _is_oom(error):
-            log.error("out of memory:\n%s", traceback.format_exc())
-            fail(
-                Error(
-                    kind="oom",
-                    message="the GPU ran out of memory",
-                    hint=OOM_HINT,
-                    checkpoint=_resume_point(launch),
-                )
-            )
-            return EXIT_OOM
-        log.error("internal error:\n%s", traceback.format_exc())
-        where = JobFolder(Path(launch.job_dir)).log
-        fail(
-            Error(
-                kind="internal",
-                message=f"internal error: {type(error).__name__}: {str(error)[:300]}",
-                hint=f"the full traceback is in {where}",
-                checkpoint=_resume_point(launch),
-            )
+        failure = explain_failure(
+            error,
+            log,
+            oom=("the GPU ran out of memory", OOM_HINT),
+            traceback_in=JobFolder(Path(launch.job_dir)).log,
+            disk_full_under=launch.job_dir,
         )
-        return EXIT_INTERNAL
+        # A person's error leaves nothing to resume; every other failure names the newest checkpoint.
+        checkpoint = None if failure.kind == "user_error" else _resume_point(launch)
+        fail(Error(kind=failure.kind, message=failure.message, hint=failure.hint, checkpoint=checkpoint))
+        return EXIT_CODES[failure.kind]
 
 
 @dataclass
@@ -169,9 +143,11 @@ def prepare(spec: JobSpec, launch: Launch, emit: Any, cancel: CancelFlag) -> Pre
         data_format, examples = to_examples(records, spec.dataset.format)
     from transformers import set_seed
 
-    from trainer.model_loading import add_lora, load_quantized_model, load_tokenizer
-    from trainer.packed_attention import use_packed_attention  # torch: only once the data is known good
-    from trainer.tokenization_cache import cache_key, tokenized
+    from trainer.data.tokenization_cache import cache_key, tokenized
+    from trainer.training.model_loading import add_lora, load_quantized_model, load_tokenizer
+    from trainer.training.packed_attention import (
+        use_packed_attention,  # torch: only once the data is known good
+    )
 
     tokenizer = load_tokenizer(spec.base_model, spec.base_revision)
     chat_template, template_source = choose_chat_template(tokenizer)
@@ -182,7 +158,7 @@ def prepare(spec: JobSpec, launch: Launch, emit: Any, cancel: CancelFlag) -> Pre
         key,
         lambda: tokenize_examples(examples, tokenizer, chat_template, max_length, records.where),
     )
-    train_rows, eval_rows = _split(rows, spec.training.eval_fraction, spec.training.seed)
+    train_rows, eval_rows = split_off_eval(rows, spec.training.eval_fraction, spec.training.seed)
     summary = f"{records.origin}: format {data_format}; {rows.summary()}"
     emit(Phase(name="validating", message=summary + ("; tokenized before, reused" if reused else "")))
 
@@ -198,12 +174,12 @@ def prepare(spec: JobSpec, launch: Launch, emit: Any, cancel: CancelFlag) -> Pre
         declined = use_packed_attention(model, spec.training.max_length)
         if declined:
             log.info("packed rows keep transformers' block-diagonal mask: %s", declined)
-    from trainer.sft import build_trainer, fused_kernels_available
+    from trainer.training.sft import build_trainer, fused_kernels_available
 
     fused = spec.training.fused_kernels and fused_kernels_available()
     if spec.training.fused_kernels and not fused:
         log.info("fused kernels off: they need a CUDA GPU and liger-kernel (pip install 'qlora-bot[liger]')")
-    plan = _plan_memory(spec, model)
+    plan = plan_for(spec, model)
     emit(Phase(name="loading_model", message=plan.message))
 
     # --- tokenizing: trl builds labels from our masks and packs rows into max_length sequences.
@@ -246,7 +222,8 @@ def run(spec: JobSpec, launch: Launch, emit: Any, cancel: CancelFlag) -> int:
     started_at = time.monotonic()
     prepared = prepare(spec, launch, emit, cancel)
     trainer, callback, plan = prepared.trainer, prepared.callback, prepared.plan
-    from trainer.model_loading import resolved_revision, runtime_description
+    from trainer.training.model_loading import resolved_revision, runtime_description
+    from trainer.training.training_events import AlreadyTrained
 
     # --- training
     emit(Phase(name="training"))
@@ -313,65 +290,6 @@ def run(spec: JobSpec, launch: Launch, emit: Any, cancel: CancelFlag) -> int:
     return 0
 
 
-def _plan_memory(spec: JobSpec, model: Any) -> MemoryPlan:
-    """Checkpointing and the micro-step size for this GPU's free memory right now (memory_plan.py)."""
-    import torch
-
-    training = spec.training
-    choice = training.gradient_checkpointing
-    forced = choice if isinstance(choice, bool) else None
-    if not torch.cuda.is_available():
-        # CPU runs are tests and tiny models: RAM is not what limits them, and no GPU memory is planned.
-        reason = "as the job asks" if forced is not None else "a CPU run keeps its activations"
-        return MemoryPlan(bool(forced), training.batch_size, training.grad_accum, reason, 0)
-    free, _total = torch.cuda.mem_get_info()
-    limit = training.memory_limit_gib
-    plan = plan_memory(
-        ModelShape.of(model.config),
-        TrainingLoad(
-            rows=training.batch_size,
-            row_tokens=training.max_length,
-            accumulation=training.grad_accum,
-            trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
-            lora_dropout=spec.lora.dropout > 0,
-            # trl (>= 1.16) computes the loss through its chunked LM head, never the full logits.
-            fused_loss=True,
-        ),
-        allocated_bytes=torch.cuda.memory_allocated(),
-        free_bytes=free,
-        limit_bytes=None if limit is None else int(limit * GIB),
-        checkpointing=forced,
-    )
-    log.info("%s (predicted peak %.1f GiB)", plan.message, plan.predicted_peak_bytes / GIB)
-    return plan
-
-
-def _split(rows: TokenizedRows, fraction: float, seed: int) -> tuple[TokenizedRows, TokenizedRows | None]:
-    """Hold out a seeded random share of the examples for eval loss."""
-    if fraction <= 0:
-        return rows, None
-    count = len(rows.input_ids)
-    held_out = round(count * fraction)
-    if held_out < 1 or held_out >= count:
-        raise UserError(
-            f"eval_fraction={fraction} of {count} examples leaves no eval or no train examples",
-            "use a larger dataset or a different eval_fraction (0 disables eval)",
-        )
-    order = list(range(count))
-    random.Random(seed).shuffle(order)
-
-    def pick(indices: list[int]) -> TokenizedRows:
-        masks = rows.completion_mask
-        return TokenizedRows(
-            [rows.input_ids[i] for i in indices],
-            [masks[i] for i in indices] if masks is not None else None,
-            rows.dropped_too_long,
-            rows.dropped_untrainable,
-        )
-
-    return pick(sorted(order[held_out:])), pick(sorted(order[:held_out]))
-
-
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -383,14 +301,6 @@ def _is_plain(examples: list) -> bool:
 def _resume_point(launch: Launch) -> str | None:
     """The newest checkpoint of this job, where a later attempt can resume."""
     return newest_checkpoint(launch.job_dir) or launch.resume_checkpoint
-
-
-def _is_oom(error: BaseException) -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return isinstance(error, torch.OutOfMemoryError) or "CUDA out of memory" in str(error)
 
 
 if __name__ == "__main__":

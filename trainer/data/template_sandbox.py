@@ -4,7 +4,7 @@ A chat template is code from whoever published the tokenizer or the adapter. Jin
 from the system, not from looping for hours or building a 10 GB string. A separate process is chosen over a
 counting sandbox because killing it stops everything, work inside C included (one huge string
 multiplication, a regex), which a loop counter never sees; and a signal cannot interrupt a thread other
-than the main one. `python -m trainer.template_sandbox` is the child; TemplateRenderer is its parent side.
+than the main one. `python -m trainer.data.template_sandbox` is the child; TemplateRenderer its parent side.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from trainer.worker_io import reserve_stdout
 
 Chat = tuple[Sequence[Mapping[str, str]], bool]  # (messages, add_generation_prompt)
 
@@ -98,11 +100,11 @@ class TemplateRenderer:
         if self._owner == os.getpid():
             self._stop()
         self._process, self._owner, self._pending = None, os.getpid(), bytearray()
-        source_root = str(Path(__file__).resolve().parent.parent)  # the same code as the parent runs
+        source_root = str(Path(__file__).resolve().parents[2])  # the same code as the parent runs
         env = {name: os.environ[name] for name in _PASSED_ENV if name in os.environ}
         env |= {"PYTHONPATH": os.pathsep.join(filter(None, [source_root, os.environ.get("PYTHONPATH")]))}
         env |= {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-        command = [sys.executable, "-m", "trainer.template_sandbox", "--memory-mb", str(self.memory_mb)]
+        command = [sys.executable, "-m", "trainer.data.template_sandbox", "--memory-mb", str(self.memory_mb)]
         command += ["--max-chars", str(self.max_chars)]
         process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         self._process = process
@@ -157,11 +159,11 @@ class TemplateRenderer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.template_sandbox", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m trainer.data.template_sandbox", description=__doc__)
     parser.add_argument("--memory-mb", type=int, default=MEMORY_MB)
     parser.add_argument("--max-chars", type=int, default=MAX_RENDERED_CHARS)
     args = parser.parse_args(argv)
-    replies = _take_stdout()
+    replies = os.fdopen(reserve_stdout(), "wb")  # prints (transformers' warnings) go to the parent's log
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     from transformers.utils.chat_template_utils import render_jinja_template
 
@@ -202,15 +204,6 @@ def _render_one(render: Any, request: dict, messages: list, add_generation_promp
     if len(text) > args.max_chars:
         return {"error": f"it wrote {len(text):,} characters (at most {args.max_chars:,})"}
     return {"text": text}
-
-
-def _take_stdout() -> BinaryIO:
-    """fd 1 for replies only; prints (transformers' warnings) go to stderr, the parent's log."""
-    sys.stdout.flush()
-    replies = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    return replies
 
 
 def _send(replies: BinaryIO, reply: dict[str, Any]) -> None:

@@ -14,8 +14,8 @@ from typing import Any
 
 from protocol.errors import UserError
 from protocol.job_spec import Limits
-from trainer.json_rows import MAX_DEPTH
-from trainer.records import Records, RowCollector, row_too_large, too_large_decoded, too_many_rows
+from trainer.data.json_rows import MAX_DEPTH
+from trainer.data.records import Records, RowCollector, row_too_large, too_large_decoded, too_many_rows
 
 # Rows decoded at a time: small enough that a batch of rows at the per-row cap stays modest, large
 # enough that Arrow's per-batch overhead does not show on a million short rows.

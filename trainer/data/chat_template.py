@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from protocol.errors import UserError
-from trainer.template_sandbox import Chat, RenderFailed, RenderTimeout, TemplateRenderer
+from trainer.data.template_sandbox import Chat, RenderFailed, RenderTimeout, TemplateRenderer
 
 # A real template renders a chat in about a millisecond; this much is only ever spent by a bomb.
 RENDER_TIMEOUT_S = 10.0

@@ -1,4 +1,4 @@
-"""`python -m trainer.check_data SPEC.json DOWNLOAD_DIR [MEMORY_MB] --job-dir DIR`: the worker's data checks,
+"""`python -m trainer.data.check SPEC.json DOWNLOAD_DIR [MEMORY_MB] --job-dir DIR`: the worker's data checks,
 run at submit time so that a bad file is refused before it waits in the queue.
 
 The same reading, format detection and row validation the training worker runs first (data_sources,
@@ -17,10 +17,11 @@ from protocol.errors import ProtocolError, UserError
 from protocol.events import DataChecked, Error, encode_check_result
 from protocol.job_spec import JobSpec, dataset_problems
 from protocol.launch import parse_launch
-from trainer.data_sources import read_records
-from trainer.formats import to_examples
-from trainer.memory_cap import memory_cap
+from trainer.data.formats import to_examples
+from trainer.data.memory_cap import memory_cap
+from trainer.data.sources import read_records
 
+# Named after the worker rather than this module, as its log lines have always been.
 log = logging.getLogger("trainer.check_data")
 
 
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     except ProtocolError:
         args = []
     if len(args) not in (2, 3):
-        usage = "usage: python -m trainer.check_data SPEC.json DIR [MB] --job-dir DIR"
+        usage = "usage: python -m trainer.data.check SPEC.json DIR [MB] --job-dir DIR"
         _answer(Error(kind="internal", message=usage))
         return 1
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")

@@ -17,9 +17,9 @@ from protocol.events import Event
 from protocol.job_folder import JobFolder
 from protocol.job_spec import JobSpec
 from protocol.launch import Launch
-from trainer.cancellation import CancelFlag
-from trainer.tokenization import TokenizedRows
-from trainer.training_events import EventCallback, TokenCounter
+from trainer.data.tokenization import TokenizedRows
+from trainer.training.training_events import EventCallback, TokenCounter
+from trainer.worker_io import CancelFlag
 
 
 def fused_kernels_available() -> bool:

@@ -1,6 +1,6 @@
 """Fetching a dataset URL without letting it reach this machine or its private network (SSRF).
 
-Owns resolving a host once and connecting to the checked address itself (trainer/url_addresses.py says
+Owns resolving a host once and connecting to the checked address itself (trainer/data/url_addresses.py says
 which addresses pass), https only (never downgraded) across a bounded number of redirects, and one
 deadline for the whole download.
 """
@@ -22,7 +22,7 @@ from typing import Any
 from protocol.errors import UserError
 from protocol.job_spec import Limits
 from protocol.sources import redact_url
-from trainer.url_addresses import IPAddress, address_refusal, host_key, normalised_host, system_resolver
+from trainer.data.url_addresses import IPAddress, address_refusal, host_key, normalised_host, system_resolver
 
 MAX_REDIRECTS = 5
 CHUNK_BYTES = 1 << 16

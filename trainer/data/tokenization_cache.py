@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.tokenization import TokenizedRows
+from trainer.data.tokenization import TokenizedRows
 
 log = logging.getLogger(__name__)
 

@@ -6,13 +6,18 @@ So it is only worth paying for when the activations of one micro-batch would not
 deliberately pessimistic (it counts every tensor autograd keeps per layer, LoRA dropout copies included),
 because a wrong "off" costs an out-of-memory error and a wrong "on" costs only speed.
 
-Stdlib only: the arithmetic is tested on its own; the worker feeds it torch's memory figures.
+The arithmetic is stdlib only and tested on its own; `plan_for` feeds it torch's figures for a job.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
+
+from protocol.job_spec import JobSpec
+
+log = logging.getLogger(__name__)
 
 GIB = 2**30
 BF16 = 2
@@ -167,3 +172,36 @@ def _needed_bytes(shape: ModelShape, load: TrainingLoad, tokens: int, checkpoint
 
 def _gib(size: float) -> str:
     return f"{size / GIB:.1f}"
+
+
+def plan_for(spec: JobSpec, model: Any) -> MemoryPlan:
+    """Checkpointing and the micro-step size of `spec` on `model` for this GPU's free memory right now."""
+    import torch
+
+    training = spec.training
+    choice = training.gradient_checkpointing
+    forced = choice if isinstance(choice, bool) else None
+    if not torch.cuda.is_available():
+        # CPU runs are tests and tiny models: RAM is not what limits them, and no GPU memory is planned.
+        reason = "as the job asks" if forced is not None else "a CPU run keeps its activations"
+        return MemoryPlan(bool(forced), training.batch_size, training.grad_accum, reason, 0)
+    free, _total = torch.cuda.mem_get_info()
+    limit = training.memory_limit_gib
+    plan = plan_memory(
+        ModelShape.of(model.config),
+        TrainingLoad(
+            rows=training.batch_size,
+            row_tokens=training.max_length,
+            accumulation=training.grad_accum,
+            trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+            lora_dropout=spec.lora.dropout > 0,
+            # trl (>= 1.16) computes the loss through its chunked LM head, never the full logits.
+            fused_loss=True,
+        ),
+        allocated_bytes=torch.cuda.memory_allocated(),
+        free_bytes=free,
+        limit_bytes=None if limit is None else int(limit * GIB),
+        checkpointing=forced,
+    )
+    log.info("%s (predicted peak %.1f GiB)", plan.message, plan.predicted_peak_bytes / GIB)
+    return plan

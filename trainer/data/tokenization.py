@@ -8,13 +8,14 @@ tokenizing a megabyte of text costs hundreds of megabytes, only to throw the res
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from protocol.errors import UserError
-from trainer.chat_template import assistant_spans
-from trainer.formats import ChatExample, CompletionExample, Example, TextExample
+from trainer.data.chat_template import assistant_spans
+from trainer.data.formats import ChatExample, CompletionExample, Example, TextExample
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,34 @@ def tokenize_examples(
     else:
         rows = _chat_ids(tokenizer, chat_template, examples, fits, where)  # type: ignore[arg-type]
     return _fit(rows, max_length, masked=not isinstance(first, TextExample), where=where)
+
+
+def split_off_eval(
+    rows: TokenizedRows, fraction: float, seed: int
+) -> tuple[TokenizedRows, TokenizedRows | None]:
+    """(train, eval): a seeded random share `fraction` of the examples held out for eval loss."""
+    if fraction <= 0:
+        return rows, None
+    count = len(rows.input_ids)
+    held_out = round(count * fraction)
+    if held_out < 1 or held_out >= count:
+        raise UserError(
+            f"eval_fraction={fraction} of {count} examples leaves no eval or no train examples",
+            "use a larger dataset or a different eval_fraction (0 disables eval)",
+        )
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+
+    def pick(indices: list[int]) -> TokenizedRows:
+        masks = rows.completion_mask
+        return TokenizedRows(
+            [rows.input_ids[i] for i in indices],
+            [masks[i] for i in indices] if masks is not None else None,
+            rows.dropped_too_long,
+            rows.dropped_untrainable,
+        )
+
+    return pick(sorted(order[held_out:])), pick(sorted(order[:held_out]))
 
 
 @dataclass(frozen=True)
