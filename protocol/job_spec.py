@@ -12,7 +12,7 @@ from typing import Any, Literal
 from protocol.codec import CodecError, from_dict, to_dict
 from protocol.errors import ProtocolError
 from protocol.ranges import Range, above, at_least
-from protocol.sources import hub_id_problem, is_bare_host
+from protocol.sources import hub_id_problem, is_bare_host, source_kind
 
 DatasetFormat = Literal["auto", "text", "messages", "sharegpt", "alpaca", "prompt-completion"]
 DATASET_FORMATS: tuple[str, ...] = ("auto", "text", "messages", "sharegpt", "alpaca", "prompt-completion")
@@ -40,7 +40,7 @@ class DatasetSpec:
 
     def __post_init__(self) -> None:
         if self.kind is None:
-            object.__setattr__(self, "kind", "url" if "://" in self.source else "hub")
+            object.__setattr__(self, "kind", "url" if source_kind(self.source) == "url" else "hub")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import PurePath
 from typing import Any
 
-from protocol.sources import redact_url
+from protocol.sources import redact_url, source_kind
 
 # Field names per level of the record (trainer/training/worker.py writes it); a name missing here is left out.
 _TOP = ("data_format", "prompt_style", "chat_template_source")
@@ -75,9 +75,10 @@ def public_record(record: dict[str, Any]) -> dict[str, Any]:
 def public_reference(reference: str) -> str:
     """A model or dataset reference as a stranger may see it: a URL without its secrets, a local path
     reduced to its last part, anything else (a Hub id) unchanged."""
-    if reference.startswith(("https://", "http://")):
+    kind = source_kind(reference)
+    if kind == "url":
         return redact_url(reference)
-    if reference.startswith(("/", "~", ".", "\\")) or PurePath(reference).is_absolute():
+    if kind == "path" or reference.startswith(".") or PurePath(reference).is_absolute():
         return PurePath(reference).name
     return reference
 
