@@ -33,6 +33,22 @@ class AdapterCatalog(StorePart):
     async def adapter(self, name: str) -> Adapter | None:
         return first(to_adapter, await self._db.run("SELECT * FROM adapters WHERE name = ?", (name,)))
 
+    async def adapter_of_job(self, job_id: int) -> Adapter | None:
+        """The adapter job `job_id` produced (a job produces at most one)."""
+        found = await self._db.run(
+            "SELECT * FROM adapters WHERE job_id = ? ORDER BY id DESC LIMIT 1", (job_id,)
+        )
+        return first(to_adapter, found)
+
+    async def adapters_of_jobs_named(self, job_name: str) -> list[Adapter]:
+        """The adapters of every job called `job_name` (its --name), newest first: people ask by it."""
+        found = await self._db.run(
+            "SELECT adapters.* FROM adapters JOIN jobs ON jobs.id = adapters.job_id WHERE jobs.name = ?"
+            " ORDER BY adapters.id DESC",
+            (job_name,),
+        )
+        return [to_adapter(row) for row in found]
+
     async def adapters(self, *, limit: int = 50) -> list[Adapter]:
         """Newest first."""
         found = await self._db.run("SELECT * FROM adapters ORDER BY id DESC LIMIT ?", (limit,))

@@ -23,7 +23,9 @@ def add_command(commands: argparse._SubParsersAction, common: argparse.ArgumentP
     )
     ask.add_argument("prompt", help="the question or instruction")
     ask.add_argument(
-        "--adapter", required=True, help="adapter name (see `qlora-bot jobs`), folder, or Hub id (owner/name)"
+        "--adapter",
+        required=True,
+        help="adapter name or job id (see `qlora-bot adapters`), folder, or Hub id (owner/name)",
     )
     ask.add_argument("--base-model", help="base model (default: the one the adapter was trained on)")
     ask.add_argument("--compare", action="store_true", help="also answer with the base model alone")
@@ -49,6 +51,8 @@ async def _ask(args: argparse.Namespace, config: Config) -> int:
     try:
         async with open_service(config) as service:
             answering = await service.ask(question, terminal_requester(), client)
+            if args.compare:  # two answers: each says whose it is
+                print(f"--- adapter {answering.adapter.label} ---", flush=True)
             async for event in answering.events():
                 if isinstance(event, Waiting):
                     print(f"waiting: {event.reason}", file=sys.stderr)

@@ -12,9 +12,10 @@ from rich.table import Table
 
 from bot.cli.progress import describe_end, describe_event
 from bot.config import Config
+from bot.jobs.adapter_names import shown_name
 from bot.jobs.local import open_service, terminal_requester
 from bot.jobs.service import JobService
-from bot.jobs.summaries import starts_in
+from bot.jobs.summaries import starts_in, why_it_ended
 from protocol.sources import redact_url
 from storage.models import JOB_STATES, Job
 
@@ -48,8 +49,9 @@ async def _jobs(service: JobService, console: Console, args: argparse.Namespace)
         return
     positions = {entry.job.id: entry for entry in await service.queue()}
     table = Table(box=None, header_style="bold")
-    for column in ("ID", "NAME", "STATE", "PROGRESS", "LOSS", "OWNER", "CREATED"):
-        table.add_column(column)
+    # ADAPTER is the name `ask --adapter` takes; ERROR says why a job failed (`job ID` has all of it).
+    for column in ("ID", "NAME", "STATE", "PROGRESS", "LOSS", "ADAPTER", "OWNER", "CREATED", "ERROR"):
+        table.add_column(column, overflow="fold" if column == "ERROR" else "ellipsis")
     for job in jobs:
         event = await service.last_progress(job.id)
         table.add_row(
@@ -58,8 +60,10 @@ async def _jobs(service: JobService, console: Console, args: argparse.Namespace)
             _state(job, positions.get(job.id)),
             f"{event.step}/{event.total_steps}" if event else "",
             f"{event.loss:.4f}" if event and event.loss is not None else "",
+            shown_name(job) or "",
             job.owner,
             _when(job.created_at),
+            why_it_ended(job.state, job.error_kind, job.error_message),
         )
     console.print(table)
 
@@ -85,6 +89,7 @@ async def _job(service: JobService, console: Console, job_id: int) -> None:
         ("log", str(report.log)),
         ("checkpoint", job.checkpoint_path or ""),
         ("adapter", job.adapter_path or ""),
+        ("ask it as", report.adapter.name if report.adapter is not None else ""),
         ("hub", _hub(job)),
         ("error", f"{job.error_kind}: {describe_end(job)}" if job.error_message else ""),
         ("hint", job.error_hint or ""),

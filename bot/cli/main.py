@@ -10,6 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.text import Text
 
+from bot.cli.adapters import add_command as add_adapters_command
 from bot.cli.ask import add_command as add_ask_command
 from bot.cli.jobs import add_commands as add_job_commands
 from bot.cli.push import add_command as add_push_command
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", type=Path, metavar="CHECKPOINT_DIR", help="continue from a checkpoint")
     add_job_commands(commands, common)
     add_ask_command(commands, common)
+    add_adapters_command(commands, common)
     add_push_command(commands, common)
     commands.add_parser(
         "run",
@@ -123,6 +125,10 @@ def _run(args: argparse.Namespace, config: Config, argv: list[str]) -> int:
         from bot.cli.ask import run_ask
 
         return run_ask(args, config)
+    if args.command == "adapters":
+        from bot.cli.adapters import run_adapters
+
+        return run_adapters(args, config)
     if args.command == "push":
         from bot.cli.push import run_push
 

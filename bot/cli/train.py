@@ -225,6 +225,12 @@ def _report(report: JobReport, argv: list[str], console: Console) -> int:
         summary.append(f"in {format_duration(metrics.get('total_runtime_s'))}")
         console.print(f"[green]done:[/] {', '.join(summary)}", highlight=False)
         print(f"adapter: {job.adapter_path}")  # stdout: the one line a script wants
+        if report.adapter is not None:  # the name `ask` takes, and the job id that works as well
+            name = report.adapter.name
+            console.print(
+                f'ask it: qlora-bot ask --adapter {name} "your prompt" (or --adapter {job.id})',
+                highlight=False,
+            )
         return 0
     console.print(f"[red]{job.error_kind or job.state}:[/] {describe_end(job)}", highlight=False)
     if job.error_hint:

@@ -12,13 +12,14 @@ from bot.config import Config, ServeConfig
 from bot.hub.access import HubAccess
 from bot.hub.download import download_adapter
 from bot.hub.model_card import is_hub_id
+from bot.jobs.adapter_names import known_names, stored_adapter
 from bot.jobs.requests import Requester
 from bot.jobs.specs import local_model_path
 from bot.workers.serve_worker import ServeClient, Waiting
 from protocol.errors import ProtocolError, UserError
 from protocol.job_folder import ADAPTER_CONFIG, AdapterRecord, library_json, read_record
 from protocol.serve import Failed, Finished, Generate, Loading, Token
-from protocol.sources import hub_id_problem
+from protocol.sources import hub_id_problem, source_kind
 from storage.store import Store
 
 
@@ -39,27 +40,48 @@ async def resolve_adapter(
     folders: bool = True,
     allowed_base_models: Sequence[str] | None = None,
 ) -> ResolvedAdapter:
-    """An adapter by name (from the store), by folder (only with `folders`: the terminal's user may name
-    one, Discord never), or (with `hub`) by Hub id, downloaded into the Hub cache; `base_model` overrides
-    the recorded one. With `allowed_base_models`, the adapter's base model must be one of them."""
-    stored = await store.adapter(reference)
+    """An adapter by name, job id or job name (from the store: bot/jobs/adapter_names.py), by folder (only
+    with `folders`: the terminal's user may name one, Discord never), or (with `hub`) by Hub id, downloaded
+    into the Hub cache; `base_model` overrides the recorded one. With `allowed_base_models`, the adapter's
+    base model must be one of them. Stored names come first: `./NAME` means a folder called NAME."""
+    stored = await stored_adapter(store, reference)
     if stored is not None:
         folder = Path(stored.path)
         label, recorded_base = stored.name, stored.base_model
     elif folders and Path(reference).expanduser().is_dir():
         folder = Path(reference).expanduser().resolve()
+        if not (folder / ADAPTER_CONFIG).is_file():
+            raise UserError(
+                f"{folder} holds no adapter (no {ADAPTER_CONFIG})",
+                "pass the folder a job saved its adapter in",
+            )
         label, recorded_base = str(folder), _recorded_base_model(folder, str(folder))
+    elif folders and _meant_as_folder(reference):
+        path = Path(reference).expanduser()
+        what = "not a folder" if path.exists() else "no such folder"
+        raise UserError(
+            f"{what}: {reference}", "pass the folder an adapter is in (it holds adapter_config.json)"
+        )
     elif hub is not None and _is_hub_reference(reference, folders):
         folder = await download_adapter(hub, reference)
         label, recorded_base = reference, _recorded_base_model(folder, reference)
-    else:
-        # The same answer for every other name, whatever exists on this machine.
-        hint = (
-            "list adapters with /adapters (or `qlora-bot jobs`), pass the adapter's folder, or a Hub id"
-            if folders
-            else "list adapters with /adapters, or give a Hub adapter id (owner/name)"
+    elif folders:
+        known = await known_names(store)
+        listed = (
+            f"adapters here: {known} (`qlora-bot adapters` lists them all)"
+            if known
+            else "none finished here yet"
         )
-        raise UserError(f"there is no adapter named {reference!r}", hint)
+        raise UserError(
+            f"there is no adapter named {reference!r}",
+            f"{listed}; or pass a job id, the adapter's folder, or a Hub id (owner/name)",
+        )
+    else:
+        # The same answer for every other name, whatever exists on the bot's machine.
+        raise UserError(
+            f"there is no adapter named {reference!r}",
+            "list adapters with /adapters, or give a Hub adapter id (owner/name)",
+        )
     if not folder.is_dir():
         gone = f" ({folder})" if folders else ""  # Discord never shows where the bot keeps its files
         raise UserError(f"the files of adapter {label} are gone{gone}", "train it again")
@@ -74,6 +96,15 @@ async def resolve_adapter(
     record = _record(folder, label)
     prompt_style = record.prompt_style if record is not None else "chat"
     return ResolvedAdapter(label=label, path=str(folder), base_model=base, prompt_style=prompt_style)
+
+
+def _meant_as_folder(reference: str) -> bool:
+    """Written as a path (/x, ./x, ~/x, x.json...), or owner/name where a folder `owner` exists here: that
+    is a folder with a typo, not a Hub id (asking the Hub would only say it has no such repo)."""
+    if source_kind(reference) == "path":
+        return True
+    parent = Path(reference).expanduser().parent
+    return "/" in reference and parent != Path(".") and parent.is_dir()
 
 
 def _is_hub_reference(reference: str, folders: bool) -> bool:
@@ -92,7 +123,7 @@ class Question:
     """One ask as a person wrote it."""
 
     prompt: str
-    adapter: str  # a name, a Hub id, or (on_this_machine only) a folder
+    adapter: str  # a name, a job id, a Hub id, or (on_this_machine only) a folder
     base_model: str | None = None  # instead of the one the adapter records
     compare: bool = False  # also answer with the base model alone
     max_new_tokens: int | None = None

@@ -22,12 +22,14 @@ class JobReport:
     log_tail: str  # the job's own last lines of that log ("" while there are none)
     attempts: list[Attempt]
     owed: list[OutboxEntry]  # what the bot owes (or owed) the job's channel, oldest first
+    adapter: Adapter | None = None  # what it produced, by the name `ask` takes; None unless it succeeded
 
 
 @dataclass(frozen=True)
 class FinishedAdapter:
     adapter: Adapter
     hub_url: str | None  # where its job published it, if it did
+    final_loss: float | None = None  # its job's last training loss, when it reported one
 
 
 async def last_progress(store: Store, job_id: int) -> Progress | None:
@@ -36,23 +38,31 @@ async def last_progress(store: Store, job_id: int) -> Progress | None:
 
 
 async def job_report(store: Store, job: Job) -> JobReport:
-    done = await store.last_event(job.id, "done")
     log = JobFolder(Path(job.folder)).log
     return JobReport(
         job=job,
         progress=await last_progress(store, job.id),
-        metrics=done.event.metrics if done is not None and isinstance(done.event, Done) else {},
+        metrics=await _metrics(store, job.id),
         log=log,
         log_tail=job_log_tail(log),
         attempts=await store.attempts(job.id),
         owed=await store.outbox.entries(job.id),
+        adapter=await store.adapter_of_job(job.id),
     )
 
 
+async def _metrics(store: Store, job_id: int) -> dict:
+    """From the job's done event: {} unless it succeeded."""
+    done = await store.last_event(job_id, "done")
+    return done.event.metrics if done is not None and isinstance(done.event, Done) else {}
+
+
 async def finished_adapters(store: Store, limit: int) -> list[FinishedAdapter]:
-    """Newest first, each with its Hub address when its job published it."""
+    """Newest first, each with its Hub address when its job published it, and its final training loss."""
     listed = []
     for adapter in await store.adapters(limit=limit):
         job = await store.get_job(adapter.job_id)
-        listed.append(FinishedAdapter(adapter, job.hub_url if job is not None else None))
+        loss = (await _metrics(store, adapter.job_id)).get("final_loss")
+        final_loss = float(loss) if isinstance(loss, (int, float)) else None
+        listed.append(FinishedAdapter(adapter, job.hub_url if job is not None else None, final_loss))
     return listed

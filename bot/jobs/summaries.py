@@ -40,3 +40,19 @@ def starts_in(eta_s: float | None) -> str:
 def step_and_loss(progress: Progress) -> str:
     loss = f", loss {progress.loss:.4f}" if progress.loss is not None else ""
     return f"step {progress.step}/{progress.total_steps}{loss}"
+
+
+def clipped(text: str, limit: int) -> str:
+    """The first line of `text` in at most `limit` characters, an ellipsis marking a cut."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
+
+
+def why_it_ended(state: str, error_kind: str | None, error_message: str | None, limit: int = 60) -> str:
+    """A failed job's reason in a list's column ("oom: CUDA out of memory at step 3"), a cancel's when it
+    was not a plain cancel (a time limit); "" for the others. The whole text is in the job's details."""
+    if state == "failed" and error_message:
+        return clipped(f"{error_kind}: {error_message}" if error_kind else error_message, limit)
+    if state == "cancelled" and error_message and error_message != "cancelled":
+        return clipped(error_message, limit)
+    return ""
