@@ -162,7 +162,7 @@ def test_jobs_shows_why_a_failed_job_failed(data_home):
     header = listing.stdout.splitlines()[0].split()
     assert header[-1] == "ERROR"
     line = next(line for line in listing.stdout.splitlines() if line.split()[:1] == [str(broken.id)])
-    error = line[listing.stdout.splitlines()[0].index("ERROR") :]
+    error = line[listing.stdout.splitlines()[0].index("ERROR") :].strip()
     assert error.startswith("oom: CUDA out of memory while training step 3") and error.endswith("…")
     assert len(error) <= 60
     assert "oom" not in " ".join(row_of(listing.stdout, str(ok.id)))  # a succeeded job has no error
