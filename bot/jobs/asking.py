@@ -70,7 +70,7 @@ async def resolve_adapter(
         listed = (
             f"adapters here: {known} (`qlora-bot adapters` lists them all)"
             if known
-            else "none finished here yet"
+            else "no job has finished an adapter here yet (`qlora-bot train` makes one)"
         )
         raise UserError(
             f"there is no adapter named {reference!r}",
@@ -99,12 +99,11 @@ async def resolve_adapter(
 
 
 def _meant_as_folder(reference: str) -> bool:
-    """Written as a path (/x, ./x, ~/x, x.json...), or owner/name where a folder `owner` exists here: that
-    is a folder with a typo, not a Hub id (asking the Hub would only say it has no such repo)."""
+    """Written as a path (/x, ./x, ~/x, x.json...), or with slashes that no Hub id has (runs/a/b): a folder
+    that is not there, not a name to look up elsewhere. owner/name stays a Hub id."""
     if source_kind(reference) == "path":
         return True
-    parent = Path(reference).expanduser().parent
-    return "/" in reference and parent != Path(".") and parent.is_dir()
+    return "/" in reference and hub_id_problem(reference, owner_required=True, what="adapter") is not None
 
 
 def _is_hub_reference(reference: str, folders: bool) -> bool:
