@@ -6,20 +6,24 @@ long instead of wrapping."""
 
 from __future__ import annotations
 
+import io
 import re
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pexpect
 import pyte
 import pytest
+from rich.console import Console
 
+from bot.cli.progress import TerminalProgress
 from bot.cli.progress_line import SEPARATOR, fit, progress_fields, progress_line, waiting_line
 from bot.cli.train import final_figures
 from bot.jobs.summaries import about, clock, compact_count, in_line, waiting_for
-from protocol.events import Progress
+from protocol.events import Progress, Started
 from tests.worker_helpers import train_args, worker_env, write_chat_dataset
 
 COLUMNS = 80
@@ -228,3 +232,20 @@ def test_a_second_train_shows_its_place_in_the_queue_and_the_cpu_slot(tiny_model
         for terminal in (second, first):
             if terminal is not None:
                 terminal.finish(120)
+
+
+def test_a_log_gets_one_queue_line_per_change_of_place_and_none_for_a_job_about_to_start():
+    out = io.StringIO()
+    display = TerminalProgress(Console(file=out, width=80), plain_interval_s=0)
+    display.state(SimpleNamespace(state="queued", attempt=1, resume_point=None))
+    display.waiting("next in line", None, "starting")
+    display.waiting("2nd in line", "about 6 min", "waiting for the CPU slot (job 1 is running)")
+    display.waiting("2nd in line", "about 5 min", "waiting for the CPU slot (job 1 is running)")
+    display.waiting("next in line", "about 2 min", "waiting for the CPU slot (job 1 is running)")
+    assert out.getvalue().splitlines() == [
+        "queued: 2nd in line, about 6 min, waiting for the CPU slot (job 1 is running)",
+        "queued: next in line, about 2 min, waiting for the CPU slot (job 1 is running)",
+    ]
+    display.handle(Started(pid=1, attempt_resumes_from=None))
+    display.waiting("next in line", "about 1 min", "waiting for the CPU slot (job 1 is running)")
+    assert len(out.getvalue().splitlines()) == 3  # the started line; a late queue answer is dropped

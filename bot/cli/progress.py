@@ -125,7 +125,7 @@ class TerminalProgress:
             self._draw()
             return
         changed = f"{position} {reason}"
-        if changed != self._last_waiting:
+        if wait is not None and changed != self._last_waiting:  # a job about to start is not worth a line
             self._last_waiting = changed
             self._line(waiting_line(position, wait, reason, 10_000))
 
