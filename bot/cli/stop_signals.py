@@ -55,7 +55,7 @@ class StopSignals:
             name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
             with contextlib.suppress(OSError):
                 self.console.print(
-                    f"\n{name}: cancelling: the worker saves a checkpoint first (Ctrl-C again to kill it)",
+                    f"\n{name}: cancelling: the worker saves a checkpoint first (Ctrl-C again kills it)",
                     highlight=False,
                 )
             if self.on_first is not None:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -17,8 +18,9 @@ from bot.jobs.executor import LocalExecutor
 from bot.jobs.local import configured_slots, open_service, terminal_requester
 from bot.jobs.requests import JobRequest, request_spec
 from bot.jobs.results import JobReport
+from bot.jobs.scheduler import Slot
 from bot.jobs.service import JobService, Requester, RunnerBusy
-from bot.jobs.summaries import format_duration
+from bot.jobs.summaries import about, clock, compact_count, in_line, waiting_for
 from protocol.job_folder import TRAINER_STATE, newest_checkpoint
 from protocol.job_spec import JobSpec, spec_problems
 from storage.models import Job
@@ -111,9 +113,10 @@ async def _train(
             except asyncio.CancelledError:
                 console.print("cancelled before the job was queued", highlight=False)
                 return signals.exit_code(EXIT_CODES["cancelled"], cancelled_code=EXIT_CODES["cancelled"])
+            slots = configured_slots(config)
             takeover = asyncio.create_task(_run_queue_when_free(service, job.id, config, console))
             try:
-                await _follow(service, job, requester, console, signals)
+                await _follow(service, job, requester, console, signals, _Queue(slots, config))
             finally:
                 takeover.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -152,8 +155,35 @@ async def _job_to_follow(
     return job
 
 
+@dataclass(frozen=True)
+class _Queue:
+    """The slots the queue runs on (as this machine sees them) and the per-person limit."""
+
+    slots: list[Slot]
+    config: Config
+
+
+async def _show_where_it_waits(
+    service: JobService, job_id: int, queue: _Queue, display: TerminalProgress
+) -> None:
+    """While the job is queued: its place in line, the expected wait and what it waits for, every 2 s."""
+    kind = "CPU" if all(slot.name == "cpu" for slot in queue.slots) else "GPU"
+    while True:
+        entries = await service.queue(slot_count=len(queue.slots))
+        entry = next((entry for entry in entries if entry.job.id == job_id), None)
+        if entry is not None:
+            running = await service.list(states=["running"])
+            ids = sorted(other.id for other in running)
+            limit = queue.config.queue.max_running_per_user
+            own = sum(1 for other in running if other.owner == entry.job.owner)
+            own_limit = limit if len(running) < len(queue.slots) and own >= limit else None
+            reason = waiting_for(kind, len(queue.slots), ids, own_limit)
+            display.waiting(in_line(entry.position), about(entry.eta_s) if ids else None, reason)
+        await asyncio.sleep(2.0)
+
+
 async def _follow(
-    service: JobService, job: Job, requester: Requester, console: Console, signals: StopSignals
+    service: JobService, job: Job, requester: Requester, console: Console, signals: StopSignals, queue: _Queue
 ) -> None:
     """Render the job until it ends; the first stop signal cancels it (at a checkpoint), a second kills it."""
     pending: set[asyncio.Task] = set()
@@ -167,6 +197,7 @@ async def _follow(
     if signals.received:
         cancel()  # the signal came just as the job was queued
     display = TerminalProgress(console)
+    watching = asyncio.create_task(_show_where_it_waits(service, job.id, queue, display))
     try:
         async for update in service.subscribe(job.id):
             with contextlib.suppress(OSError):  # a closed terminal must not stop the shutdown
@@ -175,6 +206,9 @@ async def _follow(
                 else:
                     display.state(update.job)
     finally:
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError, OSError):
+            await watching
         signals.on_first = signals.on_second = None
         with contextlib.suppress(OSError):
             display.close()
@@ -216,14 +250,7 @@ def _say_what_is_handed_back(service: JobService, job_id: int, console: Console)
 def _report(report: JobReport, argv: list[str], console: Console) -> int:
     job, metrics = report.job, report.metrics
     if job.state == "succeeded":
-        loss = metrics.get("final_loss")
-        summary = [f"{metrics.get('steps')} steps", f"{metrics.get('tokens', 0):,} tokens"]
-        if loss is not None:
-            summary.append(f"final loss {loss:.4f}")
-        if metrics.get("eval_loss") is not None:
-            summary.append(f"eval loss {metrics['eval_loss']:.4f}")
-        summary.append(f"in {format_duration(metrics.get('total_runtime_s'))}")
-        console.print(f"[green]done:[/] {', '.join(summary)}", highlight=False)
+        console.print(f"[green]done:[/] {final_figures(metrics)}", highlight=False)
         print(f"adapter: {job.adapter_path}")  # stdout: the one line a script wants
         if report.adapter is not None:  # the name `ask` takes, and the job id that works as well
             name = report.adapter.name
@@ -242,6 +269,21 @@ def _report(report: JobReport, argv: list[str], console: Console) -> int:
         console.print("resume with:", highlight=False)
         print(shlex.join(["qlora-bot", *_without_resume(argv), "--resume", checkpoint]))
     return EXIT_CODES.get(job.error_kind or "", 1)
+
+
+def final_figures(metrics: dict) -> str:
+    """Each final figure once: the live line that showed them while training is cleared
+    (bot/cli/progress.py)."""
+    tokens, runtime = metrics.get("tokens", 0), metrics.get("train_runtime_s")
+    summary = [f"{metrics.get('steps')} steps", f"{tokens:,} tokens"]
+    if tokens and runtime:
+        summary[-1] += f" at {compact_count(tokens / runtime)} tok/s"
+    if metrics.get("final_loss") is not None:
+        summary.append(f"final loss {metrics['final_loss']:.4f}")
+    if metrics.get("eval_loss") is not None:
+        summary.append(f"eval loss {metrics['eval_loss']:.4f}")
+    summary.append(f"in {clock(metrics.get('total_runtime_s'))}")
+    return ", ".join(summary)
 
 
 def _without_resume(argv: list[str]) -> list[str]:

@@ -303,9 +303,9 @@ class JobService:
     async def events(self, job_id: int, after_id: int = 0) -> list[StoredEvent]:
         return await self.store.events(job_id, after_id=after_id)
 
-    async def queue(self) -> list[QueueEntry]:
-        """Every queued job with its position and expected wait."""
-        slot_count = len(self.runner.slots) if self.runner is not None else 1
+    async def queue(self, slot_count: int | None = None) -> list[QueueEntry]:
+        """Every queued job with its position and expected wait (`slot_count`: another process's queue)."""
+        slot_count = slot_count or (len(self.runner.slots) if self.runner is not None else 1)
         default_s = self.config.queue.default_job_minutes * 60
         return await queue_entries(self.store, slot_count, self.clock(), default_s)
 
