@@ -158,8 +158,8 @@ def test_invalid_flags_are_refused_before_any_worker_starts(tmp_path, data_home)
     )
     assert result.returncode == 2
     assert (
-        "training.learning_rate: must be a finite number > 0" in result.stderr
-        and "lora.r: must be an integer >= 1" in result.stderr
+        "--lr: must be a finite number > 0" in result.stderr
+        and "--r: must be an integer >= 1" in result.stderr
     )
     assert not (data_home / "jobs").exists()
 

@@ -99,5 +99,5 @@ def test_a_checkpoint_of_another_lora_shape_is_refused_before_queueing(first_run
     other_rank = [*args[: args.index("--r")], "--r", "8"]
     result = cli(*other_rank, "--resume", str(job_dir / "checkpoints" / "checkpoint-3"), home=home)
     assert result.returncode == 2
-    assert "lora.r: the checkpoint has rank 4, the job asks for 8" in result.stderr
+    assert "--r: the checkpoint has rank 4, the job asks for 8" in result.stderr
     assert "job " not in result.stderr.split("error:")[0]  # refused before a job was queued

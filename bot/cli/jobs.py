@@ -158,8 +158,8 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     jobs.add_argument("--state", choices=JOB_STATES, help="only jobs in this state")
     jobs.add_argument("--limit", type=int, default=50, help="at most this many (newest first)")
     job = commands.add_parser("job", parents=[common], help="show one job: details, attempts, last events")
-    job.add_argument("id", type=int)
+    job.add_argument("id", type=int, help="the job's id (as `qlora-bot jobs` lists it)")
     cancel = commands.add_parser(
         "cancel", parents=[common], help="cancel a job (running jobs checkpoint first)"
     )
-    cancel.add_argument("id", type=int)
+    cancel.add_argument("id", type=int, help="the job's id (as `qlora-bot jobs` lists it)")

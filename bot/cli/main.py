@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from rich.console import Console
 from rich.text import Text
@@ -13,77 +12,32 @@ from rich.text import Text
 from bot.cli.adapters import add_command as add_adapters_command
 from bot.cli.ask import add_command as add_ask_command
 from bot.cli.jobs import add_commands as add_job_commands
+from bot.cli.options import add_common_options, package_version
 from bot.cli.push import add_command as add_push_command
+from bot.cli.train_flags import add_command as add_train_command
+from bot.cli.train_flags import with_flags
 from bot.config import Config, ConfigError, Secrets, load_config
 from bot.jobs.service import EndUnrecorded, RunnerBusy
 from bot.logging_setup import setup_cli_logging
 from protocol.errors import UserError
-from protocol.job_spec import DATASET_FORMATS, SCHEDULERS
 from storage.database import DatabaseUnusable
 from storage.migrate import MigrationError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qlora-bot",
+        description="Fine-tune open LLMs with QLoRA, from the terminal or a Discord channel.",
+        epilog="`qlora-bot COMMAND -h` shows a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"qlora-bot {package_version()}")
+    add_common_options(parser)
+    # The same options after the command; SUPPRESS leaves what came before it when they are not repeated.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, help="config file (default: ./config.toml when present)")
-    common.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    add_common_options(common, default=argparse.SUPPRESS)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
-    parser = argparse.ArgumentParser(prog="qlora-bot", description="Fine-tune open LLMs with QLoRA.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    train = commands.add_parser(
-        "train",
-        parents=[common],
-        help="fine-tune a base model on a dataset in a worker process",
-        description="Run one QLoRA fine-tune with a live progress bar; Ctrl-C cancels at a checkpoint.",
-    )
-    train.add_argument(
-        "--base-model", help="Hub model id or local folder (default: config defaults.base_model)"
-    )
-    train.add_argument(
-        "--dataset",
-        required=True,
-        help="Hub dataset id, local file (.jsonl .json .csv .parquet .txt) or https URL",
-    )
-    train.add_argument(
-        "--format", choices=DATASET_FORMATS, default="auto", help="dataset format (default: detect)"
-    )
-    train.add_argument("--dataset-config", help="Hub dataset configuration name")
-    train.add_argument("--split", default="train", help="Hub dataset split (default: train)")
-    train.add_argument("--name", help="adapter name (default: from the dataset)")
-    train.add_argument("--r", type=int, help="LoRA rank")
-    train.add_argument("--alpha", type=int, help="LoRA alpha (default: 2 * r)")
-    train.add_argument("--dropout", type=float, help="LoRA dropout")
-    train.add_argument("--target-modules", help="comma-separated module names (default: all linear layers)")
-    train.add_argument("--epochs", type=float, help="passes over the data")
-    train.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
-    train.add_argument("--lr", type=float, help="peak learning rate")
-    train.add_argument("--warmup", type=float, help="warm-up: a fraction below 1, else steps")
-    train.add_argument("--scheduler", choices=SCHEDULERS, help="learning-rate schedule")
-    train.add_argument("--batch-size", type=int, help="packed rows per micro-step")
-    train.add_argument("--grad-accum", type=int, help="micro-steps per optimizer step")
-    train.add_argument("--max-length", type=int, help="tokens per packed row")
-    train.add_argument("--eval-fraction", type=float, help="share of examples held out for eval loss")
-    train.add_argument("--checkpoint-steps", type=int, help="save a checkpoint every N steps")
-    train.add_argument("--seed", type=int, help="random seed")
-    train.add_argument("--no-packing", action="store_true", help="one example per row")
-    train.add_argument(
-        "--gradient-checkpointing",
-        choices=("auto", "on", "off"),
-        help="recompute activations in the backward pass (default auto: on only when memory needs it)",
-    )
-    train.add_argument(
-        "--no-gradient-checkpointing", action="store_true", help="same as --gradient-checkpointing off"
-    )
-    train.add_argument(
-        "--memory-limit-gib",
-        type=float,
-        help="plan for at most this much GPU memory (16 fits a 7B job on a 24 GB card)",
-    )
-    train.add_argument(
-        "--output", type=Path, help="job folder (default: a new folder under the data directory)"
-    )
-    train.add_argument("--resume", type=Path, metavar="CHECKPOINT_DIR", help="continue from a checkpoint")
+    add_train_command(commands, common)
     add_job_commands(commands, common)
     add_ask_command(commands, common)
     add_adapters_command(commands, common)
@@ -98,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # `qlora-bot` alone: what it can do, as git and llm answer
+        parser.print_help()
+        return 0
     secrets = Secrets.from_env()
     setup_cli_logging([secrets.discord_token, secrets.hf_token], verbose=args.verbose)
     try:
@@ -150,10 +108,10 @@ def _refused(error: UserError, command: str, config: Config) -> int:
         print(f"qlora-bot: {error.message} ({config.data_dir()}); {error.hint}", file=sys.stderr)
         return 2
     console = Console(stderr=True, soft_wrap=True)  # long paths and hints stay on one line
-    if command == "train":
-        console.print(Text.assemble(("error:", "red"), f" {error.message}"))
+    if command == "train":  # the service names spec fields; the person typed flags
+        console.print(Text.assemble(("error:", "red"), f" {with_flags(error.message)}"))
         if error.hint:
-            console.print(Text(f"hint: {error.hint}"))
+            console.print(Text(f"hint: {with_flags(error.hint)}"))
     else:
         console.print(Text.assemble(("error:", "red"), f" {error}"))
     return 1 if isinstance(error, EndUnrecorded) else 2

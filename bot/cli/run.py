@@ -9,6 +9,7 @@ import signal
 import sys
 from typing import Any
 
+from bot.cli.discord_failures import DiscordUnusable, discord_failures, quiet_voice_warnings
 from bot.config import Config, Secrets
 from bot.discord_bot.client import QloraBot
 from bot.hub.access import HubAccess
@@ -42,7 +43,11 @@ def run_bot(config: Config, verbose: bool = False) -> int:
         return 2
     log_path = setup_logging(config.logs_dir(), [secrets.discord_token, secrets.hf_token], verbose)
     print(f"qlora-bot: logging to {log_path}", file=sys.stderr)
-    asyncio.run(serve(config, secrets))  # RunnerBusy: another process runs the queue (shown by main)
+    try:
+        asyncio.run(serve(config, secrets))  # RunnerBusy: another process runs the queue (shown by main)
+    except DiscordUnusable as error:
+        print(f"qlora-bot: {error}", file=sys.stderr)
+        return error.exit_code
     return 0
 
 
@@ -62,6 +67,7 @@ async def serve(
             executor or LocalExecutor(python=config.worker.python), configured_slots(config)
         )
         serve_client = make_serve_client(config, service)
+        quiet_voice_warnings()
         bot = QloraBot(
             config=config,
             service=service,
@@ -81,7 +87,8 @@ async def serve(
                 done, _ = await asyncio.wait({client, waiter}, return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()
                 if client in done:
-                    client.result()  # a login failure surfaces here
+                    with discord_failures():
+                        client.result()  # a login failure surfaces here
         finally:
             log.info("stopping: running jobs save a checkpoint and resume at the next start")
             with contextlib.suppress(Exception):

@@ -10,9 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.text import Text
 
+from bot.cli.output_folder import output_problems
 from bot.cli.progress import TerminalProgress, describe_end
 from bot.cli.stop_signals import StopSignals
+from bot.cli.train_flags import spec_overrides, with_flags
 from bot.config import Config
 from bot.jobs.executor import LocalExecutor
 from bot.jobs.local import configured_slots, open_service, terminal_requester
@@ -42,27 +45,11 @@ def job_request(args: argparse.Namespace) -> JobRequest:
         dataset_config=args.dataset_config,
         split=args.split,
         name=args.name,
-        lora={
-            "r": args.r,
-            "alpha": args.alpha,
-            "dropout": args.dropout,
-            "target_modules": tuple(modules) or None,
-        },
+        lora={**spec_overrides(args, "lora"), "target_modules": tuple(modules) or None},
         training={
-            "epochs": args.epochs,
-            "max_steps": args.max_steps,
-            "learning_rate": args.lr,
-            "warmup": args.warmup,
-            "scheduler": args.scheduler,
-            "batch_size": args.batch_size,
-            "grad_accum": args.grad_accum,
-            "max_length": args.max_length,
-            "eval_fraction": args.eval_fraction,
-            "checkpoint_steps": args.checkpoint_steps,
-            "seed": args.seed,
+            **spec_overrides(args, "training"),
             "packing": False if args.no_packing else None,
             "gradient_checkpointing": _checkpointing_choice(args),
-            "memory_limit_gib": args.memory_limit_gib,
         },
         resume_from=str(args.resume.expanduser().resolve()) if args.resume else None,
     )
@@ -81,11 +68,13 @@ def run_train(args: argparse.Namespace, config: Config, argv: list[str]) -> int:
     problems = spec_problems(spec)
     if args.resume and not (args.resume / TRAINER_STATE).exists():
         problems.append(f"--resume: {args.resume} is not a checkpoint folder (no {TRAINER_STATE})")
+    job_dir = args.output.expanduser().resolve() if args.output else None
+    if job_dir is not None:
+        problems += output_problems(job_dir)
     if problems:
         for problem in problems:
-            console.print(f"[red]error:[/] {problem}", highlight=False)
+            console.print(Text.assemble(("error:", "red"), f" {with_flags(problem)}"))
         return 2
-    job_dir = args.output.expanduser().resolve() if args.output else None
     return asyncio.run(_train(job_request(args), spec, job_dir, config, console, argv))
 
 

@@ -37,6 +37,7 @@ from trainer.data.memory_cap import memory_cap
 from trainer.data.sources import read_records
 from trainer.data.tokenization import TokenizedRows, split_off_eval, tokenize_examples
 from trainer.training.memory_plan import MemoryPlan, plan_for
+from trainer.training.small_data import smaller_than_one_step
 from trainer.worker_io import CancelFlag, Cancelled, LineWriter, explain_failure, job_relative, take_stdout
 
 # Named after the worker rather than this module: job logs and their readers know its lines by it.
@@ -197,6 +198,10 @@ def prepare(spec: JobSpec, launch: Launch, emit: Any, cancel: CancelFlag) -> Pre
             message=f"{len(trainer.train_dataset)} packed rows of up to {spec.training.max_length} tokens",
         )
     )
+    too_small = smaller_than_one_step(len(trainer.train_dataset), spec.training)
+    if too_small:  # in the job's log and events, and on the terminal or status message as a phase line
+        log.warning(too_small.removeprefix("warning: "))
+        emit(Phase(name="tokenizing", message=too_small))
     return PreparedRun(
         trainer=trainer,
         tokens=tokens,
