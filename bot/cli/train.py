@@ -248,9 +248,11 @@ def _report(report: JobReport, argv: list[str], console: Console) -> int:
                 highlight=False,
             )
         return 0
-    console.print(f"[red]{job.error_kind or job.state}:[/] {describe_end(job)}", highlight=False)
+    # A refusal of the person's input names the flags they typed, as the pre-queue checks do.
+    named = with_flags if job.error_kind == "user_error" else str
+    console.print(f"[red]{job.error_kind or job.state}:[/] {named(describe_end(job))}", highlight=False)
     if job.error_hint:
-        console.print(f"hint: {job.error_hint}", highlight=False)
+        console.print(f"hint: {named(job.error_hint)}", highlight=False)
     if job.error_kind != "user_error":
         console.print(f"log: {report.log}", highlight=False)
     checkpoint = newest_checkpoint(job.folder) or job.checkpoint_path
