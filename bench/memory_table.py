@@ -50,7 +50,9 @@ class Model:
 MODELS = [
     Model("1B (Llama-3.2-1B)", ModelShape(16, 2048, 8192, 512, 128256), tied=True),
     Model("3B (Llama-3.2-3B)", ModelShape(28, 3072, 8192, 1024, 128256), tied=True),
-    Model("7B (Llama-2-7B, Mistral-7B)", ModelShape(32, 4096, 11008, 4096, 32000)),
+    Model("7B (Llama-2-7B)", ModelShape(32, 4096, 11008, 4096, 32000)),
+    Model("7B (Mistral-7B)", ModelShape(32, 4096, 14336, 1024, 32000)),
+    Model("7B (Qwen2.5-7B)", ModelShape(28, 3584, 18944, 512, 152064)),
     Model("8B (Llama-3.1-8B)", ModelShape(32, 4096, 14336, 1024, 128256)),
     Model("13B (Llama-2-13B)", ModelShape(40, 5120, 13824, 5120, 32000)),
 ]
