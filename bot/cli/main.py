@@ -11,6 +11,7 @@ from rich.text import Text
 
 from bot.cli.adapters import add_command as add_adapters_command
 from bot.cli.ask import add_command as add_ask_command
+from bot.cli.demo import add_command as add_demo_command
 from bot.cli.jobs import add_commands as add_job_commands
 from bot.cli.options import add_common_options, package_version
 from bot.cli.push import add_command as add_push_command
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ask_command(commands, common)
     add_adapters_command(commands, common)
     add_push_command(commands, common)
+    add_demo_command(commands, common)
     commands.add_parser(
         "run",
         parents=[common],
@@ -91,6 +93,10 @@ def _run(args: argparse.Namespace, config: Config, argv: list[str]) -> int:
         from bot.cli.push import run_push
 
         return run_push(args, config)
+    if args.command == "demo":
+        from bot.cli.demo import run_demo
+
+        return run_demo(args, config)
     if args.command == "run":
         from bot.cli.run import run_bot
 
