@@ -179,7 +179,7 @@ def prepare(spec: JobSpec, launch: Launch, emit: Any, cancel: CancelFlag) -> Pre
 
     fused = spec.training.fused_kernels and fused_kernels_available()
     if spec.training.fused_kernels and not fused:
-        log.info("fused kernels off: they need a CUDA GPU and liger-kernel (pip install 'qlora-bot[liger]')")
+        log.info("fused kernels off: they need a CUDA GPU and liger-kernel (pip install 'qlora-bot[gpu]')")
     plan = plan_for(spec, model)
     emit(Phase(name="loading_model", message=plan.message))
 
