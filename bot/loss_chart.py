@@ -1,12 +1,14 @@
-"""The loss-curve PNG of a job: attached to its completion message and published with its model card
-(matplotlib, no display needed)."""
+"""The loss-curve PNG of a job: loss.png in its folder, attached to its completion message and published with
+its model card (matplotlib, no display needed)."""
 
 from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from protocol.events import Eval, Event, Progress
+from protocol.job_folder import LossHistory
 
 Points = list[tuple[int, float]]
 
@@ -23,10 +25,28 @@ def loss_points(events: Iterable[Event]) -> tuple[Points, Points]:
     return sorted(train.items()), evals
 
 
+def history_points(history: LossHistory | None) -> tuple[Points, Points]:
+    """(train, eval) loss by step from a job folder's loss history (the worker's loss_history.json)."""
+    if history is None:
+        return [], []
+    train = [(point.step, point.loss) for point in history.train if point.loss is not None]
+    return train, [(point.step, point.eval_loss) for point in history.eval]
+
+
 def loss_chart_png(
     train: Sequence[tuple[int, float]], evals: Sequence[tuple[int, float]], title: str
 ) -> bytes | None:
     """A PNG of train (and eval) loss by step; None when there is no point to draw."""
+    figure = loss_figure(train, evals, title)
+    if figure is None:
+        return None
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def loss_figure(train: Sequence[tuple[int, float]], evals: Sequence[tuple[int, float]], title: str) -> Any:
+    """The chart as a matplotlib Figure: a train curve, and an eval curve when there are eval losses."""
     if not train and not evals:
         return None
     # A bare Figure, not pyplot: no global figure registry and no GUI backend, so charts can be drawn
@@ -47,6 +67,4 @@ def loss_chart_png(
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return figure

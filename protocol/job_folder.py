@@ -25,6 +25,8 @@ ADAPTER_RECORD = "qlora_bot.json"  # beside the adapter's weights: what it was t
 ADAPTER_CONFIG = "adapter_config.json"  # peft's, in the adapter and in every checkpoint
 METRICS_FILE = "metrics.json"
 LOSS_HISTORY_FILE = "loss_history.json"
+LOSS_CHART = "loss.png"  # train and eval loss by step, drawn by the bot when the job succeeds
+MODEL_CARD = "README.md"  # the adapter's model card (ours; trl and peft write theirs under this name too)
 TRAINER_STATE = "trainer_state.json"  # a checkpoint's; written last, so its presence means complete
 UPLOAD_DIR = "upload"  # a dataset file a person attached, under a generated name
 
@@ -43,6 +45,8 @@ class JobFolder:
         self.record = self.adapter / ADAPTER_RECORD
         self.metrics = path / METRICS_FILE
         self.loss_history = path / LOSS_HISTORY_FILE
+        self.loss_chart = path / LOSS_CHART
+        self.card = self.adapter / MODEL_CARD
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,13 @@ async def test_a_succeeded_job_is_published_with_its_files_card_and_chart(fake_h
     weights = "adapter_model.safetensors"
     assert sha256(repo.files[weights]) == sha256(local[weights]) and weights in repo.lfs_paths
     assert repo.files["loss.png"].startswith(b"\x89PNG")
-    assert local["README.md"].startswith(b"---\nlibrary_name: peft\n---\nThis model was trained with TRL")
+    # The job folder holds our card with no repo in it (written when the job succeeded, over trl's); the
+    # published one is the same card loading from the repo.
+    assert b"# demo-1\n" in local["README.md"] and b"from_pretrained(ADAPTER" in local["README.md"]
+    assert (
+        b"alice/demo-1" not in local["README.md"]
+        and b"This model was trained with TRL" not in local["README.md"]
+    )
     published_record = json.loads(repo.files["qlora_bot.json"])
     assert "output_dir" not in published_record["spec"]  # no local paths in a public record
     assert "output_dir" in json.loads(local["qlora_bot.json"])["spec"]  # the local one is untouched

@@ -168,3 +168,55 @@ def job_relative(text: str, job_dir: str | Path) -> str:
     for folder in sorted(folders, key=len, reverse=True):  # the longer first: one may contain the other
         text = text.replace(folder + "/", "")
     return text
+
+
+# --- library noise in the log
+
+# Redrawn progress bars (loading weights, writing shards, mapping datasets) bury the log in \r-lines; the
+# job's own events already report each phase. Defaults only: a person who sets them keeps their choice.
+QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+# Records nobody running a job can act on, by (logger name prefix, text in the message, only while the Hub is
+# offline). Everything else, warnings included, reaches the log as it was written.
+KNOWN_NOISE = (
+    # transformers 5 deprecated the name; peft and trl still call it on every model they wrap.
+    ("py.warnings", "`is_gradient_checkpointing` is deprecated", False),
+    # Offline (the worker's default), bitsandbytes cannot fetch its CPU kernel from the Hub and falls back
+    # to its own; transformers likewise for the kernels it looks up there. Online, a failure is real.
+    ("bitsandbytes", "kernels-community", True),
+    ("transformers", "Failed to load kernel", True),
+)
+
+
+class KnownNoise(logging.Filter):
+    """Drops the records of KNOWN_NOISE; a handler filter, so it sees every logger's records."""
+
+    def __init__(self, offline: bool) -> None:
+        super().__init__()
+        self.offline = offline
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(
+            record.name.startswith(logger) and text in message and (self.offline or not offline_only)
+            for logger, text, offline_only in KNOWN_NOISE
+        )
+
+
+def quiet_libraries() -> None:
+    """Call once logging is configured and before any library is imported: sets QUIET_ENV, routes Python
+    warnings into the log (timestamped, like every other line) and drops KNOWN_NOISE there."""
+    for name, value in QUIET_ENV.items():
+        os.environ.setdefault(name, value)
+    logging.captureWarnings(True)
+    offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(KnownNoise(offline))
+
+
+def log_through_root() -> None:
+    """transformers logs through a handler of its own (no timestamp, beside our filter): once it is imported,
+    its records go through the root logger's handler like every other library's."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_default_handler()
+    transformers_logging.enable_propagation()

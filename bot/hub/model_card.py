@@ -1,5 +1,6 @@
-"""The model card (README.md) published with an adapter: Hub metadata, then what it is, how it was trained
-and how to use it. Rendered at publish time and uploaded in place of the README.md trl writes at every save.
+"""The model card (README.md) of an adapter: Hub metadata, then what it is, how it was trained and how to
+use it. Written into the adapter folder when the job succeeds (bot/jobs/folder_artifacts.py: no Hub link) and
+rendered again at publish time with the repo it is loaded from, in place of the README.md trl and peft write.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from protocol.job_spec import DatasetSpec, LoraSpec, TrainingSpec
+from protocol.job_folder import ADAPTER_CONFIG, AdapterRecord, library_json
+from protocol.job_spec import DatasetSpec, JobSpec, LoraSpec, TrainingSpec
 from protocol.sources import hub_id_problem, redact_url, source_kind
 
 TAGS = ("peft", "lora", "qlora", "trl", "sft", "qlora-bot")
@@ -30,7 +32,7 @@ _METRICS = (  # (key in the trainer's metrics, label, format)
 
 @dataclass(frozen=True)
 class CardFacts:
-    repo_id: str
+    repo_id: str | None  # the Hub repo it is published to; None: the card of the local adapter folder
     name: str
     base_model: str  # a Hub id, or a local folder (then left out of the metadata)
     dataset: DatasetSpec | None
@@ -43,6 +45,42 @@ class CardFacts:
     license: str | None = None
     chart_file: str | None = None  # the loss chart uploaded beside the card, if any
     base_revision: str | None = None  # the base model's commit the adapter was trained on
+
+
+def card_facts(
+    folder: Path,
+    name: str,
+    record: AdapterRecord | None,
+    spec: JobSpec | None,
+    metrics: Mapping[str, Any],
+    *,
+    repo_id: str | None = None,
+    license: str | None = None,
+) -> CardFacts:
+    """The facts of an adapter folder's card; the same for the local card and the published one, which
+    adds the repo (and the base model's license, which only the Hub knows)."""
+    # The record's spec is the resolved one (the base revision pinned); the job's is what was asked.
+    spec = record.spec if record is not None else spec
+    base_model = spec.base_model if spec else base_from_adapter_config(folder)
+    return CardFacts(
+        repo_id=repo_id,
+        name=name,
+        base_model=base_model or "unknown",
+        dataset=spec.dataset if spec else None,
+        lora=spec.lora if spec else None,
+        training=spec.training if spec else None,
+        metrics=metrics,
+        runtime=record.runtime if record is not None else {},
+        data_format=record.data_format if record is not None else None,
+        prompt_style=record.prompt_style if record is not None else "chat",
+        license=license,
+        base_revision=spec.base_revision if spec else None,
+    )
+
+
+def base_from_adapter_config(folder: Path) -> str | None:
+    """The base model peft's adapter_config.json names (an adapter made elsewhere has no record)."""
+    return library_json(folder / ADAPTER_CONFIG).get("base_model_name_or_path")
 
 
 def is_hub_id(reference: str) -> bool:
@@ -102,11 +140,16 @@ def _usage(facts: CardFacts) -> str:
             ").to(model.device)\n"
             "outputs = model.generate(**inputs, max_new_tokens=256)\n"
         )
+    # The local card names the folder it lies in, never its path on this machine (folders move).
+    where, local = f'"{facts.repo_id}"', ""
+    if facts.repo_id is None:
+        where, local = "ADAPTER", 'ADAPTER = "path/to/this/folder"  # the adapter folder of this card\n'
     code = (
         "from peft import AutoPeftModelForCausalLM\n"
         "from transformers import AutoTokenizer\n\n"
-        f'model = AutoPeftModelForCausalLM.from_pretrained("{facts.repo_id}", device_map="auto")\n'
-        f'tokenizer = AutoTokenizer.from_pretrained("{facts.repo_id}")  # with the chat template used\n'
+        f"{local}"
+        f'model = AutoPeftModelForCausalLM.from_pretrained({where}, device_map="auto")\n'
+        f"tokenizer = AutoTokenizer.from_pretrained({where})  # with the chat template used\n"
         f"{prompt}"
         'print(tokenizer.decode(outputs[0][inputs["input_ids"].shape[-1] :], skip_special_tokens=True))'
     )

@@ -18,19 +18,19 @@ from typing import Any, TypeVar
 from bot.hub.access import HubAccess
 from bot.hub.destination import create_and_record, require_namespace, require_ours, set_visibility
 from bot.hub.failures import HubFailure, classify
-from bot.hub.model_card import CardFacts, render_card
+from bot.hub.model_card import CardFacts, card_facts, render_card
 from bot.hub.public_record import public_record
 from bot.hub.upload import Published, base_model_license, commit_adapter
 from bot.loss_chart import Points, loss_chart_png
 from protocol.codec import to_dict
 from protocol.errors import ProtocolError, UserError
-from protocol.job_folder import ADAPTER_CONFIG, ADAPTER_RECORD, AdapterRecord, library_json, read_record
+from protocol.job_folder import ADAPTER_RECORD, LOSS_CHART, MODEL_CARD, AdapterRecord, read_record
 from protocol.job_spec import JobSpec
 from storage.hub_repos import HubRepos
 
 log = logging.getLogger(__name__)
 WEIGHTS = "adapter_model.safetensors"
-CHART_FILE = "loss.png"
+CHART_FILE = LOSS_CHART  # beside the card in the repo
 NO_TOKEN_HINT = "set HF_TOKEN to a token with write access, then retry with /push or `qlora-bot push`"
 T = TypeVar("T")
 
@@ -187,24 +187,11 @@ class HubPublisher:
         record: AdapterRecord | None,
         staging: Path,
     ) -> Published:
-        # The record's spec is the resolved one (the base revision pinned); the job's is what was asked.
-        spec = record.spec if record is not None else request.spec
-        base_model = spec.base_model if spec else _base_from_adapter_config(request.folder)
-        license_name = base_model_license(api, base_model) if base_model else None
-        facts = CardFacts(
-            repo_id=repo_id,
-            name=request.name,
-            base_model=base_model or "unknown",
-            dataset=spec.dataset if spec else None,
-            lora=spec.lora if spec else None,
-            training=spec.training if spec else None,
-            metrics=request.metrics,
-            runtime=record.runtime if record is not None else {},
-            data_format=record.data_format if record is not None else None,
-            prompt_style=record.prompt_style if record is not None else "chat",
-            license=license_name,
-            base_revision=spec.base_revision if spec else None,
+        facts = card_facts(
+            request.folder, request.name, record, request.spec, request.metrics, repo_id=repo_id
         )
+        if facts.base_model != "unknown":
+            facts = dataclasses.replace(facts, license=base_model_license(api, facts.base_model))
         staged = _stage(request, record, facts, staging)
         message = f"Upload adapter {request.name} (qlora-bot)"
         return commit_adapter(api, repo_id, url, request.folder, staged, message=message)
@@ -223,7 +210,7 @@ def _stage(
     if record is not None:
         public = json.dumps(public_record(to_dict(record)), indent=2, sort_keys=True) + "\n"
         files[ADAPTER_RECORD] = _write(staging / ADAPTER_RECORD, public.encode())
-    files["README.md"] = _write(staging / "README.md", render_card(facts).encode())
+    files[MODEL_CARD] = _write(staging / MODEL_CARD, render_card(facts).encode())
     return files
 
 
@@ -237,10 +224,6 @@ def _hint(failure: HubFailure) -> str:
     if failure.retryable:
         return "the adapter is safe on disk; retry later with /push or `qlora-bot push`"
     return "fix the cause, then retry with /push or `qlora-bot push`"
-
-
-def _base_from_adapter_config(folder: Path) -> str | None:
-    return library_json(folder / ADAPTER_CONFIG).get("base_model_name_or_path")
 
 
 def _write(path: Path, data: bytes) -> Path:

@@ -8,8 +8,10 @@ repeats the previous attempt's before training started: that one is the input's,
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Literal
 
+from bot.jobs.folder_artifacts import write_folder_artifacts
 from bot.workers.train_worker import WorkerLost
 from protocol.events import Done, Error, Phase
 from protocol.job_folder import newest_checkpoint
@@ -57,6 +59,10 @@ async def conclude(
             attempt_detail=str(disk_full),
         )
     if isinstance(final, Done):
+        # Before the job reads as succeeded: whoever follows it (a ping, the terminal) finds them there.
+        await write_folder_artifacts(
+            job.id, Path(job.folder), Path(final.adapter_dir), adapter_name(job), job.spec, final.metrics
+        )
         finished = await store.finish_job(job.id, "succeeded", adapter_path=final.adapter_dir)
         if finished is not None:
             await store.add_adapter(

@@ -14,7 +14,7 @@ from bot.hub.model_card import is_hub_id
 from bot.hub.publisher import HubPublisher, Published, PublishRequest
 from bot.jobs.outcomes import adapter_name
 from bot.jobs.requests import Requester
-from bot.loss_chart import loss_points
+from bot.loss_chart import history_points, loss_points
 from protocol.codec import to_dict
 from protocol.errors import ProtocolError, UserError
 from protocol.events import Done
@@ -111,8 +111,7 @@ def _folder_request(folder: Path, repo: str, private: bool, any_namespace: bool)
             f"the job folder of {folder} holds a file qlora-bot cannot read ({error})",
             "move that file aside to publish without it",
         ) from None
-    train = [(p.step, p.loss) for p in history.train if p.loss is not None] if history else []
-    evals = [(p.step, p.eval_loss) for p in history.eval] if history else []
+    train, evals = history_points(history)
     return PublishRequest(
         folder=folder,
         name=repo.split("/", 1)[1],

@@ -11,10 +11,11 @@ from typing import Any
 import torch
 from datasets import Dataset
 from transformers import PrinterCallback, ProgressCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTConfig, SFTTrainer
 
 from protocol.events import Event
-from protocol.job_folder import JobFolder
+from protocol.job_folder import MODEL_CARD, JobFolder
 from protocol.job_spec import JobSpec
 from protocol.launch import Launch
 from trainer.data.tokenization import TokenizedRows
@@ -109,6 +110,17 @@ class QloraTrainer(SFTTrainer):
     def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
         self.trained_tokens.add(inputs)
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """trl writes its template card into the checkpoints folder at every save; the adapter's card is
+        ours, written by the bot once the job succeeded (bot/jobs/folder_artifacts.py)."""
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """peft writes its template card into every checkpoint it saves; a checkpoint is for resuming
+        (weights, optimizer, trainer state), and resuming never reads the card, so it goes."""
+        super()._save_checkpoint(model, trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        (Path(self._get_output_dir(trial=trial)) / name / MODEL_CARD).unlink(missing_ok=True)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         """trl keeps a 4-bit model's LoRA weights in bf16 (the QLoRA paper's choice), but peft's

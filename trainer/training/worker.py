@@ -31,6 +31,7 @@ from protocol.job_folder import (
 )
 from protocol.job_spec import JobSpec, spec_problems
 from protocol.launch import Launch, parse_launch
+from protocol.sources import redact_url
 from trainer.data.chat_template import choose_chat_template
 from trainer.data.formats import ChatExample, to_examples
 from trainer.data.memory_cap import memory_cap
@@ -38,7 +39,16 @@ from trainer.data.sources import read_records
 from trainer.data.tokenization import TokenizedRows, split_off_eval, tokenize_examples
 from trainer.training.memory_plan import MemoryPlan, plan_for
 from trainer.training.small_data import smaller_than_one_step
-from trainer.worker_io import CancelFlag, Cancelled, LineWriter, explain_failure, job_relative, take_stdout
+from trainer.worker_io import (
+    CancelFlag,
+    Cancelled,
+    LineWriter,
+    explain_failure,
+    job_relative,
+    log_through_root,
+    quiet_libraries,
+    take_stdout,
+)
 
 # Named after the worker rather than this module: job logs and their readers know its lines by it.
 log = logging.getLogger("trainer.train")
@@ -60,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    quiet_libraries()
     cancel = CancelFlag()
     cancel.install()
     try:
@@ -82,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         spec = JobSpec.from_json(Path(args[0]).read_text(encoding="utf-8"))
+        # The log's first lines are the job's own: what it trains, before any library is imported.
+        log.info("%s", job_line(spec, launch))
         emit(Started(pid=os.getpid(), attempt_resumes_from=launch.resume_checkpoint))
         return run(spec, launch, emit, cancel)
     except ProtocolError as error:
@@ -144,6 +157,7 @@ def prepare(spec: JobSpec, launch: Launch, emit: Any, cancel: CancelFlag) -> Pre
         data_format, examples = to_examples(records, spec.dataset.format)
     from transformers import set_seed
 
+    log_through_root()
     from trainer.data.tokenization_cache import cache_key, tokenized
     from trainer.training.model_loading import add_lora, load_quantized_model, load_tokenizer
     from trainer.training.packed_attention import (
@@ -181,6 +195,7 @@ def prepare(spec: JobSpec, launch: Launch, emit: Any, cancel: CancelFlag) -> Pre
     if spec.training.fused_kernels and not fused:
         log.info("fused kernels off: they need a CUDA GPU and liger-kernel (pip install 'qlora-bot[gpu]')")
     plan = plan_for(spec, model)
+    log.info("memory plan: %s", plan.message)
     emit(Phase(name="loading_model", message=plan.message))
 
     # --- tokenizing: trl builds labels from our masks and packs rows into max_length sequences.
@@ -252,7 +267,12 @@ def run(spec: JobSpec, launch: Launch, emit: Any, cancel: CancelFlag) -> int:
         return EXIT_CANCELLED
     eval_loss = None
     if prepared.eval_rows is not None:
-        eval_loss = trainer.evaluate().get("eval_loss")
+        last = callback.eval_history[-1] if callback.eval_history else None
+        if last is not None and last["step"] == trainer.state.global_step:
+            # The last step was an eval step: the same weights, the same loss; one point per step.
+            eval_loss = last["eval_loss"]
+        else:
+            eval_loss = trainer.evaluate().get("eval_loss")
 
     # --- saving: the adapter, its tokenizer and chat template, and what produced it.
     emit(Phase(name="saving"))
@@ -293,6 +313,26 @@ def run(spec: JobSpec, launch: Launch, emit: Any, cancel: CancelFlag) -> int:
     write_file(folder.loss_history, LossHistory.of(callback.loss_history, callback.eval_history))
     emit(Done(adapter_dir=str(adapter_dir), metrics=to_dict(metrics)))
     return 0
+
+
+def job_line(spec: JobSpec, launch: Launch) -> str:
+    """What the job trains, in one line: the first of its log."""
+    folder = Path(launch.job_dir).name
+    job = f"job {folder}" if folder.isdigit() else f"job in {launch.job_dir}"  # named by id under jobs/
+    dataset = spec.dataset
+    source = redact_url(dataset.source) if dataset.kind == "url" else dataset.source  # signed URLs
+    shown = f"{dataset.label} ({source})" if dataset.label else source
+    training, lora = spec.training, spec.lora
+    steps = training.max_steps
+    length = f"{steps} steps" if steps is not None else f"{training.epochs:g} epochs"
+    resume = f"; resuming from {launch.resume_checkpoint}" if launch.resume_checkpoint else ""
+    return (
+        f"{job}{f' ({spec.name})' if spec.name else ''}: base model {spec.base_model}"
+        f"{f'@{spec.base_revision}' if spec.base_revision else ''}; dataset {shown} "
+        f"({dataset.kind}, format {dataset.format}); LoRA r={lora.r} alpha={lora.resolved_alpha}; {length}, "
+        f"{training.batch_size} rows x {training.grad_accum} accumulated of up to {training.max_length} "
+        f"tokens, lr {training.learning_rate:g}, eval {training.eval_fraction:g} of the rows{resume}"
+    )
 
 
 def _mean(values: list[float]) -> float | None:
