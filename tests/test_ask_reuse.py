@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import re
 import signal
@@ -193,3 +194,28 @@ async def test_qlora_bot_ask_uses_the_bots_serve_worker(tmp_path, home, adapter,
     finally:
         await client.close()
     assert not sockets(home)  # the bot's worker took its socket with it
+
+
+async def test_two_clients_may_use_the_same_request_id(home, adapter, tiny_model_dir):
+    """The worker namespaces ids by connection: both asks are answered, each with its own answer."""
+    serve = ServeConfig(idle_timeout_s=120.0, max_new_tokens_limit=2000)
+    clients = [SharedServeClient(serve, home / "serve", home / "logs", environ=worker_env()) for _ in "ab"]
+    base = request_for(adapter, tiny_model_dir, tokens=12)
+    requests = [
+        dataclasses.replace(base, id="same", messages=({"role": "user", "content": prompt},))
+        for prompt in ("hello there", "something else entirely")
+    ]
+
+    async def answer(client, request) -> str:
+        events = [event async for event in client.generate(request)]
+        assert isinstance(events[-1], Finished), events[-1]
+        return events[-1].text
+
+    try:
+        alone = [await answer(clients[0], request) for request in requests]
+        together = await asyncio.gather(*(answer(c, r) for c, r in zip(clients, requests, strict=True)))
+        assert clients[0].worker_pid == clients[1].worker_pid
+        assert list(together) == alone and alone[0] != alone[1]
+    finally:
+        for client in clients:
+            await client.close()

@@ -196,9 +196,9 @@ class SharedServeClient:
         deadline = loop.time() + self.start_timeout_s
         while loop.time() < deadline:
             code = process.poll()
-            if code is not None:
+            connection = await connect(path, log_path)  # it exits 0 when another already serves the path
+            if connection is None and code is not None:
                 raise ConnectionError(f"the serve worker exited with code {code} while starting")
-            connection = await connect(path, log_path)
             if connection is not None:
                 return connection
             await asyncio.sleep(0.2)

@@ -183,9 +183,10 @@ class SocketServer:
         finally:
             for internal in self.router.in_flight(connection):  # the client is gone: stop its work
                 waiting = self.queue.cancel(internal, "cancelled: the client disconnected")
-                if waiting is not None:
+                if waiting is not None:  # never started: nothing more will be said about it
                     waiting.closed = True
-                self.router.forget(internal)
+                    self.router.forget(internal)
+                # A running one ends at its next step; its last event, sent to nobody, takes it off the books.
             with self._lock:
                 self._connections.discard(connection)
             self.router.last_activity = time.monotonic()
