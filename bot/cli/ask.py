@@ -9,8 +9,9 @@ import sys
 
 from bot.config import Config
 from bot.jobs.asking import Question
-from bot.jobs.local import open_service, terminal_requester
-from bot.workers.serve_worker import ServeClient, Waiting
+from bot.jobs.local import configured_slots, open_service, terminal_requester
+from bot.workers.serve_socket import SharedServeClient
+from bot.workers.serve_worker import Waiting
 from protocol.serve import Failed, Loading, Token
 
 
@@ -41,10 +42,14 @@ def run_ask(args: argparse.Namespace, config: Config) -> int:
 async def _ask(args: argparse.Namespace, config: Config) -> int:
     # The flags are named after the question's fields.
     question = Question(**{field.name: getattr(args, field.name) for field in dataclasses.fields(Question)})
-    client = ServeClient(
+    # The bot's worker, or one an earlier ask left, if one runs; else one that outlives this ask (until
+    # serve.idle_timeout_s): the next ask skips loading the base model. Same device as the bot picks.
+    client = SharedServeClient(
         config.serve,
-        config.logs_dir() / "serve.log",
+        config.data_dir() / "serve",
+        config.logs_dir(),
         python=config.worker.python,
+        cuda_visible_devices=config.serve.device or configured_slots(config)[0].cuda_visible_devices,
         work_dir=config.data_dir() / "serve",
         cache_dir=config.cache_dir(),
     )
@@ -71,6 +76,8 @@ async def _ask(args: argparse.Namespace, config: Config) -> int:
     if args.compare:  # shown after the adapter's answer, not interleaved
         print(f"--- base model ({answering.adapter.base_model}) ---")
         print(answering.texts["base"])
+    how = "started for later asks" if client.started else "already running"
+    print(f"[serve worker pid {client.worker_pid}, {how}]", file=sys.stderr)
     for variant, result in answering.finished.items():
         print(
             f"[{variant}] {result.tokens} tokens in {result.seconds:.2f} s "

@@ -119,4 +119,5 @@ def make_serve_client(config: Config, service: JobService) -> ServeClient:
         gpu_wait=gpu_wait,
         work_dir=config.data_dir() / "serve",
         cache_dir=config.cache_dir(),
+        socket_dir=config.data_dir() / "serve",  # `qlora-bot ask` on this machine uses this worker too
     )

@@ -15,6 +15,7 @@ from bot.hub.model_card import is_hub_id
 from bot.jobs.adapter_names import known_names, stored_adapter
 from bot.jobs.requests import Requester
 from bot.jobs.specs import local_model_path
+from bot.workers.serve_socket import SharedServeClient
 from bot.workers.serve_worker import ServeClient, Waiting
 from protocol.errors import ProtocolError, UserError
 from protocol.job_folder import ADAPTER_CONFIG, AdapterRecord, library_json, read_record
@@ -134,7 +135,9 @@ class Answering:
     """One ask under way. `events()` streams the serve worker's events (and Waiting), each applied to
     `texts` and `finished` before it is yielded; a Failed event is the last."""
 
-    def __init__(self, adapter: ResolvedAdapter, request: Generate, client: ServeClient) -> None:
+    def __init__(
+        self, adapter: ResolvedAdapter, request: Generate, client: ServeClient | SharedServeClient
+    ) -> None:
         self.adapter = adapter
         self.request = request
         self.client = client
@@ -159,7 +162,7 @@ async def start_ask(
     config: Config,
     question: Question,
     requester: Requester,
-    client: ServeClient,
+    client: ServeClient | SharedServeClient,  # the bot's own worker, or a shared one (serve_socket.py)
 ) -> Answering:
     """Resolve the adapter and check the options for `requester`: folders only on this machine's terminal,
     and (but for admins) only adapters of the base models /finetune allows."""

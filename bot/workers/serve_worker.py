@@ -5,7 +5,8 @@ adapters. If it dies, every pending ask fails with a clear message and the next 
 one; one that holds asks but says nothing for longer than their timeout plus `silence_grace_s` is
 stuck, and is killed to the same end. After `idle_timeout_s` without asks it exits, giving the GPU
 back to training. It runs in its own folder, with the Hub offline and no HF_TOKEN until an ask's base
-model has to come from the Hub.
+model has to come from the Hub. With `socket_dir` it also listens on its Unix socket there
+(serve_socket.py), so `qlora-bot ask` on this machine uses this loaded worker rather than loading another.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class ServeClient:
         work_dir: Path | None = None,
         cache_dir: Path | None = None,
         silence_grace_s: float = SILENCE_GRACE_S,
+        socket_dir: Path | None = None,
     ) -> None:
         """`work_dir`: where the worker runs (a folder of its own under the data directory; default beside
         the log); `cache_dir`: its libraries' caches (default: inside `work_dir`)."""
@@ -79,6 +81,7 @@ class ServeClient:
         self.cuda_visible_devices = cuda_visible_devices
         self.gpu_wait = gpu_wait
         self.silence_grace_s = silence_grace_s
+        self.socket_dir = socket_dir
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task | None = None
         self._pending: dict[str, asyncio.Queue] = {}
@@ -198,6 +201,7 @@ class ServeClient:
                 "--max-adapters", str(config.max_adapters),
                 "--max-adapter-mb", str(config.max_adapter_mb),
                 "--max-batch", str(config.max_batch),
+                *self._socket_flags(hub),
                 python=self.python,
                 log_path=self.log_path,
                 env=env,
@@ -211,6 +215,18 @@ class ServeClient:
             self._reader = asyncio.create_task(self._read(self._process, ready, sent), name="serve-reader")
             await asyncio.wait_for(ready, START_TIMEOUT_S)
             log.info("serve worker started (pid %s, Hub %s)", self._process.pid, "on" if hub else "off")
+
+    def _socket_flags(self, hub: bool) -> list[str]:
+        """--socket PATH when this worker is to be shared; it stops when this client says (no idle flag)."""
+        if self.socket_dir is None:
+            return []
+        from bot.workers.serve_socket import prepare_socket_dir, socket_key, socket_path  # it imports us
+
+        prepare_socket_dir(self.socket_dir)
+        key = socket_key(
+            self.config, python=self.python, module=self.module, device=self.cuda_visible_devices, hub=hub
+        )
+        return ["--socket", str(socket_path(self.socket_dir, key))]
 
     async def _stop_worker(self) -> None:
         """Ask the worker to exit (killed after 30 s) and wait for its reader: on close, and to restart a

@@ -3,6 +3,8 @@ stdout.
 
 Long-lived. A reader thread takes request lines from stdin; the main thread loads models and runs
 batches. Stdout carries serve-protocol lines only (logs go to stderr); EOF, Shutdown or SIGTERM end it.
+With --socket it also serves local clients on a Unix socket (socket_server.py); --detached leaves stdin
+alone (a worker `qlora-bot ask` started for later asks too) and stops after --idle-timeout-s.
 """
 
 from __future__ import annotations
@@ -14,19 +16,20 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from protocol.serve import (
     Cancel,
     Failed,
     Generate,
     Ready,
-    ServeEvent,
     ServeProtocolError,
     decode_request,
     encode,
 )
 from trainer.data.chat_template import RENDER_TIMEOUT_S  # stdlib only: the template child starts on first use
 from trainer.serving.queue import Ask, RequestQueue
+from trainer.serving.socket_server import Router, SocketServer
 from trainer.worker_io import LineWriter, take_stdout
 
 # Named after the worker rather than this module, as its log lines have always been.
@@ -46,7 +49,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=RENDER_TIMEOUT_S,
         help="seconds a chat template may take to render one prompt; past it only that request fails",
     )
-    return parser.parse_args(argv)
+    parser.add_argument("--socket", type=Path, help="also serve local clients on this Unix socket (0600)")
+    parser.add_argument(
+        "--idle-timeout-s",
+        type=_positive(float),
+        help="with --socket: stop after this many seconds with no request and no client connected",
+    )
+    parser.add_argument(
+        "--detached", action="store_true", help="serve the socket only: no requests on stdin (EOF is no stop)"
+    )
+    args = parser.parse_args(argv)
+    if args.detached and (args.socket is None or args.idle_timeout_s is None):
+        parser.error("--detached needs --socket and --idle-timeout-s (else nothing could ever stop it)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("stdout closed (%s): stopping", error)
         queue.request_stop()
 
-    emit = LineWriter(stream, encode, on_broken=stop)
+    # Every event goes through the router: a socket client's back to its connection, the rest to stdout.
+    emit = Router(LineWriter(stream, encode, on_broken=stop))
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda _signum, _frame: queue.request_stop())
 
@@ -74,8 +90,18 @@ def main(argv: list[str] | None = None) -> int:
         max_adapter_mb=args.max_adapter_mb,
         template_timeout_s=args.template_timeout_s,
     )
+    server = None
+    if args.socket is not None:  # bound once the engine is built: a client that connects gets answers
+        server = SocketServer(args.socket, queue, emit, idle_timeout_s=args.idle_timeout_s)
+        if not server.start():
+            server = None
+            if args.detached:  # another worker serves this socket, and nobody else can reach this one
+                log.info("serve worker stopped: another one already serves %s", args.socket)
+                return 0
     emit(Ready(pid=os.getpid()))
-    threading.Thread(target=read_requests, args=(0, queue, emit), name="stdin-reader", daemon=True).start()
+    if not args.detached:
+        reader = threading.Thread(target=read_requests, args=(0, queue, emit), name="stdin", daemon=True)
+        reader.start()
     while (batch := queue.next_batch(args.max_batch, args.max_adapters)) is not None:
         try:
             engine.run_batch(batch)
@@ -89,11 +115,13 @@ def main(argv: list[str] | None = None) -> int:
             queue.finished(batch)
     for ask in queue.drain():
         emit(Failed(id=ask.id, kind="cancelled", message="cancelled: the serve worker shut down before it"))
+    if server is not None:
+        server.close()
     log.info("serve worker stopped")
     return 0
 
 
-def read_requests(fd: int, queue: RequestQueue, emit: Callable[[ServeEvent], None]) -> None:
+def read_requests(fd: int, queue: RequestQueue, emit: Router) -> None:
     """The reader thread: queue Generate, apply Cancel; Shutdown or EOF stops the worker."""
     for line in _lines(fd):
         try:
@@ -103,7 +131,10 @@ def read_requests(fd: int, queue: RequestQueue, emit: Callable[[ServeEvent], Non
             log.error("ignored a request line that is not serve protocol: %s", error)
             continue
         if isinstance(request, Generate):
-            if not queue.submit(Ask(request)):
+            if emit.register(request, None) is None:
+                log.error("ignored a second request with id %s while the first is not answered", request.id)
+            elif not queue.submit(Ask(request)):
+                emit.forget(request.id)
                 log.error("ignored a second request with id %s while the first is not answered", request.id)
         elif isinstance(request, Cancel):
             waiting = queue.cancel(request.id, "cancelled")
