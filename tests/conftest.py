@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import stop_processes_naming
 from tests.tiny_model import build_tiny_llama
 
 # Tests never reach the network: the Hub clients fail fast instead of hanging.
@@ -49,3 +50,12 @@ def data_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"
     monkeypatch.setenv("QLORA_BOT_HOME", str(home))
     return home
+
+
+@pytest.fixture(autouse=True)
+def _no_detached_serve_worker_outlives_its_test(request: pytest.FixtureRequest):
+    """An `ask` leaves its serve worker running for later asks (until `serve.idle_timeout_s`); a test's
+    data directory lies under its tmp_path, so what names that folder is stopped when the test ends."""
+    yield
+    if "tmp_path" in request.fixturenames:
+        stop_processes_naming(f"{request.getfixturevalue('tmp_path')}/")

@@ -4,7 +4,6 @@ is idle), or the bot's; a dead worker's socket is replaced, and two asks at once
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import os
 import re
@@ -20,6 +19,7 @@ import pytest
 from bot.config import Config, PathsConfig, ServeConfig
 from bot.workers.serve_socket import SharedServeClient
 from protocol.serve import Failed, Finished, Token
+from tests.processes import processes_naming, stop_processes_naming
 from tests.serve_helpers import build_adapter
 from tests.test_ask import request_for
 from tests.worker_helpers import worker_env
@@ -37,26 +37,7 @@ def home(tmp_path):
     """The data directory, and every serve worker an ask left there stopped at the end."""
     home = tmp_path / "home"
     yield home
-    for pid in _listening_pids(home):
-        _kill_group(pid)
-
-
-def _listening_pids(home: Path) -> list[int]:
-    # Every shared worker of this test; /proc is how a test finds a detached process it did not spawn.
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if f"{home}/serve/".encode() in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
-
-
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+    stop_processes_naming(f"{home}/serve/")
 
 
 def write_config(tmp_path: Path, idle_timeout_s: float) -> Path:
@@ -152,7 +133,7 @@ def test_two_asks_at_once_start_one_worker(tmp_path, home, adapter):
         outcomes.append(_pid_of(stderr))
     assert outcomes[0][0] == outcomes[1][0]
     assert sorted(started for _, started, _ in outcomes) == [False, True]  # one started it, one reused it
-    assert len(_listening_pids(home)) == 1
+    assert len(processes_naming(f"{home}/serve/")) == 1
 
 
 async def test_a_worker_that_dies_fails_the_ask_clearly_and_the_next_ask_starts_another(
