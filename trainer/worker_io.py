@@ -184,6 +184,12 @@ KNOWN_NOISE = (
     # to its own; transformers likewise for the kernels it looks up there. Online, a failure is real.
     ("bitsandbytes", "kernels-community", True),
     ("transformers", "Failed to load kernel", True),
+    # trl 1.16 deprecates use_liger_kernel in favour of kernels fetched from the Hub at run time; a worker
+    # runs offline by design, so liger-kernel (installed, no download) is the fused path it can have.
+    ("py.warnings", "`use_liger_kernel=True` is deprecated", False),
+    # liger-kernel 0.8.5 probes its backends for other hardware (CuTe DSL, Ascend) on import, warning
+    # for each one absent; the CUDA/Triton kernels it then uses are unaffected (seen on the H200).
+    ("liger_kernel.backends.registry", "could not be imported", False),
 )
 
 
