@@ -56,6 +56,8 @@ def data_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def _no_detached_serve_worker_outlives_its_test(request: pytest.FixtureRequest):
     """An `ask` leaves its serve worker running for later asks (until `serve.idle_timeout_s`); a test's
     data directory lies under its tmp_path, so what names that folder is stopped when the test ends."""
+    # Looked up before the test: a fixture cannot be requested once teardown has begun.
+    folder = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
     yield
-    if "tmp_path" in request.fixturenames:
-        stop_processes_naming(f"{request.getfixturevalue('tmp_path')}/")
+    if folder is not None:
+        stop_processes_naming(f"{folder}/")
