@@ -202,7 +202,10 @@ def test_train_at_80_columns_shows_whole_fields_and_each_final_figure_once(tiny_
     for figure in (final_loss, "tok/s", "6 steps"):
         assert text.count(figure) == 1, (figure, text)
     assert "ETA" not in text and "step 6/6" not in text  # the live line left nothing behind
-    assert screen[-1].startswith("adapter: ")
+    assert screen[-2].startswith("adapter: ")  # then the name `ask` takes
+    assert re.fullmatch(
+        r'ask it: qlora-bot ask --adapter \S+-\d+ "your prompt" \(or --adapter \d+\)', screen[-1]
+    )
 
 
 def test_a_second_train_shows_its_place_in_the_queue_and_the_cpu_slot(tiny_model_dir, short_home):

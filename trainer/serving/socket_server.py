@@ -80,17 +80,37 @@ class Router:
     last_activity: float = field(default_factory=time.monotonic)
     _owners: dict[str, _Owner] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _requests: int = 0  # socket requests registered so far: their queue ids
 
     def register(self, request: Generate, connection: Connection | None) -> Generate | None:
         """The request as the queue sees it (its id namespaced for a socket client); None when that id is
         already in flight."""
-        internal = request.id if connection is None else f"s{connection.number}/{request.id}"
         with self._lock:
-            if internal in self._owners:
-                return None
+            if connection is None:
+                internal = request.id
+                if internal in self._owners:
+                    return None
+            else:
+                if self._internal_id(connection, request.id) is not None:
+                    return None
+                # Unique per request, not only per client: an id a client reuses right after its Finished
+                # may still sit in the queue's running batch for a moment.
+                self._requests += 1
+                internal = f"s{connection.number}.{self._requests}/{request.id}"
             self._owners[internal] = _Owner(connection, request.id, 2 if request.compare else 1)
             self.last_activity = time.monotonic()
         return dataclasses.replace(request, id=internal)
+
+    def internal_id(self, connection: Connection, client_id: str) -> str | None:
+        """The queue's id of a socket client's request in flight (what its Cancel names)."""
+        with self._lock:
+            return self._internal_id(connection, client_id)
+
+    def _internal_id(self, connection: Connection, client_id: str) -> str | None:
+        for internal, owner in self._owners.items():
+            if owner.connection is connection and owner.client_id == client_id:
+                return internal
+        return None
 
     def forget(self, internal: str) -> None:
         with self._lock:
@@ -199,13 +219,17 @@ class SocketServer:
             log.error("ignored a socket line that is not serve protocol: %s", error)
             return
         if isinstance(request, Generate):
-            internal = self.router.register(request, connection)
-            if internal is None or not self.queue.submit(Ask(internal)):
+            registered = self.router.register(request, connection)
+            if registered is not None and not self.queue.submit(Ask(registered)):
+                self.router.forget(registered.id)
+                registered = None
+            if registered is None:
                 connection.send(
                     Failed(id=request.id, kind="user_error", message="a request with this id is in flight")
                 )
         elif isinstance(request, Cancel):
-            waiting = self.queue.cancel(f"s{connection.number}/{request.id}", "cancelled")
+            internal = self.router.internal_id(connection, request.id)
+            waiting = self.queue.cancel(internal, "cancelled") if internal is not None else None
             if waiting is not None:
                 waiting.closed = True
                 self.router(Failed(id=waiting.id, kind="cancelled", message="cancelled before it started"))
