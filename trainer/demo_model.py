@@ -101,14 +101,19 @@ def build_tokenizer(corpus: list[str]):
 
 def build_model(directory: Path, corpus: list[str]) -> Path:
     """Save the random Llama (safetensors) and its tokenizer in `directory`."""
+    return save_random_llama(directory, build_tokenizer(corpus))
+
+
+def save_random_llama(directory: Path, tokenizer, *, width: int = WIDTH, seed: int = SEED) -> Path:
+    """A seeded random Llama of LAYERS layers, `width` wide, for `tokenizer`'s vocabulary, saved with it as
+    safetensors (the tests' tiny model is built here too)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = build_tokenizer(corpus)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=WIDTH,
-        intermediate_size=2 * WIDTH,
+        hidden_size=width,
+        intermediate_size=2 * width,
         num_hidden_layers=LAYERS,
         num_attention_heads=4,
         num_key_value_heads=2,
@@ -117,7 +122,7 @@ def build_model(directory: Path, corpus: list[str]) -> Path:
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
     )
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True)
