@@ -12,6 +12,9 @@ from typing import Any, Literal
 from protocol.json_lines import decode_line, encode_line
 
 SERVE_PROTOCOL_VERSION = 1
+# A shared worker stops by itself once idle (no ask in flight, no client); an ask that reaches it in that
+# moment fails with this message, and a client that sees it may start a new worker and ask once more.
+STOPPED_IDLE = "the serve worker stopped as idle just as this ask reached it"
 Variant = Literal["adapter", "base"]
 
 

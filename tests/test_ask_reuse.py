@@ -18,7 +18,7 @@ import pytest
 
 from bot.config import Config, PathsConfig, ServeConfig
 from bot.workers.serve_socket import SharedServeClient
-from protocol.serve import Failed, Finished, Token
+from protocol.serve import Failed, Finished, Generate, Token
 from tests.processes import processes_naming, stop_processes_naming
 from tests.serve_helpers import build_adapter
 from tests.test_ask import request_for
@@ -200,3 +200,69 @@ async def test_two_clients_may_use_the_same_request_id(home, adapter, tiny_model
     finally:
         for client in clients:
             await client.close()
+
+
+async def test_a_terminal_ask_keeps_the_bots_worker_past_the_bots_idle_time(home, adapter, tiny_model_dir):
+    """The bot's client sees only its own asks: a shared worker times itself, counting every client's."""
+    from bot.cli.run import make_serve_client
+
+    serve = ServeConfig(idle_timeout_s=3.0, max_new_tokens_limit=2000)
+    client = make_serve_client(Config(paths=PathsConfig(data_dir=str(home)), serve=serve), service=None)
+    client.environ = worker_env()
+    # A terminal client of the same worker: the device the bot chose, as `qlora-bot ask` chooses it.
+    terminal = SharedServeClient(
+        serve,
+        home / "serve",
+        home / "logs",
+        environ=worker_env(),
+        cuda_visible_devices=client.cuda_visible_devices,
+    )
+    try:
+        assert isinstance(
+            [e async for e in client.generate(request_for(adapter, tiny_model_dir))][-1], Finished
+        )
+        pid = client._process.pid
+        assert isinstance(
+            [e async for e in terminal.generate(request_for(adapter, tiny_model_dir))][-1], Finished
+        )
+        assert terminal.worker_pid == pid and not terminal.started
+        # The bot asks nothing for longer than its idle time, while the terminal client stays connected.
+        await asyncio.sleep(serve.idle_timeout_s + 2.0)
+        assert client.running and client._process.pid == pid
+        events = [e async for e in terminal.generate(request_for(adapter, tiny_model_dir))]
+        assert isinstance(events[-1], Finished) and terminal.worker_pid == pid
+        # With no client left and nothing asked, the worker stops by itself; the bot's next ask starts one.
+        await terminal.close()
+        await asyncio.to_thread(wait_until, lambda: not alive(pid), 30.0)
+        assert not sockets(home)
+        assert isinstance(
+            [e async for e in client.generate(request_for(adapter, tiny_model_dir))][-1], Finished
+        )
+        assert client._process.pid != pid and client.starts == 2
+    finally:
+        await terminal.close()
+        await client.close()
+
+
+@pytest.mark.parametrize("prompt", ["idle-once", "exit-once"])
+async def test_an_ask_that_meets_a_worker_stopping_as_idle_is_answered_by_a_new_one(tmp_path, prompt):
+    """The race a self-timed worker brings: it stops as idle just as the bot's ask reaches it (and says
+    so, or exits before it could); the ask is sent once more to a new worker, and answered once."""
+    from bot.workers.serve_worker import ServeClient
+    from tests.test_ask import _fake_serve_env
+
+    client = ServeClient(
+        ServeConfig(idle_timeout_s=60.0),
+        tmp_path / "serve.log",
+        environ=_fake_serve_env(),
+        module="fake_serve",
+        socket_dir=tmp_path / "serve",
+    )
+    request = Generate(id="q1", base_model="base", prompt=prompt, max_new_tokens=8)
+    try:
+        events = [event async for event in client.generate(request)]
+    finally:
+        await client.close()
+    assert not any(isinstance(event, Failed) for event in events), events
+    assert [event.text for event in events if isinstance(event, Finished)] == [f"echo: {prompt} "]
+    assert client.starts == 2

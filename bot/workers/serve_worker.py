@@ -6,7 +6,8 @@ one; one that holds asks but says nothing for longer than their timeout plus `si
 stuck, and is killed to the same end. After `idle_timeout_s` without asks it exits, giving the GPU
 back to training. It runs in its own folder, with the Hub offline and no HF_TOKEN until an ask's base
 model has to come from the Hub. With `socket_dir` it also listens on its Unix socket there
-(serve_socket.py), so `qlora-bot ask` on this machine uses this loaded worker rather than loading another.
+(serve_socket.py), so `qlora-bot ask` on this machine uses this loaded worker rather than loading another;
+such a shared worker keeps its own idle time (it alone sees the asks of every client) and exits by itself.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from bot.config import ServeConfig
 from bot.workers.environment import uses_hub, worker_environment
 from bot.workers.process import LineTooLong, read_line, signal_worker, spawn_worker
 from protocol.serve import (
+    STOPPED_IDLE,
     Cancel,
     Failed,
     Finished,
@@ -115,28 +117,34 @@ class ServeClient:
         expected = 2 if request.compare else 1
         ended = False
         try:
-            try:
-                await self._ensure_started(hub)
-            except (ConnectionError, TimeoutError, OSError) as error:
-                yield Failed(
-                    id=request.id,
-                    kind="internal",
-                    message=f"the serve worker could not start: {error}",
-                    hint=f"see its log {self.log_path}",
-                )
-                return
-            self._sent.add(request.id)
-            if not self._outstanding:
-                self._last_heard = asyncio.get_running_loop().time()  # it had nothing to say until now
-            self._outstanding[request.id] = request.timeout_s
-            await self._send(encode(request))
-            while not ended:
-                event = await self._next_event(queue)
+            for attempt in (1, 2):  # a second only when a shared worker stopped as idle as this ask came
+                try:
+                    await self._ensure_started(hub)
+                except (ConnectionError, TimeoutError, OSError) as error:
+                    yield Failed(
+                        id=request.id,
+                        kind="internal",
+                        message=f"the serve worker could not start: {error}",
+                        hint=f"see its log {self.log_path}",
+                    )
+                    return
+                event = await self._first_event(request, queue)
+                if not (attempt == 1 and isinstance(event, Failed) and event.message == STOPPED_IDLE):
+                    break
+                log.info("the serve worker stopped as idle as an ask came: starting another for it")
+                self._sent.discard(request.id)  # its reader must not fail this ask a second time
+                await self._stop_worker()  # it is gone: wait for its reader, so the next start is clean
+                while not queue.empty():  # anything that old worker still said of it
+                    queue.get_nowait()
+            while True:
                 if isinstance(event, Finished):
                     expected -= 1
                     ended = expected == 0
                 ended = ended or isinstance(event, Failed)
                 yield event
+                if ended:
+                    break
+                event = await self._next_event(queue)
         finally:
             self._pending.pop(request.id, None)
             self._sent.discard(request.id)
@@ -145,6 +153,18 @@ class ServeClient:
                 with contextlib.suppress(Exception):
                     await self._send(encode(Cancel(id=request.id)))
             self._arm_idle_timer()
+
+    async def _first_event(self, request: Generate, queue: asyncio.Queue) -> ServeEvent:
+        """Send the request to the running worker and wait for its first event."""
+        self._sent.add(request.id)
+        if not self._outstanding:
+            self._last_heard = asyncio.get_running_loop().time()  # it had nothing to say until now
+        self._outstanding[request.id] = request.timeout_s
+        try:
+            await self._send(encode(request))
+        except (ConnectionError, OSError):  # it exited before it read this (a shared one times itself)
+            return Failed(id=request.id, kind="cancelled", message=STOPPED_IDLE)
+        return await self._next_event(queue)
 
     async def _next_event(self, queue: asyncio.Queue) -> ServeEvent:
         """The next event for one ask; kills the worker when it has been silent too long (its reader then
@@ -217,7 +237,8 @@ class ServeClient:
             log.info("serve worker started (pid %s, Hub %s)", self._process.pid, "on" if hub else "off")
 
     def _socket_flags(self, hub: bool) -> list[str]:
-        """--socket PATH when this worker is to be shared; it stops when this client says (no idle flag)."""
+        """--socket PATH when this worker is to be shared, with --idle-timeout-s: this client sees only its
+        own asks, so an idle timer here would stop the worker under a terminal `ask` it is answering."""
         if self.socket_dir is None:
             return []
         from bot.workers.serve_socket import prepare_socket_dir, socket_key, socket_path  # it imports us
@@ -226,7 +247,8 @@ class ServeClient:
         key = socket_key(
             self.config, python=self.python, module=self.module, device=self.cuda_visible_devices, hub=hub
         )
-        return ["--socket", str(socket_path(self.socket_dir, key))]
+        path = socket_path(self.socket_dir, key)
+        return ["--socket", str(path), "--idle-timeout-s", str(self.config.idle_timeout_s)]
 
     async def _stop_worker(self) -> None:
         """Ask the worker to exit (killed after 30 s) and wait for its reader: on close, and to restart a
@@ -277,6 +299,9 @@ class ServeClient:
         if not ready.done():
             ready.set_exception(ConnectionError(f"the serve worker exited with code {code} while starting"))
         why = self._stopped_why.pop(process.pid, None)
+        if why is None and code == 0 and self.socket_dir is not None:
+            why = STOPPED_IDLE  # shared: it times itself
+            log.info("serve worker (pid %s) stopped when idle", process.pid)
         self._fail_pending(why or f"the serve worker stopped unexpectedly (exit code {code})", sent)
 
     def _fail_pending(self, message: str, sent: set[str]) -> None:
@@ -296,7 +321,7 @@ class ServeClient:
     # --- idle shutdown
 
     def _arm_idle_timer(self) -> None:
-        if self._pending or not self.running:
+        if self._pending or not self.running or self.socket_dir is not None:  # shared: it times itself
             return
         self._cancel_idle_timer()
         loop = asyncio.get_running_loop()

@@ -3,7 +3,9 @@
 The answer is derived from the prompt: "long:N" answers N characters in chunks of 40, "env:" says whether
 it holds HF_TOKEN, its HF_HUB_OFFLINE and its working directory, "hang" sends one Token and then nothing
 ever again (a worker stuck in a kernel or a loop: it reads no more requests either), anything else
-answers "echo: <prompt>" one word at a time. Each chunk is a Token event, 20 ms apart.
+answers "echo: <prompt>" one word at a time. Each chunk is a Token event, 20 ms apart. "idle-once" and
+"exit-once" play a shared worker that stopped as idle just as the ask came, once per working directory:
+the first answers Failed(STOPPED_IDLE) and exits, the second exits without a word (exit code 0).
 """
 
 from __future__ import annotations
@@ -11,8 +13,19 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
-from protocol.serve import Finished, Generate, Ready, Shutdown, Token, decode_request, encode
+from protocol.serve import (
+    STOPPED_IDLE,
+    Failed,
+    Finished,
+    Generate,
+    Ready,
+    Shutdown,
+    Token,
+    decode_request,
+    encode,
+)
 
 
 def emit(event) -> None:
@@ -39,6 +52,11 @@ def main() -> int:
         if not isinstance(request, Generate):
             continue
         prompt = request.prompt or request.messages[-1]["content"]
+        if prompt in ("idle-once", "exit-once") and not Path(f"{prompt}.done").exists():
+            Path(f"{prompt}.done").touch()
+            if prompt == "idle-once":
+                emit(Failed(id=request.id, kind="cancelled", message=STOPPED_IDLE))
+            return 0
         if prompt == "hang":
             emit(Token(id=request.id, variant="adapter", text="I was about to say "))
             while True:

@@ -150,6 +150,7 @@ class SocketServer:
         self._connections: set[Connection] = set()
         self._lock = threading.Lock()
         self._numbers = 0
+        self.stopped_idle = False  # it stopped itself: what an ask that comes too late is told
 
     def start(self) -> bool:
         """Listen; False (and the worker serves its stdin only) when another live worker holds the path."""
@@ -163,10 +164,15 @@ class SocketServer:
         self._listener = listener
         self._inode = os.stat(self.path).st_ino
         threading.Thread(target=self._accept, name="socket-accept", daemon=True).start()
-        if self.idle_timeout_s is not None:
-            threading.Thread(target=self._watch_idle, name="socket-idle", daemon=True).start()
+        self.watch_idle()
         log.info("listening on %s", self.path)
         return True
+
+    def watch_idle(self) -> None:
+        """With an idle timeout, stop the worker once nothing is in flight, no client is connected and the
+        timeout has passed since the last request ended (also for a worker that serves its parent only)."""
+        if self.idle_timeout_s is not None:
+            threading.Thread(target=self._watch_idle, name="socket-idle", daemon=True).start()
 
     def close(self) -> None:
         """Remove the socket (only if it is still ours) and hang up on every client."""
@@ -247,6 +253,7 @@ class SocketServer:
                     continue
                 # Gone from the folder before the worker stops: the next client starts a fresh one.
                 log.info("idle for %.0f s with no client: stopping", idle_s)
+                self.stopped_idle = True
                 self.close_listener()
             self.queue.request_stop()
             return

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from protocol.serve import (
+    STOPPED_IDLE,
     Cancel,
     Failed,
     Generate,
@@ -94,10 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.socket is not None:  # bound once the engine is built: a client that connects gets answers
         server = SocketServer(args.socket, queue, emit, idle_timeout_s=args.idle_timeout_s)
         if not server.start():
-            server = None
             if args.detached:  # another worker serves this socket, and nobody else can reach this one
                 log.info("serve worker stopped: another one already serves %s", args.socket)
                 return 0
+            server.watch_idle()  # its parent's asks alone; its parent left the idle stop to it
     emit(Ready(pid=os.getpid()))
     if not args.detached:
         reader = threading.Thread(target=read_requests, args=(0, queue, emit), name="stdin", daemon=True)
@@ -113,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
                     emit(Failed(id=ask.id, kind="internal", message=f"internal error: {error!r}"[:300]))
         finally:
             queue.finished(batch)
+    idle = server is not None and server.stopped_idle  # then whatever came after that: ask it again
     for ask in queue.drain():
-        emit(Failed(id=ask.id, kind="cancelled", message="cancelled: the serve worker shut down before it"))
+        why = STOPPED_IDLE if idle else "cancelled: the serve worker shut down before it"
+        emit(Failed(id=ask.id, kind="cancelled", message=why))
     if server is not None:
         server.close()
     log.info("serve worker stopped")
