@@ -27,7 +27,14 @@ from pathlib import Path
 
 from bot.config import ServeConfig
 from bot.workers.environment import uses_hub, worker_environment
-from bot.workers.serve_worker import MAX_LINE_BYTES, SILENCE_GRACE_S, START_TIMEOUT_S, Waiting
+from bot.workers.serve_worker import (
+    MAX_LINE_BYTES,
+    SILENCE_GRACE_S,
+    START_TIMEOUT_S,
+    Waiting,
+    could_not_start,
+    limit_flags,
+)
 from protocol.serve import (
     Cancel,
     Failed,
@@ -50,9 +57,7 @@ def socket_key(config: ServeConfig, *, python: str, module: str, device: str | N
     what = {
         "python": python or sys.executable,
         "module": module,
-        "max_adapters": config.max_adapters,
-        "max_adapter_mb": config.max_adapter_mb,
-        "max_batch": config.max_batch,
+        "limits": limit_flags(config),  # what the worker is started with, so the two never disagree
         "device": device,
         "hub": hub,
     }
@@ -121,12 +126,7 @@ class SharedServeClient:
         try:
             connection = await self._connection(key, hub)
         except (ConnectionError, TimeoutError, OSError) as error:
-            yield Failed(
-                id=request.id,
-                kind="internal",
-                message=f"the serve worker could not start: {error}",
-                hint=f"see its log {self.log_path(key)}",
-            )
+            yield could_not_start(request.id, error, self.log_path(key))
             return
         self.worker_pid = connection.pid
         async for event in connection.generate(request):
@@ -177,9 +177,7 @@ class SharedServeClient:
             process = subprocess.Popen(
                 [
                     self.python, "-m", self.module,
-                    "--max-adapters", str(config.max_adapters),
-                    "--max-adapter-mb", str(config.max_adapter_mb),
-                    "--max-batch", str(config.max_batch),
+                    *limit_flags(config),
                     "--socket", str(path),
                     "--idle-timeout-s", str(config.idle_timeout_s),
                     "--detached",

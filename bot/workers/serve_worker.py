@@ -48,6 +48,26 @@ START_TIMEOUT_S = 600.0  # importing torch and building the process; models load
 SILENCE_GRACE_S = 60.0
 
 
+def limit_flags(config: ServeConfig) -> list[str]:
+    """The serve limits on a worker's command line, for the bot's worker and a shared one alike (two
+    workers are interchangeable only when these match: serve_socket.socket_key hashes them)."""
+    return [
+        "--max-adapters", str(config.max_adapters),
+        "--max-adapter-mb", str(config.max_adapter_mb),
+        "--max-batch", str(config.max_batch),
+    ]  # fmt: skip
+
+
+def could_not_start(request_id: str, error: BaseException, log_path: Path) -> Failed:
+    """What an ask is told when no worker could be started for it."""
+    return Failed(
+        id=request_id,
+        kind="internal",
+        message=f"the serve worker could not start: {error}",
+        hint=f"see its log {log_path}",
+    )
+
+
 @dataclass(frozen=True)
 class Waiting:
     """Not from the worker: the ask waits (for the GPU, say) and the person should know why."""
@@ -121,12 +141,7 @@ class ServeClient:
                 try:
                     await self._ensure_started(hub)
                 except (ConnectionError, TimeoutError, OSError) as error:
-                    yield Failed(
-                        id=request.id,
-                        kind="internal",
-                        message=f"the serve worker could not start: {error}",
-                        hint=f"see its log {self.log_path}",
-                    )
+                    yield could_not_start(request.id, error, self.log_path)
                     return
                 event = await self._first_event(request, queue)
                 if not (attempt == 1 and isinstance(event, Failed) and event.message == STOPPED_IDLE):
@@ -218,9 +233,7 @@ class ServeClient:
             sent: set[str] = set()
             self._process = await spawn_worker(
                 self.module,
-                "--max-adapters", str(config.max_adapters),
-                "--max-adapter-mb", str(config.max_adapter_mb),
-                "--max-batch", str(config.max_batch),
+                *limit_flags(config),
                 *self._socket_flags(hub),
                 python=self.python,
                 log_path=self.log_path,
