@@ -79,6 +79,11 @@ class TerminalProgress:
         self._ascii = encoding not in ("utf8", "utf16", "utf32")
         self._draw()
 
+    @property
+    def queued(self) -> bool:
+        """Whether the job is shown as waiting in the queue (its last state change said so)."""
+        return self._queued
+
     def handle(self, event: Event) -> None:
         if isinstance(event, ProgressEvent):
             self._advance(event)

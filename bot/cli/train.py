@@ -158,6 +158,9 @@ async def _show_where_it_waits(
     """While the job is queued: its place in line, the expected wait and what it waits for, every 2 s."""
     kind = "CPU" if all(slot.name == "cpu" for slot in queue.slots) else "GPU"
     while True:
+        if not display.queued:  # running (or not yet shown as queued): nothing to ask the queue
+            await asyncio.sleep(2.0)
+            continue
         entries = await service.queue(slot_count=len(queue.slots))
         entry = next((entry for entry in entries if entry.job.id == job_id), None)
         if entry is not None:
