@@ -194,8 +194,7 @@ def prepare(spec: JobSpec, launch: Launch, emit: Any, cancel: CancelFlag) -> Pre
     fused = spec.training.fused_kernels and fused_kernels_available()
     if spec.training.fused_kernels and not fused:
         log.info("fused kernels off: they need a CUDA GPU and liger-kernel (pip install 'qlora-bot[gpu]')")
-    plan = plan_for(spec, model)
-    log.info("memory plan: %s", plan.message)
+    plan = plan_for(spec, model)  # it logs the plan, with its predicted peak
     emit(Phase(name="loading_model", message=plan.message))
 
     # --- tokenizing: trl builds labels from our masks and packs rows into max_length sequences.
