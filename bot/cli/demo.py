@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.console import Console
 
 from bot.config import Config
+from bot.workers.environment import worker_environment
 
 DEMO_STEPS = 30
 BUILD_TIMEOUT_S = 600.0
@@ -75,8 +76,9 @@ def _build(folder: Path, config: Config, console: Console) -> tuple[Path, Path, 
     writes the same files and earlier demo adapters still fit the model)."""
     console.print(f"building a tiny random Llama and a chat dataset in {folder}", highlight=False)
     python = config.worker.python or sys.executable
-    # Nothing is downloaded: the Hub stays offline for the builder.
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    # A worker's environment, as every trainer process gets it: the Hub offline (nothing is downloaded),
+    # no secrets, the libraries' caches under the data directory.
+    env = worker_environment(os.environ, hub_token=False, cache_root=config.cache_dir())
     try:
         done = subprocess.run(
             [python, "-m", "trainer.demo_model", str(folder)],
